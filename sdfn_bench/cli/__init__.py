@@ -1,0 +1,1 @@
+"""The command-line interface: parsing and error-to-exit-code mapping only."""

@@ -1,0 +1,61 @@
+"""`sdfn-bench`: the Typer application.
+
+Each command group lives in its own module of this package and is registered here; the library
+does the work. Domain errors (:class:`sdfn_bench.errors.SdfnError`) become a red message and
+exit code 1 at this single boundary.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from sdfn_bench import __version__
+from sdfn_bench.errors import SdfnError
+
+app = typer.Typer(
+    name="sdfn-bench",
+    help="Score chest X-rays with SDFN (Liu et al. 2019) at high throughput and compare against baselines.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        Console().print(f"sdfn-bench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """sdfn-bench command line."""
+
+
+def _register() -> None:
+    # One line per command group; a group is registered only once its commands work.
+    pass
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        app()
+    except SdfnError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Typed errors. Everything the tool raises on purpose derives from :class:`SdfnError`;
+the CLI turns these into a message and a non-zero exit code."""
+
+from __future__ import annotations
+
+
+class SdfnError(Exception):
+    """Base class of every domain error of sdfn-bench."""
+
+
+class ManifestError(SdfnError):
+    """A manifest is malformed (schema, values, duplicates); the message names the file and row."""
+
+
+class ImageReadError(SdfnError):
+    """An image cannot be read: missing, empty, truncated, unsupported or too large."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class ClassOrderError(SdfnError):
+    """Class names of two artifacts do not match by name and order."""
+
+
+class CheckpointError(SdfnError):
+    """A checkpoint is missing, malformed, or its keys do not match the architecture."""
+
+
+class EngineError(SdfnError):
+    """An engine cannot be built, loaded, or fails its numerical parity check."""
+
+
+class BackendUnavailableError(EngineError):
+    """A requested backend (TensorRT, CUDA, DALI...) is not installed or has no device here."""
+
+
+class ScoreError(SdfnError):
+    """A scoring run cannot proceed (manifest-level problem, too many image errors, bad resume)."""
+
+
+class StatsError(SdfnError):
+    """Statistics cannot be computed from the given predictions and labels."""

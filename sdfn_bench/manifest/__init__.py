@@ -1,0 +1,1 @@
+"""Manifests: the one CSV schema for NIH, the synthetic cohort and any user data."""
