@@ -1,0 +1,86 @@
+"""Resolve manifest ``image`` entries to files under an image root.
+
+The NIH images come in two layouts, and both are accepted as ``--image-root``:
+
+- flat: ``ROOT/images/00000001_000.png``
+- spread (a popular mirror): ``ROOT/images_001/images/00000001_000.png`` ...
+  ``ROOT/images_012/images/...``
+
+Any other data set is resolved directly: ``ROOT/<image>``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path, PurePath
+
+from sdfn_bench.errors import ImageReadError
+
+_SPREAD_DIR = re.compile(r"^images_\d{3}$")
+
+
+class ImageResolver:
+    """Maps each manifest ``image`` to a file, built once per run.
+
+    ``resolve`` first tries ``root / image`` directly; otherwise it looks the file *name* up in an
+    index of the NIH layout folders (``root/images/`` and ``root/images_NNN/images/``), built with
+    one ``os.scandir`` pass over those folders at construction (no per-file search).
+
+    When a command gets no ``--image-root``, callers use the manifest's own folder as the root:
+    ``ImageResolver.for_manifest(manifest_path, None)`` does exactly that.
+
+    Attributes:
+        root: the image root.
+        duplicate_names: file names found in more than one layout folder; ``resolve`` returns the
+            first in sorted folder order (``images`` before ``images_001`` ...).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ImageReadError(self.root, "image root is not an existing folder")
+        self._by_name: dict[str, Path] = {}
+        self.duplicate_names: list[str] = []
+        for folder in self.layout_folders():
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if not entry.is_file():
+                        continue
+                    if entry.name in self._by_name:
+                        self.duplicate_names.append(entry.name)
+                        continue
+                    self._by_name[entry.name] = folder / entry.name
+
+    @classmethod
+    def for_manifest(
+        cls, manifest: str | os.PathLike[str], image_root: str | os.PathLike[str] | None
+    ) -> ImageResolver:
+        """The resolver for ``manifest``: ``image_root`` if given, else the manifest's folder."""
+        return cls(image_root if image_root is not None else Path(manifest).resolve().parent)
+
+    def layout_folders(self) -> list[Path]:
+        """The NIH layout folders present under the root, in index order."""
+        folders = []
+        flat = self.root / "images"
+        if flat.is_dir():
+            folders.append(flat)
+        with os.scandir(self.root) as entries:
+            spread = sorted(e.name for e in entries if e.is_dir() and _SPREAD_DIR.match(e.name))
+        for name in spread:
+            inner = self.root / name / "images"
+            if inner.is_dir():
+                folders.append(inner)
+        return folders
+
+    @property
+    def n_indexed(self) -> int:
+        """Number of distinct file names in the NIH layout index."""
+        return len(self._by_name)
+
+    def resolve(self, image: str) -> Path | None:
+        """The file for a manifest ``image`` entry, or None when it is nowhere under the root."""
+        direct = self.root / image
+        if direct.is_file():
+            return direct
+        return self._by_name.get(PurePath(image).name)

@@ -1,0 +1,71 @@
+"""ImageResolver: direct paths, the flat and the spread NIH layouts, manifest-folder default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sdfn_bench.errors import ImageReadError
+from sdfn_bench.manifest.image_root import ImageResolver
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_flat_layout(tmp_path: Path) -> None:
+    a = _touch(tmp_path / "images" / "00000001_000.png")
+    resolver = ImageResolver(tmp_path)
+    assert resolver.resolve("00000001_000.png") == a
+    assert resolver.resolve("images/00000001_000.png") == a  # direct
+    assert resolver.resolve("00000002_000.png") is None
+    assert resolver.n_indexed == 1
+
+
+def test_spread_layout(tmp_path: Path) -> None:
+    a = _touch(tmp_path / "images_001" / "images" / "00000001_000.png")
+    b = _touch(tmp_path / "images_012" / "images" / "00030805_000.png")
+    _touch(tmp_path / "images_xyz" / "images" / "00000009_000.png")  # not a layout folder
+    resolver = ImageResolver(tmp_path)
+    assert resolver.resolve("00000001_000.png") == a
+    assert resolver.resolve("00030805_000.png") == b
+    assert resolver.resolve("00000009_000.png") is None
+    assert [p.relative_to(tmp_path).as_posix() for p in resolver.layout_folders()] == [
+        "images_001/images",
+        "images_012/images",
+    ]
+
+
+def test_direct_path_wins_and_duplicates_are_recorded(tmp_path: Path) -> None:
+    direct = _touch(tmp_path / "sub" / "x.png")
+    _touch(tmp_path / "images" / "x.png")
+    first = _touch(tmp_path / "images" / "y.png")
+    _touch(tmp_path / "images_003" / "images" / "y.png")
+    resolver = ImageResolver(tmp_path)
+    assert resolver.resolve("sub/x.png") == direct
+    assert resolver.resolve("other/y.png") == first
+    assert resolver.duplicate_names == ["y.png"]
+
+
+def test_index_is_built_once(tmp_path: Path) -> None:
+    _touch(tmp_path / "images" / "a.png")
+    resolver = ImageResolver(tmp_path)
+    _touch(tmp_path / "images_001" / "images" / "late.png")  # appears after construction
+    assert resolver.resolve("late.png") is None
+
+
+def test_for_manifest_defaults_to_manifest_folder(tmp_path: Path) -> None:
+    img = _touch(tmp_path / "data" / "imgs" / "a.png")
+    manifest = tmp_path / "data" / "m.csv"
+    manifest.write_text("image\n")
+    assert ImageResolver.for_manifest(manifest, None).resolve("imgs/a.png") == img
+    other = _touch(tmp_path / "elsewhere" / "imgs" / "a.png")
+    assert ImageResolver.for_manifest(manifest, tmp_path / "elsewhere").resolve("imgs/a.png") == other
+
+
+def test_missing_root(tmp_path: Path) -> None:
+    with pytest.raises(ImageReadError, match="image root is not an existing folder"):
+        ImageResolver(tmp_path / "absent")
