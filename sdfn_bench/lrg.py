@@ -1,0 +1,209 @@
+"""The Lung Region Generator's post-processing (SDFN section 2.2.2.2): mask -> lung bounding box.
+
+Pure functions over numpy arrays; no I/O, no device.
+
+Rules, applied to the connected components of the binary lung mask:
+
+1. No region: the whole image, status ``fallback_full_image`` (no margin needed).
+2. More than two regions: keep the two whose centroids are nearest the image centre (false
+   positives such as external air or bowel gas lie farther out); status ``removed_false_positive``.
+3. Two regions where the smaller has under one third of the larger's area: drop the smaller,
+   mirror the larger about the vertical centre line, and box the union of the region and its
+   mirror image; status ``mirrored``.
+4. One region: mirrored likewise; status ``mirrored``.
+5. Otherwise (two balanced regions): the box of both; status ``clean``.
+
+Then each side is expanded by a margin (15 px top/left/right, 20 px bottom in the paper, defined
+at 1024 px), scaled with the mask's size, and the box is clipped to the mask.
+
+Choices where the paper is silent (also in docs/models-and-training.md):
+
+- Connectivity: 8-connected components (diagonal neighbours join), so a one-pixel diagonal
+  bridge does not split a lung into two "regions" and trigger a spurious mirroring.
+- Status precedence: when false positives were removed *and* the remaining region was mirrored,
+  the status is ``mirrored`` (the box is then built from a synthesized region, the stronger
+  intervention); ``n_regions`` (> 2) still records that false positives were present.
+- Margin scaling: horizontal margins scale with the width / 1024, vertical ones with the
+  height / 1024, rounded up (a margin never shrinks below the paper's proportion).
+- Centre and centroids in pixel-centre coordinates: the centre of a W x H mask is
+  ((W - 1) / 2, (H - 1) / 2); mirroring maps column x to W - 1 - x.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+STATUSES = ("clean", "removed_false_positive", "mirrored", "fallback_full_image")
+# 8-connectivity (see the module docstring).
+_STRUCTURE = np.ones((3, 3), dtype=bool)
+# The paper's ratio: a region with under one third of the larger one's area is a false negative case.
+AREA_RATIO = 1.0 / 3.0
+
+
+@dataclass(frozen=True)
+class LungMargin:
+    """Box expansion in pixels at ``reference_size`` (the paper: 15/15/15/20 at 1024 px)."""
+
+    top: float = 15.0
+    left: float = 15.0
+    right: float = 15.0
+    bottom: float = 20.0
+    reference_size: float = 1024.0
+
+    def scaled(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(top, left, right, bottom) in pixels of a ``height x width`` mask, rounded up."""
+        sy, sx = height / self.reference_size, width / self.reference_size
+        return (
+            math.ceil(self.top * sy - 1e-9),
+            math.ceil(self.left * sx - 1e-9),
+            math.ceil(self.right * sx - 1e-9),
+            math.ceil(self.bottom * sy - 1e-9),
+        )
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LungMargin:
+        return cls(**{k: float(v) for k, v in d.items()})
+
+
+PAPER_MARGIN = LungMargin()
+
+
+@dataclass(frozen=True)
+class LungBox:
+    """A lung bounding box in pixel coordinates; ``x1``/``y1`` are exclusive.
+
+    Attributes:
+        x0, y0, x1, y1: the box.
+        status: one of :data:`STATUSES`.
+        n_regions: connected components found in the mask (before any rule).
+    """
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    status: str
+    n_regions: int
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+        if not (self.x1 > self.x0 and self.y1 > self.y0):
+            raise ValueError(f"empty box {self.x0, self.y0, self.x1, self.y1}")
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+
+def _as_mask(mask: np.ndarray) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.shape[0] < 1 or mask.shape[1] < 1:
+        raise ValueError(f"mask must be a non-empty 2-D array, got shape {mask.shape}")
+    return mask > 0 if mask.dtype != bool else mask
+
+
+def lung_box(mask: np.ndarray, margin: LungMargin = PAPER_MARGIN) -> LungBox:
+    """The expanded lung bounding box of one binary mask (rules in the module docstring).
+
+    Args:
+        mask: (H, W) boolean or 0/1 (any value > 0 is lung).
+        margin: the expansion, defined at ``margin.reference_size`` pixels.
+
+    Returns:
+        The box in mask pixels.
+    """
+    m = _as_mask(mask)
+    h, w = m.shape
+    labels, n = ndimage.label(m, structure=_STRUCTURE)
+    if n == 0:
+        return LungBox(0, 0, w, h, "fallback_full_image", 0)
+
+    idx = np.arange(1, n + 1)
+    areas = ndimage.sum_labels(m, labels, idx)
+    centroids = np.asarray(ndimage.center_of_mass(m, labels, idx), dtype=np.float64).reshape(n, 2)
+    keep = np.arange(n)
+    status = "clean"
+    if n > 2:
+        dist = np.hypot(centroids[:, 0] - (h - 1) / 2, centroids[:, 1] - (w - 1) / 2)
+        keep = np.argsort(dist, kind="stable")[:2]
+        status = "removed_false_positive"
+    mirror = False
+    if len(keep) == 2:
+        small, large = sorted(keep, key=lambda i: (areas[i], -i))
+        if areas[small] < AREA_RATIO * areas[large]:
+            keep = np.array([large])
+            mirror = True
+    else:
+        mirror = True
+
+    slices = ndimage.find_objects(labels)
+    y0 = min(slices[i][0].start for i in keep)
+    y1 = max(slices[i][0].stop for i in keep)
+    x0 = min(slices[i][1].start for i in keep)
+    x1 = max(slices[i][1].stop for i in keep)
+    if mirror:
+        status = "mirrored"
+        x0, x1 = min(x0, w - x1), max(x1, w - x0)
+
+    top, left, right, bottom = margin.scaled(h, w)
+    return LungBox(
+        x0=max(0, x0 - left),
+        y0=max(0, y0 - top),
+        x1=min(w, x1 + right),
+        y1=min(h, y1 + bottom),
+        status=status,
+        n_regions=int(n),
+    )
+
+
+def lung_boxes(masks: np.ndarray | Sequence[np.ndarray], margin: LungMargin = PAPER_MARGIN) -> list[LungBox]:
+    """:func:`lung_box` for each mask of a (B, H, W) array (or a sequence of 2-D masks)."""
+    if isinstance(masks, np.ndarray) and masks.ndim != 3:
+        raise ValueError(f"masks must be (B, H, W), got shape {masks.shape}")
+    return [lung_box(m, margin) for m in masks]
+
+
+def box_to_image(box: LungBox, mask_shape: tuple[int, int], image_shape: tuple[int, int]) -> LungBox:
+    """Map a box from mask pixels to the original image's pixels.
+
+    The box is scaled by ``image / mask`` per axis and rounded outwards (floor for the start,
+    ceil for the exclusive end), so the mapped box covers at least the same physical region.
+
+    Args:
+        box: in pixels of a mask of ``mask_shape`` = (H_mask, W_mask).
+        image_shape: (H_image, W_image) of the original image.
+    """
+    mh, mw = mask_shape
+    ih, iw = image_shape[:2]
+    sy, sx = ih / mh, iw / mw
+    x0 = max(0, math.floor(box.x0 * sx + 1e-9))
+    y0 = max(0, math.floor(box.y0 * sy + 1e-9))
+    x1 = min(iw, math.ceil(box.x1 * sx - 1e-9))
+    y1 = min(ih, math.ceil(box.y1 * sy - 1e-9))
+    return LungBox(x0, y0, max(x1, x0 + 1), max(y1, y0 + 1), box.status, box.n_regions)
+
+
+def box_coverage(box: LungBox, true_mask: np.ndarray) -> float:
+    """Share of the true lung pixels of ``true_mask`` (same pixel grid as ``box``) inside ``box``.
+
+    Returns NaN when the mask has no lung pixel.
+    """
+    m = _as_mask(true_mask)
+    total = int(m.sum())
+    if total == 0:
+        return float("nan")
+    return float(m[box.y0 : box.y1, box.x0 : box.x1].sum()) / total
