@@ -1,0 +1,235 @@
+"""Every AUC number of a run in one call: per-scorer AUCs with CIs, paired model-baseline tests.
+
+This is the pure core behind ``sdfn-bench compare``: arrays in, frozen dataclasses out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sdfn_bench.errors import StatsError
+from sdfn_bench.stats.auc import check_labels_scores, defined_classes
+from sdfn_bench.stats.bootstrap import BootstrapAUCs, bootstrap_p_value, patient_bootstrap, percentile_ci
+from sdfn_bench.stats.delong import DelongAUCs, DelongTest, delong_aucs, delong_test_from, normal_ci
+from sdfn_bench.stats.multiple import holm
+from sdfn_bench.stats.ttest import TTestResult, paired_t_across_classes, paired_t_over_bootstrap
+
+
+@dataclass(frozen=True)
+class ScorerSummary:
+    """AUCs of one prediction set.
+
+    Attributes:
+        name: the scorer (``entire``, ``lung``, ``sdfn``).
+        auc: (n_classes,) AUCs; NaN where undefined.
+        mean_auc: mean over the defined classes.
+        delong_ci: (n_classes, 2) DeLong normal-theory CI.
+        mean_delong_ci: (2,) CI of the mean AUC from the 14 x 14 DeLong covariance.
+        bootstrap_ci: (n_classes, 2) patient-bootstrap percentile CI; NaN without bootstrap.
+        mean_bootstrap_ci: (2,) the same for the mean AUC.
+    """
+
+    name: str
+    auc: np.ndarray
+    mean_auc: float
+    delong_ci: np.ndarray
+    mean_delong_ci: np.ndarray
+    bootstrap_ci: np.ndarray
+    mean_bootstrap_ci: np.ndarray
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Model against one baseline on the same images.
+
+    Attributes:
+        model, baseline: scorer names.
+        difference: (n_classes,) AUC(model) - AUC(baseline).
+        mean_difference: difference of the mean AUCs.
+        delong: DeLong's test per class and for the mean (two-sided).
+        delong_p_holm: (n_classes,) DeLong p-values, Holm-adjusted across the classes.
+        bootstrap_diff_ci: (n_classes, 2) percentile CI of the paired bootstrap difference.
+        bootstrap_p: (n_classes,) two-sided paired bootstrap p-values.
+        mean_bootstrap_diff_ci: (2,), mean_bootstrap_p: the same for the mean AUC.
+        t_across_classes: the paired t-test over the per-class AUCs (reading (a)).
+        t_over_bootstrap: per class, the paired t-test over replicates (reading (b), descriptive).
+        t_over_bootstrap_mean: reading (b) for the mean AUC.
+    """
+
+    model: str
+    baseline: str
+    difference: np.ndarray
+    mean_difference: float
+    delong: DelongTest
+    delong_p_holm: np.ndarray
+    bootstrap_diff_ci: np.ndarray
+    bootstrap_p: np.ndarray
+    mean_bootstrap_diff_ci: np.ndarray
+    mean_bootstrap_p: float
+    t_across_classes: TTestResult
+    t_over_bootstrap: tuple[TTestResult, ...]
+    t_over_bootstrap_mean: TTestResult
+
+
+@dataclass(frozen=True)
+class AUCAnalysis:
+    """All AUC statistics of a run.
+
+    Attributes:
+        class_names: the classes, in column order.
+        n_images, n_patients: the scored sample.
+        n_positive: (n_classes,) positives per class.
+        level: confidence level of every CI.
+        n_bootstrap, seed: bootstrap replicates and generator seed (0 replicates: no bootstrap).
+        scorers: one :class:`ScorerSummary` per prediction set.
+        comparisons: one :class:`PairedComparison` per (model, baseline).
+        delong_seconds, bootstrap_seconds: wall time of the two computations.
+    """
+
+    class_names: tuple[str, ...]
+    n_images: int
+    n_patients: int
+    n_positive: np.ndarray
+    level: float
+    n_bootstrap: int
+    seed: int
+    scorers: tuple[ScorerSummary, ...]
+    comparisons: tuple[PairedComparison, ...]
+    delong_seconds: float
+    bootstrap_seconds: float
+
+    def scorer(self, name: str) -> ScorerSummary:
+        for s in self.scorers:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+def _nan2() -> np.ndarray:
+    return np.full(2, np.nan)
+
+
+def analyze_aucs(
+    y_true: np.ndarray,
+    scores: Mapping[str, np.ndarray],
+    patient_ids: Sequence[object] | np.ndarray,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    class_names: Sequence[str],
+    n_bootstrap: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    progress: Callable[[int, int], None] | None = None,
+) -> AUCAnalysis:
+    """AUCs, CIs and paired tests of several prediction sets on the same labelled images.
+
+    Args:
+        y_true: (n_images, n_classes) 0/1 labels.
+        scores: scorer name -> (n_images, n_classes) scores.
+        patient_ids: (n_images,) patients, resampled as clusters by the bootstrap.
+        pairs: (model, baseline) names to compare.
+        class_names: n_classes names.
+        n_bootstrap: patient-bootstrap replicates; 0 skips the bootstrap (its fields become NaN).
+        seed: bootstrap seed.
+        level: confidence level.
+        progress: bootstrap progress callback ``(done, total)``.
+
+    Returns:
+        :class:`AUCAnalysis`.
+    """
+    names = list(scores)
+    for model, baseline in pairs:
+        for n in (model, baseline):
+            if n not in scores:
+                raise StatsError(f"unknown prediction set {n!r}; available: {names}")
+        if model == baseline:
+            raise StatsError(f"model and baseline are both {model!r}")
+    labels, _ = check_labels_scores(y_true, scores[names[0]])
+    if labels.shape[1] != len(class_names):
+        raise StatsError(f"{labels.shape[1]} label columns but {len(class_names)} class names")
+    ok = defined_classes(labels, class_names)
+    k = labels.shape[1]
+    arrays = [np.asarray(scores[n], dtype=np.float64) for n in names]
+
+    t0 = time.perf_counter()
+    dl: DelongAUCs = delong_aucs(labels, arrays, class_names)
+    delong_seconds = time.perf_counter() - t0
+
+    boot: BootstrapAUCs | None = None
+    t0 = time.perf_counter()
+    if n_bootstrap > 0:
+        boot = patient_bootstrap(labels, arrays, patient_ids, n_boot=n_bootstrap, seed=seed,
+                                 class_names=class_names, progress=progress)
+    bootstrap_seconds = time.perf_counter() - t0
+
+    dl_ci = dl.ci(level)
+    boot_ci = boot.ci(level) if boot is not None else np.full((len(names), k, 2), np.nan)
+    boot_mean = boot.mean_replicates(ok) if boot is not None and ok.any() else None
+    summaries = []
+    for r, name in enumerate(names):
+        w = np.zeros((len(names), k))
+        w[r, ok] = 1.0 / max(int(ok.sum()), 1)
+        mean, mean_var = dl.contrast(w) if ok.any() else (float("nan"), float("nan"))
+        summaries.append(ScorerSummary(
+            name=name,
+            auc=dl.auc[r],
+            mean_auc=mean,
+            delong_ci=dl_ci[r],
+            mean_delong_ci=normal_ci(np.array(mean), np.sqrt(max(mean_var, 0.0)), level),
+            bootstrap_ci=boot_ci[r],
+            mean_bootstrap_ci=percentile_ci(boot_mean[:, r], level) if boot_mean is not None else _nan2(),
+        ))
+
+    comparisons = []
+    for model, baseline in pairs:
+        i, j = names.index(model), names.index(baseline)
+        test = delong_test_from(dl, i, j)
+        if boot is not None:
+            d = boot.replicates[:, i] - boot.replicates[:, j]
+            diff_ci, diff_p = percentile_ci(d, level), bootstrap_p_value(d)
+            t_boot = tuple(paired_t_over_bootstrap(boot.replicates[:, i, c], boot.replicates[:, j, c]) for c in range(k))
+            if boot_mean is not None:
+                dm = boot_mean[:, i] - boot_mean[:, j]
+                mean_ci, mean_p = percentile_ci(dm, level), float(bootstrap_p_value(dm))
+                t_mean = paired_t_over_bootstrap(boot_mean[:, i], boot_mean[:, j])
+            else:
+                mean_ci, mean_p = _nan2(), float("nan")
+                t_mean = paired_t_over_bootstrap(np.array([]), np.array([]))
+        else:
+            diff_ci, diff_p = np.full((k, 2), np.nan), np.full(k, np.nan)
+            empty = paired_t_over_bootstrap(np.array([]), np.array([]))
+            t_boot, t_mean = tuple(empty for _ in range(k)), empty
+            mean_ci, mean_p = _nan2(), float("nan")
+        comparisons.append(PairedComparison(
+            model=model,
+            baseline=baseline,
+            difference=test.difference,
+            mean_difference=test.mean_difference,
+            delong=test,
+            delong_p_holm=holm(test.p_value),
+            bootstrap_diff_ci=diff_ci,
+            bootstrap_p=diff_p,
+            mean_bootstrap_diff_ci=mean_ci,
+            mean_bootstrap_p=mean_p,
+            t_across_classes=paired_t_across_classes(dl.auc[i], dl.auc[j]),
+            t_over_bootstrap=t_boot,
+            t_over_bootstrap_mean=t_mean,
+        ))
+    _, patient_count = np.unique(np.asarray(patient_ids).astype(str), return_counts=True)
+    return AUCAnalysis(
+        class_names=tuple(class_names),
+        n_images=int(labels.shape[0]),
+        n_patients=int(patient_count.shape[0]),
+        n_positive=labels.sum(axis=0).astype(np.int64),
+        level=level,
+        n_bootstrap=int(n_bootstrap),
+        seed=int(seed),
+        scorers=tuple(summaries),
+        comparisons=tuple(comparisons),
+        delong_seconds=delong_seconds,
+        bootstrap_seconds=bootstrap_seconds,
+    )
