@@ -40,6 +40,9 @@ def _root(
 
 def _register() -> None:
     # One line per command group; a group is registered only once its commands work.
+    from sdfn_bench.cli.manifest import app as manifest_app
+
+    app.add_typer(manifest_app, name="manifest")
     pass
 
 

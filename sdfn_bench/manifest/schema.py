@@ -94,3 +94,15 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+SEGMENTATION_COLUMNS: tuple[str, ...] = ("image", "mask", "patient_id")
+
+
+def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write a manifest (or box / segmentation table) reproducibly: no index column, ``\\n``
+    line ends, the parent folder created. Same frame, same bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False, lineterminator="\n")
+    return path

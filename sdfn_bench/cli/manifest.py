@@ -1,0 +1,132 @@
+"""`sdfn-bench manifest ...`: build and check manifests (logic in :mod:`sdfn_bench.manifest`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sdfn_bench.classes import CLASS_NAMES
+from sdfn_bench.manifest.check import check_manifest, count_file_checks
+from sdfn_bench.manifest.folder import folder_manifest
+from sdfn_bench.manifest.jsrt import build_jsrt_manifest, list_jsrt_images
+from sdfn_bench.manifest.nih import DEFAULT_SEED, DEFAULT_VAL_FRACTION, build_nih_manifests, read_box_file
+from sdfn_bench.manifest.schema import write_manifest
+
+app = typer.Typer(help="Build and check manifests (NIH, JSRT, any image folder).", no_args_is_help=True)
+console = Console()
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
+
+
+def _summary(path: Path, df: pd.DataFrame) -> None:
+    line = f"[green]wrote[/] {path}: {len(df)} rows, {df['patient_id'].nunique()} patients"
+    if all(c in df.columns for c in CLASS_NAMES):
+        line += f", {int((df[list(CLASS_NAMES)].sum(axis=1) == 0).sum())} with no finding"
+    console.print(line, highlight=False)
+
+
+@app.command("nih")
+def nih(
+    labels: Path = typer.Option(..., "--labels", help="NIH label file Data_Entry_2017_v2020.csv[.gz]."),
+    split_list: Path = typer.Option(..., "--split-list", help="test_list.txt or train_val_list.txt."),
+    out: Path = typer.Option(..., "-o", "--out", help="Manifest to write (the training part with --val-out)."),
+    val_out: Path | None = typer.Option(
+        None, "--val-out", help="Also split the list by patient: validation patients go here."
+    ),
+    val_fraction: float = typer.Option(
+        DEFAULT_VAL_FRACTION, "--val-fraction", min=0.0, max=1.0, help="Fraction of patients for --val-out."
+    ),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Seed of the patient split."),
+) -> None:
+    """NIH ChestX-ray14 manifest of one official split list (optionally split train/val by patient)."""
+    first, val = build_nih_manifests(
+        labels, split_list, val_fraction=val_fraction if val_out is not None else None, seed=seed
+    )
+    _summary(write_manifest(first, out), first)
+    if val is not None and val_out is not None:
+        _summary(write_manifest(val, val_out), val)
+
+
+@app.command("bbox")
+def bbox(
+    boxes: Path = typer.Option(..., "--boxes", help="NIH box file BBox_List_2017.csv[.gz]."),
+    out: Path = typer.Option(..., "-o", "--out", help="Box CSV to write: image, finding, x, y, w, h."),
+) -> None:
+    """NIH radiologist boxes as `image, finding, x, y, w, h` (Infiltrate -> Infiltration)."""
+    df = read_box_file(boxes)
+    write_manifest(df, out)
+    console.print(f"[green]wrote[/] {out}: {len(df)} boxes on {df['image'].nunique()} images", highlight=False)
+
+
+@app.command("check")
+def check(
+    manifest: Path = typer.Argument(..., help="Manifest (classification or segmentation) to check."),
+    image_root: Path | None = typer.Option(
+        None, "--image-root", help="Image root (NIH flat or images_NNN layouts too); default: the manifest's folder."
+    ),
+    no_files: bool = typer.Option(False, "--no-files", help="Check the table only, not the image files."),
+    no_decode: bool = typer.Option(False, "--no-decode", help="Check files exist and are non-empty, without decoding."),
+    workers: int = typer.Option(min(8, os.cpu_count() or 1), "--workers", min=1, help="Decoding threads."),
+    limit: int = typer.Option(100, "--limit", min=0, help="Problems listed in the table (0: all)."),
+) -> None:
+    """Check schema, duplicates, label values and image files; list every problem with its row."""
+    if no_files or not manifest.is_file():
+        report = check_manifest(manifest, image_root, check_files=False)
+    else:
+        with _progress() as bar:
+            task = bar.add_task("checking files", total=count_file_checks(manifest))
+            report = check_manifest(
+                manifest, image_root, read=not no_decode, workers=workers,
+                progress=lambda n: bar.advance(task, n),
+            )
+    if report.ok:
+        files = f", {report.n_files_checked} files under {report.image_root}" if report.n_files_checked else ""
+        console.print(f"[green]ok[/] {manifest}: {report.kind} manifest, {report.n_rows} rows{files}", highlight=False)
+        return
+    table = Table(title=f"{len(report.problems)} problem(s) in {manifest}")
+    table.add_column("row", justify="right")
+    table.add_column("column")
+    table.add_column("problem", overflow="fold")
+    shown = report.problems if limit == 0 else report.problems[:limit]
+    for problem in shown:
+        table.add_row("-" if problem.row is None else str(problem.row), problem.column, problem.message)
+    console.print(table)
+    if len(shown) < len(report.problems):
+        console.print(f"... and {len(report.problems) - len(shown)} more (--limit 0 lists all)", highlight=False)
+    raise typer.Exit(1)
+
+
+@app.command("folder")
+def folder(
+    directory: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Manifest to write; image paths are relative to DIRECTORY."),
+) -> None:
+    """Unlabeled manifest of every image under a folder (patient_id = file stem)."""
+    df = folder_manifest(directory)
+    write_manifest(df, out)
+    console.print(f"[green]wrote[/] {out}: {len(df)} images; score it with --image-root {directory}", highlight=False)
+
+
+@app.command("jsrt")
+def jsrt(
+    images: Path = typer.Option(..., "--images", help="Folder of JSRT .IMG files."),
+    masks: Path = typer.Option(..., "--masks", help="SCR mask folder holding 'left lung/' and 'right lung/'."),
+    out: Path = typer.Option(..., "-o", "--out", help="Segmentation manifest to write (masks go to its folder/jsrt_masks/)."),
+    root: Path | None = typer.Option(None, "--root", help="Make paths relative to this folder (default: OUT's folder)."),
+) -> None:
+    """Segmentation manifest pairing JSRT images with merged left+right SCR lung masks."""
+    n = len(list_jsrt_images(images))
+    with _progress() as bar:
+        task = bar.add_task("merging masks", total=n)
+        df = build_jsrt_manifest(images, masks, out, root=root, progress=lambda k: bar.advance(task, k))
+    console.print(f"[green]wrote[/] {out}: {len(df)} image/mask pairs", highlight=False)
