@@ -358,3 +358,37 @@ def test_read_image_bytes_matches_file(tmp_path: Path) -> None:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="BMP")
     np.testing.assert_array_equal(read_image_bytes(buf.getvalue(), "a.bmp"), img)
+
+
+def test_dicom_voi_lut_sequence_after_rescale(tmp_path: Path) -> None:
+    path = _dicom(tmp_path / "lut.dcm", STORED, slope=0.5, intercept=10.0)
+    ds = pydicom.dcmread(path)
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 8]
+    item.LUTData = (np.arange(4096) // 16).tolist()  # modality value v -> v // 16 in 8 bits
+    item["LUTData"].VR = "US"
+    ds.VOILUTSequence = [item]
+    ds.save_as(path)
+    modality = np.rint(0.5 * STORED + 10.0)
+    np.testing.assert_allclose(read_image(path), (modality // 16) / 255.0, atol=1e-6)
+
+
+def test_dicom_signed_pixels_window(tmp_path: Path) -> None:
+    stored = np.array([[-1000, 0], [500, 2000]], dtype=np.int16)
+    path = _dicom(tmp_path / "s.dcm", stored.view(np.uint16), slope=1.0, intercept=-24.0, center=40.0, width=400.0)
+    ds = pydicom.dcmread(path)
+    ds.PixelRepresentation = 1
+    ds.save_as(path)
+    out = read_image(path)
+    # -24 lies inside [-160.5, 239.5]: (-24 - 39.5) / 399 + 0.5
+    np.testing.assert_allclose(out, [[0.0, (-24 - 39.5) / 399 + 0.5], [1.0, 1.0]], atol=1e-6)
+
+
+def test_dicom_header_only_and_junk(tmp_path: Path) -> None:
+    data = _dicom(tmp_path / "a.dcm", STORED).read_bytes()
+    (tmp_path / "hdr.dcm").write_bytes(data[:200])
+    with pytest.raises(ImageReadError, match="hdr.dcm: DICOM file has no pixel data"):
+        read_image(tmp_path / "hdr.dcm")
+    (tmp_path / "junk.dcm").write_bytes(b"hello world" * 10)
+    with pytest.raises(ImageReadError, match="junk.dcm: not a DICOM image"):
+        read_image(tmp_path / "junk.dcm")

@@ -230,6 +230,8 @@ def _read_with_pillow(data: bytes, name: str, max_pixels: int) -> np.ndarray:
             return np.asarray(img.convert("L"), dtype=np.uint8)
     except ImageReadError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(name, f"too many pixels (possible decompression bomb): {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(name, f"corrupt or truncated image: {exc}") from exc
 
@@ -243,6 +245,8 @@ def _read_dicom(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     except (InvalidDicomError, EOFError, OSError, ValueError, struct.error) as exc:
         raise ImageReadError(name, f"not a readable DICOM file: {exc}") from exc
     if "PixelData" not in ds:
+        if data[128:132] != b"DICM":
+            raise ImageReadError(name, "not a DICOM image: no 'DICM' marker and no pixel data")
         raise ImageReadError(name, "DICOM file has no pixel data (or is truncated before it)")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -273,7 +277,7 @@ def _read_dicom(data: bytes, name: str, max_pixels: int) -> np.ndarray:
 
 
 def _dicom_to_unit(pixels: np.ndarray, ds: object, name: str) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_modality_lut
 
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     if pixels.ndim == 3:  # colour (pydicom converts YBR to RGB): luminance
@@ -286,9 +290,7 @@ def _dicom_to_unit(pixels: np.ndarray, ds: object, name: str) -> np.ndarray:
         raise ImageReadError(name, f"unsupported DICOM pixel shape {pixels.shape}")
     values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
     if "VOILUTSequence" in ds:  # type: ignore[operator]
-        lut_item = ds.VOILUTSequence[0]  # type: ignore[attr-defined]
-        bits = int(lut_item.LUTDescriptor[2])
-        unit = np.asarray(apply_voi_lut(values, ds, prefer_lut=True), dtype=np.float64) / float(2**bits - 1)
+        unit = voi_lut(values, ds.VOILUTSequence[0], name)  # type: ignore[attr-defined]
     elif "WindowCenter" in ds and "WindowWidth" in ds:  # type: ignore[operator]
         center = _first(ds.WindowCenter)  # type: ignore[attr-defined]
         width = _first(ds.WindowWidth)  # type: ignore[attr-defined]
@@ -300,6 +302,33 @@ def _dicom_to_unit(pixels: np.ndarray, ds: object, name: str) -> np.ndarray:
     if photometric == "MONOCHROME1":
         unit = np.float32(1.0) - unit
     return unit
+
+
+def voi_lut(values: np.ndarray, item: object, name: str) -> np.ndarray:
+    """Apply the first VOI LUT (PS3.3 C.11.2.1.1) and scale its output to [0, 1].
+
+    Done here rather than with pydicom's ``apply_voi_lut``, which indexes the table with the raw
+    values and is wrong for the float output of a rescale.
+
+    Args:
+        values: (H, W) modality values.
+        item: a VOI LUT Sequence item (LUTDescriptor, LUTData).
+        name: the file, for errors.
+
+    Returns:
+        (H, W) float64 in [0, 1]: LUT output / (2**bits - 1).
+    """
+    try:
+        n_entries, first_mapped, bits = (int(v) for v in item.LUTDescriptor)  # type: ignore[attr-defined]
+        raw = item.LUTData  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ImageReadError(name, f"malformed VOI LUT: {exc}") from exc
+    n_entries = n_entries or 65536  # 0 means 2**16 entries
+    table = np.frombuffer(raw, dtype="<u2") if isinstance(raw, bytes) else np.asarray(raw, dtype=np.float64)
+    if table.size < n_entries or not 1 <= bits <= 16:
+        raise ImageReadError(name, f"malformed VOI LUT: {table.size} entries for descriptor {n_entries}, {bits} bits")
+    index = np.clip(np.rint(values) - first_mapped, 0, n_entries - 1).astype(np.int64)
+    return table[:n_entries].astype(np.float64)[index] / float(2**bits - 1)
 
 
 def _first(value: object) -> float:
