@@ -1,0 +1,264 @@
+"""`sdfn-bench compare`: a scoring run's predictions against its labels, written as Table 1.
+
+Reads ``RUN/run.json`` and ``RUN/predictions.parquet`` (contract in docs/architecture.md), joins the
+predictions to the labelled manifest by ``image``, scores the rows with status ``ok``, and writes
+into RUN: ``table1.{md,html,tex,csv}``, ``roc_curves.{png,svg}`` and ``comparison.json``. These files
+are derived and reproducible from the run (same seed, same numbers), so a new comparison replaces
+them; each is written atomically (temporary file, then rename). The run's own files are never
+touched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, is_dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sdfn_bench import __version__
+from sdfn_bench.classes import CLASS_NAMES
+from sdfn_bench.errors import ManifestError, StatsError
+from sdfn_bench.manifest.schema import read_manifest
+from sdfn_bench.report.breakdown import SubgroupAUC, subgroup_aucs
+from sdfn_bench.report.leakage import LeakageReport, check_leakage
+from sdfn_bench.report.paper import paper_table1
+from sdfn_bench.report.roc_figure import draw_roc_figure, save_figure
+from sdfn_bench.report.table1 import build_table1, display_name, to_csv, to_html, to_latex, to_markdown
+from sdfn_bench.stats.paired import AUCAnalysis, analyze_aucs
+from sdfn_bench.stats.roc import roc_curves
+
+SCORERS: tuple[str, ...] = ("entire", "lung", "sdfn")
+OUTPUTS: tuple[str, ...] = (
+    "table1.md", "table1.html", "table1.tex", "table1.csv", "roc_curves.png", "roc_curves.svg", "comparison.json",
+)
+
+
+@dataclass(frozen=True)
+class ComparisonResult:
+    """What :func:`compare_run` computed and wrote.
+
+    Attributes:
+        run_dir: the run.
+        analysis: every AUC statistic.
+        leakage: the leakage guard's report.
+        subgroups: subgroup mean AUCs.
+        n_scored, n_excluded: prediction rows used / left out (status not ok).
+        synthetic: run.json says the manifest is a synthetic cohort.
+        paths: output name -> written file.
+        replaced: outputs of an earlier comparison that were replaced.
+        table1_markdown: the Markdown of table1.md, for embedding (README, demo).
+    """
+
+    run_dir: Path
+    analysis: AUCAnalysis
+    leakage: LeakageReport
+    subgroups: tuple[SubgroupAUC, ...]
+    n_scored: int
+    n_excluded: int
+    synthetic: bool
+    paths: dict[str, Path]
+    replaced: tuple[str, ...]
+    table1_markdown: str
+
+
+def latest_run(runs_dir: str | Path) -> Path:
+    """The newest run under ``runs_dir``: run folders are named by UTC timestamp, so the last name
+    in sorted order among folders holding a run.json."""
+    runs_dir = Path(runs_dir)
+    runs = sorted(p for p in runs_dir.glob("*") if (p / "run.json").is_file()) if runs_dir.is_dir() else []
+    if not runs:
+        raise StatsError(f"{runs_dir}: no run folder with a run.json; run `sdfn-bench score` first or pass RUN")
+    return runs[-1]
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    run: dict
+    manifest: pd.DataFrame  # scored rows only, aligned with scores
+    labels: np.ndarray  # (n, 14)
+    scores: dict[str, np.ndarray]
+    n_excluded: int
+    manifest_path: Path
+
+
+def _load(run_dir: Path) -> _Inputs:
+    run_json = run_dir / "run.json"
+    pred_path = run_dir / "predictions.parquet"
+    for p in (run_json, pred_path):
+        if not p.is_file():
+            raise StatsError(f"{run_dir}: {p.name} not found; is this a `sdfn-bench score` run folder?")
+    try:
+        run = json.loads(run_json.read_text())
+    except ValueError as exc:
+        raise StatsError(f"{run_json}: not valid JSON: {exc}") from exc
+    if not isinstance(run, dict) or not run.get("manifest"):
+        raise StatsError(f"{run_json}: no 'manifest' key (the labelled manifest's absolute path)")
+    manifest_path = Path(run["manifest"])
+    try:
+        manifest = read_manifest(manifest_path, require_labels=True)
+    except ManifestError as exc:
+        raise StatsError(f"{run_json}: the run's manifest cannot be used for comparison: {exc}") from exc
+    try:
+        pred = pd.read_parquet(pred_path)
+    except Exception as exc:  # pyarrow raises several unrelated types for a corrupt file
+        raise StatsError(f"{pred_path}: unreadable parquet: {exc}") from exc
+    for col in ("image", "status"):
+        if col not in pred.columns:
+            raise StatsError(f"{pred_path}: missing column {col!r}")
+    present = [s for s in SCORERS if any(c.startswith(f"{s}_") and c[len(s) + 1:] in CLASS_NAMES for c in pred.columns)]
+    for s in present:
+        missing = [f"{s}_{c}" for c in CLASS_NAMES if f"{s}_{c}" not in pred.columns]
+        if missing:
+            raise StatsError(f"{pred_path}: prediction set {s!r} lacks class column(s) {missing}")
+    if not present:
+        raise StatsError(f"{pred_path}: no prediction columns <set>_<Class> for sets {list(SCORERS)}")
+    dup = pred["image"].duplicated()
+    if dup.any():
+        raise StatsError(f"{pred_path}: image {pred['image'][dup].iloc[0]!r} appears more than once")
+    pred = pred.set_index("image")
+    unknown = pred.index.difference(manifest["image"])
+    if len(unknown):
+        raise StatsError(f"{pred_path}: {len(unknown)} image(s) not in {manifest_path}, e.g. {unknown[0]!r}")
+    absent = pd.Index(manifest["image"]).difference(pred.index)
+    if len(absent):
+        raise StatsError(f"{pred_path}: {len(absent)} manifest image(s) have no prediction row, e.g. {absent[0]!r}")
+    pred = pred.loc[manifest["image"]]
+    ok = (pred["status"].astype(str) == "ok").to_numpy()
+    if not ok.any():
+        raise StatsError(f"{pred_path}: no row with status 'ok'")
+    scores = {}
+    for s in present:
+        arr = pred.loc[ok, [f"{s}_{c}" for c in CLASS_NAMES]].to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise StatsError(f"{pred_path}: non-finite {s}_{CLASS_NAMES[c]} for ok image {pred.index[ok][r]!r}")
+        scores[s] = arr
+    scored = manifest.loc[ok].reset_index(drop=True)
+    labels = scored[list(CLASS_NAMES)].to_numpy(dtype=np.int8)
+    return _Inputs(run, scored, labels, scores, int((~ok).sum()), manifest_path)
+
+
+def _jsonable(obj: object) -> object:
+    """Dataclasses, arrays and NaN to JSON values (NaN and inf become null)."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def compare_run(
+    run_dir: str | Path,
+    baselines: Sequence[str] = ("entire",),
+    model: str = "sdfn",
+    *,
+    n_bootstrap: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    progress: Callable[[int, int], None] | None = None,
+) -> ComparisonResult:
+    """Compare a run's model against its baselines and write the Table 1 report into the run.
+
+    Args:
+        run_dir: a ``sdfn-bench score`` run folder (run.json, predictions.parquet).
+        baselines: prediction sets to compare the model against (``entire``, ``lung``).
+        model: the prediction set under test (``sdfn``).
+        n_bootstrap: patient-bootstrap replicates (0: DeLong only).
+        seed: bootstrap seed.
+        level: confidence level of the intervals.
+        progress: bootstrap progress callback ``(done, total)``.
+
+    Returns:
+        :class:`ComparisonResult` with the written paths and the Table 1 Markdown.
+
+    Raises:
+        StatsError: missing or inconsistent run files, unknown prediction sets.
+    """
+    run_dir = Path(run_dir)
+    if not baselines:
+        raise StatsError("give at least one baseline")
+    inputs = _load(run_dir)
+    for name in (model, *baselines):
+        if name not in inputs.scores:
+            raise StatsError(f"{run_dir}: prediction set {name!r} not in predictions (has {list(inputs.scores)})")
+    pairs = [(model, b) for b in baselines]
+    patients = inputs.manifest["patient_id"].astype(str).to_numpy()
+    analysis = analyze_aucs(inputs.labels, inputs.scores, patients, pairs, class_names=CLASS_NAMES,
+                            n_bootstrap=n_bootstrap, seed=seed, level=level, progress=progress)
+    checkpoints = inputs.run.get("checkpoints") or {}
+    leakage = check_leakage(checkpoints if isinstance(checkpoints, dict) else {}, set(patients))
+    subgroups = subgroup_aucs(inputs.manifest, inputs.labels, inputs.scores, CLASS_NAMES)
+    synthetic = bool(inputs.run.get("synthetic", False))
+    table = build_table1(analysis, analysis.comparisons, source=inputs.manifest_path.name, synthetic=synthetic,
+                         n_excluded=inputs.n_excluded, leakage=leakage, subgroups=subgroups)
+    markdown = to_markdown(table)
+
+    paths = {name: run_dir / name for name in OUTPUTS}
+    replaced = tuple(name for name, p in paths.items() if p.exists())
+    _write_text(paths["table1.md"], markdown)
+    _write_text(paths["table1.html"], to_html(table))
+    _write_text(paths["table1.tex"], to_latex(table))
+    _write_text(paths["table1.csv"], to_csv(table))
+    curves = {s: roc_curves(inputs.labels, inputs.scores[s], CLASS_NAMES) for s in inputs.scores}
+    fig_title = "ROC curves, " + ("synthetic cohort" if synthetic else inputs.manifest_path.name)
+    fig = draw_roc_figure(curves, CLASS_NAMES, title=fig_title)
+    save_figure(fig, paths["roc_curves.png"])
+    save_figure(fig, paths["roc_curves.svg"])
+    record = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "sdfn_bench_version": __version__,
+        "run_dir": str(run_dir.resolve()),
+        "manifest": str(inputs.manifest_path),
+        "manifest_sha256": inputs.run.get("manifest_sha256"),
+        "synthetic": synthetic,
+        "model": model,
+        "baselines": list(baselines),
+        "counts": {"scored": len(inputs.labels), "excluded_not_ok": inputs.n_excluded},
+        "significance_level": 0.01,
+        "definitions": {
+            "auc": "Mann-Whitney AUC from midranks (ties count 1/2), equal to sklearn roc_auc_score",
+            "delong": "DeLong et al. 1988 covariance via Sun & Xu 2014 midranks; two-sided normal test; "
+                      "mean AUC: linear contrast over the joint covariance of the per-class AUCs",
+            "delong_p_holm": "Holm 1979 across the classes (statsmodels multipletests method='holm')",
+            "bootstrap": "patients resampled with replacement (all images of a patient together), percentile CI; "
+                         "p = min(1, 2 min((#d*<=0 + 1)/(B+1), (#d*>=0 + 1)/(B+1)))",
+            "t_across_classes": "scipy.stats.ttest_rel over the per-class AUC pairs (model, baseline)",
+            "t_over_bootstrap": "scipy.stats.ttest_rel over bootstrap replicate pairs; descriptive, p shrinks with B",
+        },
+        "analysis": _jsonable(analysis),
+        "scorer_display_names": {s: display_name(s) for s in inputs.scores},
+        "leakage": {**_jsonable(leakage), "leaked": leakage.leaked, "summary": leakage.summary()},
+        "subgroups": _jsonable(subgroups),
+        "paper_table1": paper_table1(),
+        "table1_csv_columns": list(table.frame.columns),
+    }
+    _write_text(paths["comparison.json"], json.dumps(record, indent=1, allow_nan=False) + "\n")
+    return ComparisonResult(
+        run_dir=run_dir, analysis=analysis, leakage=leakage, subgroups=subgroups, n_scored=len(inputs.labels),
+        n_excluded=inputs.n_excluded, synthetic=synthetic, paths=paths, replaced=replaced, table1_markdown=markdown,
+    )

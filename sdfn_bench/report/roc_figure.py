@@ -1,0 +1,69 @@
+"""ROC curves per class, one panel each, like the paper's Fig. 8."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from sdfn_bench.stats.roc import RocCurve
+
+COLORS = {"entire": "#1f77b4", "lung": "#ff7f0e", "sdfn": "#d62728"}
+LABELS = {"entire": "Entire CXR", "lung": "Lung region", "sdfn": "SDFN"}
+
+
+def draw_roc_figure(curves: Mapping[str, Sequence[RocCurve]], class_names: Sequence[str], *, title: str) -> Figure:
+    """A 4 x 4 grid (14 classes) of ROC curves with the AUC in each legend.
+
+    The figure is attached to an Agg canvas directly (no pyplot, no global backend switch).
+
+    Args:
+        curves: scorer -> one :class:`RocCurve` per class.
+        class_names: panel titles, in the curves' order.
+        title: the figure's title.
+
+    Returns:
+        The figure; save it with :func:`save_figure`.
+    """
+    n = len(class_names)
+    ncols = 4
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(4.0 * ncols, 4.0 * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, name in enumerate(class_names):
+        ax = axes[i // ncols][i % ncols]
+        ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="#999999")
+        for scorer, per_class in curves.items():
+            curve = per_class[i]
+            label = f"{LABELS.get(scorer, scorer)} (AUC {curve.auc:.3f})" if curve.defined else f"{LABELS.get(scorer, scorer)} (undefined)"
+            if curve.defined:
+                ax.plot(curve.fpr, curve.tpr, lw=1.6, color=COLORS.get(scorer), label=label)
+            else:
+                ax.plot([], [], color=COLORS.get(scorer), label=label)
+        ax.set_title(name.replace("_", " "), fontsize=12)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=9)
+        if i % ncols == 0:
+            ax.set_ylabel("True positive rate")
+        if i // ncols == nrows - 1 or i + ncols >= n:
+            ax.set_xlabel("False positive rate")
+    for j in range(n, nrows * ncols):
+        axes[j // ncols][j % ncols].set_axis_off()
+    fig.suptitle(title, fontsize=14)
+    return fig
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """Write ``fig`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".")
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format=fmt, dpi=110 if fmt == "png" else None)
+    os.replace(tmp, path)

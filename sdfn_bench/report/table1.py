@@ -1,0 +1,305 @@
+"""Table 1 of the paper beside this run's AUCs, rendered as Markdown, HTML, LaTeX and CSV.
+
+Rows: the 14 classes and Mean. Columns: the paper's published AUCs (Wang et al. 2017, Yao et al.
+2018, Gündel et al. 2018, and the paper's Entire CXR, Lung region and SDFN), this run's AUC of each
+prediction set with its 95% CI, and ``model - baseline`` per baseline, marked where the
+Holm-adjusted two-sided DeLong p < 0.01 (on the Mean row: DeLong's test of the mean AUC).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from sdfn_bench.report.breakdown import SubgroupAUC
+from sdfn_bench.report.leakage import LeakageReport
+from sdfn_bench.report.paper import PAPER_COLUMNS, paper_table1
+from sdfn_bench.stats.paired import AUCAnalysis, PairedComparison
+
+SIGNIFICANCE = 0.01  # the paper's threshold
+MARK = "*"
+DISPLAY = {"entire": "Entire", "lung": "Lung", "sdfn": "SDFN"}
+
+
+def display_name(scorer: str) -> str:
+    return DISPLAY.get(scorer, scorer)
+
+
+def format_p(p: float) -> str:
+    if p is None or math.isnan(p):
+        return "n/a"
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def _auc(v: float) -> str:
+    return "n/a" if math.isnan(v) else f"{v:.3f}"
+
+
+def _auc_ci(v: float, ci: np.ndarray) -> str:
+    if math.isnan(v):
+        return "n/a"
+    if np.isnan(ci).any():
+        return f"{v:.3f}"
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _diff(v: float, significant: bool) -> str:
+    return "n/a" if math.isnan(v) else f"{v:+.3f}{MARK if significant else ''}"
+
+
+@dataclass(frozen=True)
+class Table1:
+    """A rendered-agnostic Table 1.
+
+    Attributes:
+        title: one line; says "synthetic cohort" for a synthetic run.
+        banner: the leakage warning, "" when there is none.
+        columns: display headers, first the row label.
+        rows: display cells, one tuple per row (14 classes then Mean).
+        notes: sentences printed under the table.
+        tests: per comparison, a (header, rows) table of the per-class tests.
+        subgroups: (header, rows) of the subgroup mean AUCs; empty rows when none.
+        frame: the numeric table (CSV): one row per class and Mean.
+    """
+
+    title: str
+    banner: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    notes: tuple[str, ...]
+    tests: tuple[tuple[str, tuple[str, ...], tuple[tuple[str, ...], ...]], ...]
+    subgroups: tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]
+    frame: pd.DataFrame
+
+
+def _ci_of(analysis: AUCAnalysis, scorer: str) -> tuple[np.ndarray, np.ndarray, str]:
+    s = analysis.scorer(scorer)
+    if analysis.n_bootstrap > 0:
+        return s.bootstrap_ci, s.mean_bootstrap_ci, "bootstrap"
+    return s.delong_ci, s.mean_delong_ci, "delong"
+
+
+def _significant(cmp: PairedComparison) -> tuple[np.ndarray, bool]:
+    per_class = np.nan_to_num(cmp.delong_p_holm, nan=1.0) < SIGNIFICANCE
+    return per_class, bool(cmp.delong.mean_p_value < SIGNIFICANCE)
+
+
+def build_table1(
+    analysis: AUCAnalysis,
+    comparisons: Sequence[PairedComparison],
+    *,
+    source: str,
+    synthetic: bool,
+    n_excluded: int,
+    leakage: LeakageReport | None,
+    subgroups: Sequence[SubgroupAUC] = (),
+) -> Table1:
+    """Assemble Table 1 from the statistics of a run.
+
+    Args:
+        analysis: every AUC number of the run.
+        comparisons: the (model, baseline) comparisons to show as difference columns.
+        source: the scored manifest, for the title.
+        synthetic: the manifest is a synthetic cohort (said in the title).
+        n_excluded: prediction rows left out (status not ok).
+        leakage: the leakage guard's report.
+        subgroups: subgroup mean AUCs.
+    """
+    names = analysis.class_names
+    paper = paper_table1()
+    scorers = [s.name for s in analysis.scorers]
+    row_keys = [*names, "Mean"]
+    ci_method = "bootstrap" if analysis.n_bootstrap > 0 else "delong"
+
+    columns = ["Finding", *PAPER_COLUMNS]
+    columns += [f"{display_name(s)} (this run)" for s in scorers]
+    columns += [f"{display_name(c.model)} − {display_name(c.baseline)}" for c in comparisons]
+
+    numeric: dict[str, list[float]] = {f"paper_{c}": [] for c in PAPER_COLUMNS}
+    rows: list[tuple[str, ...]] = []
+    sig = [_significant(c) for c in comparisons]
+    for i, key in enumerate(row_keys):
+        is_mean = key == "Mean"
+        cells = [key.replace("_", " ")]
+        for col in PAPER_COLUMNS:
+            value = paper.get(key, {}).get(col, float("nan"))
+            cells.append(_auc(value))
+            numeric[f"paper_{col}"].append(value)
+        for s in scorers:
+            summ = analysis.scorer(s)
+            ci, mean_ci, _ = _ci_of(analysis, s)
+            value = summ.mean_auc if is_mean else float(summ.auc[i])
+            interval = mean_ci if is_mean else ci[i]
+            cells.append(_auc_ci(value, interval))
+            numeric.setdefault(f"{s}_auc", []).append(value)
+            numeric.setdefault(f"{s}_ci_low", []).append(float(interval[0]))
+            numeric.setdefault(f"{s}_ci_high", []).append(float(interval[1]))
+        for cmp, (per_class, mean_sig) in zip(comparisons, sig, strict=True):
+            tag = f"{cmp.model}_minus_{cmp.baseline}"
+            diff = cmp.mean_difference if is_mean else float(cmp.difference[i])
+            marked = mean_sig if is_mean else bool(per_class[i])
+            cells.append(_diff(diff, marked))
+            dci = cmp.mean_bootstrap_diff_ci if is_mean else cmp.bootstrap_diff_ci[i]
+            numeric.setdefault(f"{tag}", []).append(diff)
+            numeric.setdefault(f"{tag}_ci_low", []).append(float(dci[0]))
+            numeric.setdefault(f"{tag}_ci_high", []).append(float(dci[1]))
+            numeric.setdefault(f"{tag}_delong_p", []).append(
+                cmp.delong.mean_p_value if is_mean else float(cmp.delong.p_value[i]))
+            numeric.setdefault(f"{tag}_delong_p_holm", []).append(
+                float("nan") if is_mean else float(cmp.delong_p_holm[i]))
+            numeric.setdefault(f"{tag}_bootstrap_p", []).append(
+                cmp.mean_bootstrap_p if is_mean else float(cmp.bootstrap_p[i]))
+            numeric.setdefault(f"{tag}_significant", []).append(bool(marked))
+        rows.append(tuple(cells))
+    frame = pd.DataFrame({"finding": row_keys, **numeric})
+    frame.insert(1, "n_positive", [*(int(v) for v in analysis.n_positive), int(analysis.n_positive.sum())])
+
+    cohort = "SYNTHETIC cohort (not ChestX-ray14)" if synthetic else source
+    title = f"Table 1 — ROC AUC on {cohort}: {analysis.n_images} images, {analysis.n_patients} patients"
+    if synthetic:
+        title += " — synthetic data: the paper's columns are shown for layout, not comparable"
+    banner = f"WARNING — {leakage.summary()}" if leakage is not None and leakage.leaked else ""
+
+    notes = [
+        f"Scored: {analysis.n_images} images of {analysis.n_patients} patients from {source}; "
+        f"{n_excluded} prediction row(s) with status other than ok excluded.",
+        "Paper columns: published AUCs of Liu et al. (2019) Table 1 on the NIH ChestX-ray14 test split.",
+        (f"This run: AUC [{analysis.level:.0%} CI]; CI = percentile interval of {analysis.n_bootstrap} patient-level "
+         f"bootstrap replicates (images of a patient resampled together, seed {analysis.seed})"
+         if ci_method == "bootstrap" else
+         f"This run: AUC [{analysis.level:.0%} CI]; CI = DeLong normal-theory interval (no bootstrap)") + ".",
+        f"Differences: model − baseline AUC; {MARK} = two-sided DeLong test (DeLong et al. 1988, fast algorithm of "
+        f"Sun & Xu 2014), p Holm-adjusted across the classes (Holm 1979) < {SIGNIFICANCE}; on the Mean row, DeLong's "
+        f"test of the mean AUC (a linear contrast of the correlated per-class AUCs) p < {SIGNIFICANCE}.",
+    ]
+    if leakage is not None:
+        notes.append("Leakage guard: " + leakage.summary())
+    tests = []
+    for cmp in comparisons:
+        m, b = display_name(cmp.model), display_name(cmp.baseline)
+        ta, tb = cmp.t_across_classes, cmp.t_over_bootstrap_mean
+        notes.append(
+            f"{m} vs {b}, mean AUC: Δ {cmp.mean_difference:+.4f} "
+            f"(bootstrap {analysis.level:.0%} CI [{cmp.mean_bootstrap_diff_ci[0]:+.4f}, {cmp.mean_bootstrap_diff_ci[1]:+.4f}]); "
+            f"DeLong z = {cmp.delong.mean_z:.2f}, p = {format_p(cmp.delong.mean_p_value)}; "
+            f"paired bootstrap p = {format_p(cmp.mean_bootstrap_p)}."
+        )
+        notes.append(
+            f"{m} vs {b}, the paper's \"paired t-test\" (the paper does not say what was paired): "
+            f"(a) across the per-class AUCs: t = {ta.statistic:.2f}, df = {ta.df:.0f}, p = {format_p(ta.p_value)}; "
+            f"(b) over {tb.n_pairs} bootstrap replicates of the mean AUC: t = {tb.statistic:.2f}, "
+            f"p = {format_p(tb.p_value)} (descriptive only: this p shrinks as the number of replicates grows)."
+        )
+        header = ("Finding", "Δ AUC", f"Δ {analysis.level:.0%} CI (bootstrap)", "DeLong p", "Holm p",
+                  "bootstrap p", "t over replicates p")
+        trows = []
+        for i, key in enumerate(names):
+            ci = cmp.bootstrap_diff_ci[i]
+            trows.append((
+                key.replace("_", " "), _diff(float(cmp.difference[i]), False),
+                "n/a" if np.isnan(ci).any() else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]",
+                format_p(float(cmp.delong.p_value[i])), format_p(float(cmp.delong_p_holm[i])),
+                format_p(float(cmp.bootstrap_p[i])), format_p(cmp.t_over_bootstrap[i].p_value),
+            ))
+        tests.append((f"{m} vs {b}: per-class tests", header, tuple(trows)))
+
+    sub_header = ("Factor", "Subgroup", "Images", "Patients", "Classes defined",
+                  *(f"{display_name(s)} mean AUC" for s in scorers))
+    sub_rows = tuple(
+        (g.factor, g.level, str(g.n_images), str(g.n_patients), str(g.n_classes_defined),
+         *(_auc(g.mean_auc[s]) for s in scorers))
+        for g in subgroups
+    )
+    return Table1(
+        title=title, banner=banner, columns=tuple(columns), rows=tuple(rows), notes=tuple(notes),
+        tests=tuple(tests), subgroups=(sub_header, sub_rows), frame=frame,
+    )
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]], align_first_left: bool = True) -> str:
+    def esc(c: str) -> str:
+        return c.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |"]
+    lines.append("|" + "|".join([":---" if align_first_left else "---:"] + ["---:"] * (len(header) - 1)) + "|")
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def to_markdown(t: Table1) -> str:
+    """Table 1 as GitHub Markdown: banner, table, notes, per-class tests, subgroups."""
+    parts = [f"# {t.title}", ""]
+    if t.banner:
+        parts += [f"> **{t.banner}**", ""]
+    parts += [_md_table(t.columns, t.rows), ""]
+    parts += [f"- {n}" for n in t.notes] + [""]
+    for title, header, rows in t.tests:
+        parts += [f"## {title}", "", _md_table(header, rows), ""]
+    header, rows = t.subgroups
+    parts += ["## Subgroups (mean AUC over the classes defined in each subgroup)", ""]
+    parts += [_md_table(header, rows) if rows else "The manifest has no view, sex or age values.", ""]
+    return "\n".join(parts)
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def to_html(t: Table1) -> str:
+    """Table 1 as a standalone HTML page."""
+    e = html.escape
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}td:first-child,th:first-child"
+             "{text-align:left}.banner{background:#fdd;border:2px solid #c00;padding:1em;font-weight:bold}")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(t.title)}</title>"
+             f"<style>{style}</style></head><body>", f"<h1>{e(t.title)}</h1>"]
+    if t.banner:
+        parts.append(f"<div class='banner'>{e(t.banner)}</div>")
+    parts.append(_html_table(t.columns, t.rows))
+    parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in t.notes) + "</ul>")
+    for title, header, rows in t.tests:
+        parts += [f"<h2>{e(title)}</h2>", _html_table(header, rows)]
+    header, rows = t.subgroups
+    if rows:
+        parts += ["<h2>Subgroups (mean AUC)</h2>", _html_table(header, rows)]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "−": "--", "Δ": r"$\Delta$",
+        "ü": r"\"u", "—": "---"}
+
+
+def _tex(s: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in s)
+
+
+def to_latex(t: Table1) -> str:
+    """Table 1 as a LaTeX ``table`` (booktabs) with the notes as a footnote block."""
+    cols = "l" + "r" * (len(t.columns) - 1)
+    lines = [r"\begin{table}[ht]", r"\centering", r"\scriptsize", f"\\caption{{{_tex(t.title)}}}"]
+    if t.banner:
+        lines.append(f"\\par\\textbf{{{_tex(t.banner)}}}\\par")
+    lines += [f"\\begin{{tabular}}{{{cols}}}", r"\toprule", " & ".join(_tex(c) for c in t.columns) + r" \\", r"\midrule"]
+    for i, r in enumerate(t.rows):
+        if i == len(t.rows) - 1:
+            lines.append(r"\midrule")
+        lines.append(" & ".join(_tex(c) for c in r) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip", r"\begin{minipage}{\linewidth}\tiny"]
+    lines += [_tex(n) + r"\par" for n in t.notes]
+    lines += [r"\end{minipage}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(t: Table1) -> str:
+    """The numeric table: one row per class and Mean, every AUC, CI, difference and p-value."""
+    return t.frame.to_csv(index=False, float_format="%.6g")

@@ -1,0 +1,173 @@
+"""`compare_run` on a fake run folder: files, values, marks, leakage banner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from sdfn_bench.classes import CLASS_NAMES
+from sdfn_bench.errors import StatsError
+from sdfn_bench.report.compare import OUTPUTS, compare_run, latest_run
+
+
+def make_run(tmp: Path, *, leak: bool = False, n_patients: int = 120, per_patient: int = 2, seed: int = 0,
+             hernia_all_negative: bool = False) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    n = n_patients * per_patient
+    patients = np.repeat([f"P{i:04d}" for i in range(n_patients)], per_patient)
+    labels = (rng.random((n, 14)) < 0.25).astype(int)
+    if hernia_all_negative:
+        labels[:, 13] = 0
+    manifest = pd.DataFrame({
+        "image": [f"img_{i:05d}.png" for i in range(n)],
+        "patient_id": patients,
+        "view": np.where(rng.random(n) < 0.6, "PA", "AP"),
+        "age": rng.integers(5, 95, n),
+        "sex": np.where(rng.random(n) < 0.5, "M", "F"),
+    })
+    for c, name in enumerate(CLASS_NAMES):
+        manifest[name] = labels[:, c]
+    cohort = tmp / "cohort"
+    cohort.mkdir()
+    manifest.to_csv(cohort / "test.csv", index=False)
+
+    noise = rng.normal(size=(n, 14))
+    # SDFN has twice the signal of the entire-image model on the same noise: better by construction.
+    entire = 0.5 * labels + noise + 0.8 * rng.normal(size=(n, 14))
+    lung = 0.7 * labels + noise + 0.8 * rng.normal(size=(n, 14))
+    sdfn = 1.6 * labels + noise + 0.8 * rng.normal(size=(n, 14))
+    pred = pd.DataFrame({"image": manifest["image"]})
+    for prefix, s in (("entire", entire), ("lung", lung), ("sdfn", sdfn)):
+        for c, name in enumerate(CLASS_NAMES):
+            pred[f"{prefix}_{name}"] = (1 / (1 + np.exp(-s[:, c]))).astype(np.float32)
+    for col in ("lung_x0", "lung_y0", "lung_x1", "lung_y1"):
+        pred[col] = 0
+    pred["status"] = "ok"
+    pred["error"] = ""
+    pred.loc[[3, 7], "status"] = "error"  # two unreadable images
+    pred.loc[[3, 7], "error"] = "truncated"
+    pred.loc[3, "sdfn_Atelectasis"] = np.nan  # errors carry no usable scores
+
+    ckpt = tmp / "checkpoints"
+    ckpt.mkdir()
+    train_ids = [f"T{i:04d}" for i in range(50)] + (["P0005", "P0010"] if leak else [])
+    for name in ("extractor_entire", "fusion"):
+        (ckpt / f"{name}.safetensors").write_bytes(b"")
+        (ckpt / f"{name}.json").write_text(json.dumps({"kind": "x", "train_patient_ids": sorted(train_ids)}))
+    run_dir = tmp / "reports" / "runs" / "20260101T000000Z"
+    run_dir.mkdir(parents=True)
+    pred.to_parquet(run_dir / "predictions.parquet", index=False)
+    (run_dir / "run.json").write_text(json.dumps({
+        "manifest": str((cohort / "test.csv").resolve()),
+        "synthetic": True,
+        "checkpoints": {n: {"path": str(ckpt / f"{n}.safetensors"), "sha256": "0"} for n in ("extractor_entire", "fusion")},
+    }))
+    return run_dir, manifest, pred
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    run_dir, manifest, pred = make_run(tmp)
+    result = compare_run(run_dir, baselines=("entire", "lung"), model="sdfn", n_bootstrap=200, seed=1)
+    return run_dir, manifest, pred, result
+
+
+def test_all_outputs_written(compared) -> None:
+    run_dir, _, _, result = compared
+    for name in OUTPUTS:
+        assert (run_dir / name).stat().st_size > 0, name
+    assert result.paths["table1.md"].read_text() == result.table1_markdown
+    assert (run_dir / "roc_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in (run_dir / "roc_curves.svg").read_bytes()[:500]
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_csv_values_match_sklearn(compared) -> None:
+    run_dir, manifest, pred, result = compared
+    ok = (pred["status"] == "ok").to_numpy()
+    table = pd.read_csv(run_dir / "table1.csv")
+    assert list(table["finding"]) == [*CLASS_NAMES, "Mean"]
+    for prefix in ("entire", "lung", "sdfn"):
+        want = [roc_auc_score(manifest.loc[ok, c], pred.loc[ok, f"{prefix}_{c}"]) for c in CLASS_NAMES]
+        np.testing.assert_allclose(table[f"{prefix}_auc"].iloc[:14], want, atol=1e-6)
+        assert table[f"{prefix}_auc"].iloc[14] == pytest.approx(np.mean(want), abs=1e-6)
+    assert table["paper_SDFN (paper)"].iloc[14] == 0.815 and table["paper_Wang et al. 2017"].iloc[0] == 0.700
+    assert result.n_excluded == 2 and result.n_scored == len(manifest) - 2
+
+
+def test_marks_follow_holm_delong(compared) -> None:
+    run_dir, _, _, result = compared
+    table = pd.read_csv(run_dir / "table1.csv")
+    cmp = result.analysis.comparisons[0]
+    assert (cmp.model, cmp.baseline) == ("sdfn", "entire")
+    expected = cmp.delong_p_holm < 0.01
+    assert expected.sum() >= 10  # strong effect by construction
+    np.testing.assert_array_equal(table["sdfn_minus_entire_significant"].iloc[:14], expected)
+    md = result.table1_markdown
+    mean_row = next(line for line in md.splitlines() if line.startswith("| Mean"))
+    assert mean_row.rstrip(" |").split("|")[-2].strip().endswith("*")  # SDFN − Entire, mean
+    for i, name in enumerate(CLASS_NAMES):
+        row = next(line for line in md.splitlines() if line.startswith(f"| {name.replace('_', ' ')} |"))
+        assert row.split("|")[-3].strip().endswith("*") == bool(expected[i]), name
+
+
+def test_title_notes_and_json(compared) -> None:
+    run_dir, _, _, result = compared
+    md = result.table1_markdown
+    assert "SYNTHETIC" in md.splitlines()[0]
+    assert "PATIENT LEAKAGE" not in md and "No overlap" in md
+    assert "across the per-class AUCs" in md and "bootstrap replicates of the mean AUC" in md
+    record = json.loads((run_dir / "comparison.json").read_text())
+    assert record["counts"] == {"scored": result.n_scored, "excluded_not_ok": 2}
+    assert record["leakage"]["leaked"] is False
+    sdfn = next(s for s in record["analysis"]["scorers"] if s["name"] == "sdfn")
+    assert sdfn["mean_auc"] == pytest.approx(result.analysis.scorer("sdfn").mean_auc)
+    factors = {(g["factor"], g["level"]) for g in record["subgroups"]}
+    assert {("view", "PA"), ("view", "AP"), ("sex", "F"), ("sex", "M"), ("age", "40-59")} <= factors
+    assert "## Subgroups" in md and "| view | PA |" in md
+
+
+def test_leakage_banner(tmp_path) -> None:
+    run_dir, _, _, = make_run(tmp_path, leak=True, n_patients=40)
+    result = compare_run(run_dir, n_bootstrap=0)
+    assert result.leakage.leaked
+    lines = result.table1_markdown.splitlines()
+    assert lines[2].startswith("> **WARNING — PATIENT LEAKAGE") and "P0005" in lines[2]
+    assert json.loads((run_dir / "comparison.json").read_text())["leakage"]["leaked"] is True
+    assert "PATIENT LEAKAGE" in (run_dir / "table1.html").read_text()
+
+
+def test_undefined_class_and_rerun_replaces(tmp_path) -> None:
+    run_dir, _, _ = make_run(tmp_path, n_patients=30, hernia_all_negative=True)
+    with pytest.warns(UserWarning, match="Hernia"):
+        first = compare_run(run_dir, n_bootstrap=20)
+    assert first.replaced == ()
+    table = pd.read_csv(run_dir / "table1.csv")
+    assert np.isnan(table["sdfn_auc"].iloc[13]) and not np.isnan(table["sdfn_auc"].iloc[14])
+    with pytest.warns(UserWarning):
+        second = compare_run(run_dir, n_bootstrap=20)
+    assert set(second.replaced) == set(OUTPUTS)
+
+
+def test_latest_run_and_errors(tmp_path) -> None:
+    run_dir, _, pred = make_run(tmp_path, n_patients=20)
+    older = run_dir.parent / "20250101T000000Z"
+    older.mkdir()
+    (older / "run.json").write_text("{}")
+    assert latest_run(run_dir.parent) == run_dir
+    with pytest.raises(StatsError, match="no run folder"):
+        latest_run(tmp_path / "nowhere")
+    with pytest.raises(StatsError, match="'nope'"):
+        compare_run(run_dir, baselines=("nope",), n_bootstrap=0)
+    pred.drop(columns=["lung_Hernia"]).to_parquet(run_dir / "predictions.parquet")
+    with pytest.raises(StatsError, match="lung_Hernia"):
+        compare_run(run_dir, n_bootstrap=0)
+    pred.iloc[1:].to_parquet(run_dir / "predictions.parquet")
+    with pytest.raises(StatsError, match="no prediction row"):
+        compare_run(run_dir, n_bootstrap=0)
