@@ -43,6 +43,9 @@ def _register() -> None:
     from sdfn_bench.cli.manifest import app as manifest_app
 
     app.add_typer(manifest_app, name="manifest")
+    from sdfn_bench.cli.synth import synth
+
+    app.command("synth")(synth)
     pass
 
 
