@@ -1,0 +1,116 @@
+"""`sdfn-bench score MANIFEST`: score a manifest (logic in :mod:`sdfn_bench.score.run`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from sdfn_bench.score.run import DECODERS, ScoreResult, score_manifest
+
+console = Console()
+
+
+class _RateProgress:
+    """A Rich bar with images/s and ETA; rows already scored by an interrupted run count as done."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: TaskID | None = None
+
+    def start(self, total: int, done: int) -> None:
+        self.task = self.progress.add_task("scoring", total=total, completed=done, rate="-- img/s")
+
+    def advance(self, n: int) -> None:
+        if self.task is None:
+            return
+        self.progress.advance(self.task, n)
+        speed = self.progress.tasks[self.task].speed
+        self.progress.update(self.task, rate=f"{speed:.1f} img/s" if speed else "-- img/s")
+
+
+def _bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("[cyan]{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _summary(result: ScoreResult) -> None:
+    table = Table(title=f"run {result.run_dir}", show_header=True)
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    table.add_column("images/s", justify="right")
+    for stage, s in result.stages.items():
+        rate = s["images_per_s"]
+        table.add_row(stage, f"{s['seconds']:.2f}", "-" if rate is None else f"{rate:.1f}")
+    console.print(table)
+    console.print(
+        f"[green]scored[/] {result.total} images: {result.ok} ok, "
+        f"{'[red]' if result.error else ''}{result.error} error{'[/]' if result.error else ''}; "
+        f"{result.wall_s:.1f} s, {result.images_per_s:.2f} images/s",
+        highlight=False,
+    )
+    for image, error in result.errors:
+        console.print(f"  [red]error[/] {image}: {error}", highlight=False)
+    console.print(f"predictions: {result.predictions}\nrun record:  {result.run_json}", highlight=False)
+
+
+def score(
+    manifest: Path = typer.Argument(..., help="Manifest CSV (image, patient_id, view, age, sex[, 14 labels])."),
+    image_root: Path | None = typer.Option(None, "--image-root", help="Image folder (default: the manifest's folder)."),
+    engines: Path = typer.Option(Path("engines"), "--engines", help="Engines folder (from `sdfn-bench build-engines`)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Run folder (default reports/runs/<UTC timestamp>; must be new unless --resume)."
+    ),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Images per batch (default 16)."),
+    decoder: str = typer.Option(
+        "auto", "--decoder", help=f"{'|'.join(DECODERS)}: auto = DALI on a GPU when installed, else the CPU reader."
+    ),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Decode/resize threads (default: cores, max 8)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Score only the first N manifest rows."),
+    max_errors: int = typer.Option(
+        100, "--max-errors", min=0, help="Exit with an error when more images than this are unreadable."
+    ),
+    backend: str | None = typer.Option(None, "--backend", help="Engine backend (default: the one built)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; a one-line summary."),
+) -> None:
+    """Score every image of MANIFEST: entire-image, lung and SDFN probabilities, lung boxes, errors."""
+    if quiet:
+        result = score_manifest(
+            manifest, engines_dir=engines, image_root=image_root, out=out, batch_size=batch_size, decoder=decoder,
+            workers=workers, resume=resume, limit=limit, max_errors=max_errors, backend=backend,
+        )
+        console.print(
+            f"scored {result.total} images ({result.ok} ok, {result.error} error) in {result.wall_s:.1f} s "
+            f"({result.images_per_s:.2f} images/s) -> {result.run_dir}",
+            highlight=False,
+        )
+        return
+    with _bar() as bar:
+        result = score_manifest(
+            manifest, engines_dir=engines, image_root=image_root, out=out, batch_size=batch_size, decoder=decoder,
+            workers=workers, resume=resume, limit=limit, max_errors=max_errors, backend=backend,
+            progress=_RateProgress(bar),
+        )
+    _summary(result)

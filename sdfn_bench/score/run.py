@@ -1,0 +1,421 @@
+"""A scoring run: its folder, resume, the final merge, ``run.json`` and the summary.
+
+``score_manifest`` is what `sdfn-bench score` calls. A run folder holds, when finished,
+``predictions.parquet`` and ``run.json`` (formats in docs/architecture.md). While it runs it also
+holds ``shards/`` (atomic result shards, see :mod:`sdfn_bench.score.shards`) and
+``score_state.json`` (the settings a resume must reuse, and the timings of finished sessions);
+both are removed once the predictions are merged and checked.
+
+A previous run is never overwritten: the default folder is ``reports/runs/<UTC timestamp>/`` (a
+suffix is added if that exists), an explicit ``--out`` must be empty or absent unless
+``--resume`` is given, and a finished run cannot be resumed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pandas as pd
+
+from sdfn_bench.classes import check_class_names
+from sdfn_bench.errors import BackendUnavailableError, ScoreError
+from sdfn_bench.manifest.image_root import ImageResolver
+from sdfn_bench.manifest.schema import file_sha256, has_labels, read_manifest
+from sdfn_bench.score.batch import resolve_path
+from sdfn_bench.score.pipeline import STAGES, BatchDecoder, run_pipeline
+from sdfn_bench.score.shards import ShardWriter, merge_shards, read_shards, remove_shards
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
+    from sdfn_bench.engines import EngineSet
+
+PREDICTIONS = "predictions.parquet"
+RUN_JSON = "run.json"
+STATE_JSON = "score_state.json"
+DEFAULT_RUNS_DIR = Path("reports") / "runs"
+DEFAULT_BATCH_SIZE = 16
+# Rows per shard = the batch size times this; a crash loses at most one shard of work.
+BATCHES_PER_SHARD = 16
+DECODERS = ("auto", "dali", "cpu")
+
+
+class Progress(Protocol):
+    """Progress reporting hooks (the CLI implements them with a Rich bar)."""
+
+    def start(self, total: int, done: int) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """The outcome of a finished run.
+
+    Attributes:
+        run_dir: the run folder.
+        total, ok, error: row counts (error: unreadable images).
+        wall_s: wall seconds of the sessions that scored the rows (resumed runs: their sum).
+        images_per_s: rows scored / wall_s.
+        stages: per-stage seconds and images/s.
+        errors: up to 10 ``(image, error)`` examples.
+    """
+
+    run_dir: Path
+    total: int
+    ok: int
+    error: int
+    wall_s: float
+    images_per_s: float
+    stages: dict[str, dict[str, Any]]
+    errors: tuple[tuple[str, str], ...]
+
+    @property
+    def predictions(self) -> Path:
+        return self.run_dir / PREDICTIONS
+
+    @property
+    def run_json(self) -> Path:
+        return self.run_dir / RUN_JSON
+
+
+def utc_stamp(now: _dt.datetime | None = None) -> str:
+    """``20261125T183500Z``: sortable, no characters that need quoting."""
+    return (now or _dt.datetime.now(_dt.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+
+
+def new_run_dir(base: Path = DEFAULT_RUNS_DIR, now: _dt.datetime | None = None) -> Path:
+    """Create and return a fresh ``base/<UTC timestamp>[-N]`` folder (never an existing one)."""
+    base.mkdir(parents=True, exist_ok=True)
+    stamp = utc_stamp(now)
+    for n in range(1000):
+        candidate = base / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise ScoreError(f"{base}: cannot create a new run folder for {stamp}")
+
+
+def choose_decoder(decoder: str) -> tuple[str, str]:
+    """(decoder, device) for ``auto|dali|cpu``: ``auto`` is DALI on a GPU when installed, else cpu."""
+    if decoder not in DECODERS:
+        raise ScoreError(f"--decoder must be one of {list(DECODERS)}, got {decoder!r}")
+    from sdfn_bench.decode.dali import dali_available
+
+    if decoder == "cpu":
+        return "cpu", "cpu"
+    gpu = _cuda_available()
+    if decoder == "auto":
+        return ("dali", "gpu") if gpu and dali_available() else ("cpu", "cpu")
+    if not dali_available():
+        raise BackendUnavailableError("--decoder dali needs NVIDIA DALI: pip install -e '.[dali]'")
+    return "dali", "gpu" if gpu else "cpu"
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def default_workers() -> int:
+    """Decode/resize threads: the usable cores, at most 8."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, usable))
+
+
+def versions(decoder: str) -> dict[str, str]:
+    """Versions of everything that shapes a run's numbers or speed."""
+    import cv2
+    import pyarrow
+
+    from sdfn_bench.engines.registry import software_versions
+
+    out = dict(software_versions())
+    out.update(pandas=pd.__version__, pyarrow=pyarrow.__version__, opencv=cv2.__version__)
+    try:
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    if decoder == "dali":
+        import nvidia.dali
+
+        out["dali"] = nvidia.dali.__version__
+    return out
+
+
+def hardware() -> dict[str, Any]:
+    """CPU model, cores, memory and GPU (if any) of this machine."""
+    from sdfn_bench.engines.registry import cpu_model, device_info, physical_cores
+
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "physical_cores": physical_cores(),
+        "logical_cpus": os.cpu_count(),
+        "memory_gb": _memory_gb(),
+        "platform": platform.platform(),
+        "gpu": device_info("cuda") if _cuda_available() else None,
+    }
+    return info
+
+
+def _memory_gb() -> float | None:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _open_run_dir(out: Path | None, resume: bool) -> Path:
+    if resume:
+        if out is None:
+            raise ScoreError("--resume needs --out RUN_DIR (the folder of the interrupted run)")
+        if (out / PREDICTIONS).exists() and not (out / STATE_JSON).exists():
+            raise ScoreError(f"{out}: this run is already complete ({PREDICTIONS} exists); nothing to resume")
+        if not (out / STATE_JSON).is_file():
+            raise ScoreError(f"{out}: not an interrupted scoring run (no {STATE_JSON})")
+        return out
+    if out is None:
+        return new_run_dir()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ScoreError(f"{out}: exists and is not empty; choose a new --out, or pass --resume to continue that run")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _check_resume(state: dict[str, Any], fresh: dict[str, Any], run_dir: Path) -> None:
+    for key, what in (
+        ("manifest_sha256", "manifest"),
+        ("engines_digest", "engines"),
+        ("limit", "--limit"),
+        ("decoder", "decoder"),
+    ):
+        if state.get(key) != fresh.get(key):
+            raise ScoreError(
+                f"{run_dir}: cannot resume: the {what} differs from the interrupted run "
+                f"({state.get(key)!r} then, {fresh.get(key)!r} now); start a new run instead"
+            )
+
+
+def _sum_stages(sessions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for stage in STAGES:
+        seconds = sum(s["stages"][stage]["seconds"] for s in sessions)
+        images = sum(s["stages"][stage]["images"] for s in sessions)
+        out[stage] = {
+            "seconds": round(seconds, 4),
+            "images": images,
+            "images_per_s": round(images / seconds, 3) if seconds > 0 else None,
+        }
+    return out
+
+
+def score_manifest(
+    manifest: str | Path,
+    *,
+    engines: EngineSet | None = None,
+    engines_dir: str | Path = "engines",
+    image_root: str | Path | None = None,
+    out: str | Path | None = None,
+    batch_size: int | None = None,
+    decoder: str = "auto",
+    workers: int | None = None,
+    resume: bool = False,
+    limit: int | None = None,
+    max_errors: int | None = None,
+    backend: str | None = None,
+    progress: Progress | None = None,
+    shard_rows: int | None = None,
+) -> ScoreResult:
+    """Score every row of a manifest (or its first ``limit``) and write a run folder.
+
+    Args:
+        manifest: the manifest CSV.
+        engines: an already loaded engine set (else loaded from ``engines_dir``).
+        engines_dir: folder with engines.json.
+        image_root: where the images are; default the manifest's folder.
+        out: the run folder; default ``reports/runs/<UTC timestamp>``.
+        batch_size: rows per batch (default 16; a resume reuses the interrupted run's).
+        decoder: ``auto``, ``dali`` or ``cpu``.
+        workers: decode/resize threads (default: usable cores, at most 8).
+        resume: continue the interrupted run in ``out``.
+        limit: score only the first ``limit`` manifest rows.
+        max_errors: fail (after writing everything) when more images than this are unreadable;
+            None for no limit.
+        backend: engine backend to load (default: the one recorded in engines.json).
+        progress: progress hooks.
+        shard_rows: rows per shard (default: 16 batches; rounded up to a whole number of batches).
+
+    Returns:
+        The counts, timings and folder of the finished run.
+
+    Raises:
+        ManifestError: the manifest is unreadable or invalid.
+        ScoreError: bad run folder or resume, or more than ``max_errors`` unreadable images.
+    """
+    t_start = _dt.datetime.now(_dt.timezone.utc)
+    manifest = Path(manifest).resolve()
+    df = read_manifest(manifest)
+    if limit is not None:
+        if limit < 1:
+            raise ScoreError(f"--limit must be >= 1, got {limit}")
+        df = df.iloc[:limit]
+    images = [str(v) for v in df["image"]]
+    resolver = ImageResolver.for_manifest(manifest, image_root)
+    decoder_name, decoder_device = choose_decoder(decoder)
+    if engines is None:
+        from sdfn_bench.engines import load_engines
+
+        engines = load_engines(Path(engines_dir), backend=backend)
+    if has_labels(df):
+        check_class_names(engines.class_names, where=f"engines in {engines_dir}")
+
+    run_dir = _open_run_dir(Path(out) if out is not None else None, resume).resolve()
+    fresh = {
+        "manifest": str(manifest),
+        "manifest_sha256": file_sha256(manifest),
+        "image_root": str(Path(resolver.root).resolve()),
+        "engines_dir": str(Path(engines_dir).resolve()),
+        "engines_digest": engines.digest,
+        "limit": limit,
+        "decoder": decoder_name,
+    }
+    state_path = run_dir / STATE_JSON
+    if resume:
+        state = json.loads(state_path.read_text())
+        _check_resume(state, fresh, run_dir)
+        if batch_size is not None and batch_size != state["batch_size"]:
+            raise ScoreError(
+                f"{run_dir}: the interrupted run used --batch-size {state['batch_size']}; "
+                "resume with the same (or without --batch-size)"
+            )
+    else:
+        bs = batch_size or DEFAULT_BATCH_SIZE
+        if bs < 1:
+            raise ScoreError(f"--batch-size must be >= 1, got {bs}")
+        rows_per_shard = shard_rows or bs * BATCHES_PER_SHARD
+        rows_per_shard = -(-rows_per_shard // bs) * bs  # a whole number of batches (identical resume)
+        state = {**fresh, "batch_size": bs, "shard_rows": rows_per_shard, "created": t_start.isoformat(), "sessions": []}
+        _write_json(state_path, state)
+    bs = int(state["batch_size"])
+    workers = workers or default_workers()
+
+    done = read_shards(run_dir, images)
+    done_images = set() if done is None else set(done["image"])
+    todo = [i for i in images if i not in done_images]
+    positions = {image: i for i, image in enumerate(images)}
+    writer = ShardWriter(run_dir, positions, int(state["shard_rows"]))
+    if progress is not None:
+        progress.start(len(images), len(done_images))
+
+    factory: Callable[[Executor], BatchDecoder] | None = None
+    if decoder_name == "dali":
+        from sdfn_bench.decode.dali import DaliDecoder
+
+        def factory(pool: Executor) -> BatchDecoder:
+            return DaliDecoder(lambda im: resolve_path(im, resolver), batch_size=bs, device=decoder_device,
+                               num_threads=workers)
+
+    stats = run_pipeline(
+        todo,
+        engines,
+        resolver,
+        sink=writer.add,
+        batch_size=bs,
+        workers=workers,
+        decoder=factory,
+        progress=progress.advance if progress is not None else None,
+    )
+    writer.close()
+    state["sessions"].append(
+        {"started": t_start.isoformat(), "images": stats.images, "wall_s": round(stats.wall_s, 3), "stages": stats.stages}
+    )
+    _write_json(state_path, state)
+
+    predictions = merge_shards(run_dir, images, run_dir / PREDICTIONS)
+    result = _finish(run_dir, state, predictions, engines, decoder_name, decoder_device, bs, workers)
+    # State first: a crash between the two leaves a complete run plus stale shards, never a
+    # "resumable" run whose shards are gone.
+    state_path.unlink()
+    remove_shards(run_dir)
+    if max_errors is not None and result.error > max_errors:
+        raise ScoreError(
+            f"{result.error} of {result.total} images could not be read (more than --max-errors {max_errors}); "
+            f"predictions with the error rows are in {run_dir}"
+        )
+    return result
+
+
+def _finish(
+    run_dir: Path,
+    state: dict[str, Any],
+    predictions: pd.DataFrame,
+    engines: EngineSet,
+    decoder: str,
+    decoder_device: str,
+    batch_size: int,
+    workers: int,
+) -> ScoreResult:
+    sessions = state["sessions"]
+    wall_s = sum(s["wall_s"] for s in sessions)
+    scored = sum(s["images"] for s in sessions)
+    total = len(predictions)
+    is_error = predictions["status"] == "error"
+    n_error = int(is_error.sum())
+    stages = _sum_stages(sessions)
+    manifest = Path(state["manifest"])
+    record = {
+        "manifest": state["manifest"],
+        "manifest_sha256": state["manifest_sha256"],
+        "image_root": state["image_root"],
+        "engines_dir": state["engines_dir"],
+        "engines_digest": state["engines_digest"],
+        "checkpoints": engines.checkpoints,
+        "backend": engines.backend,
+        "precision": engines.precision,
+        "decoder": decoder,
+        "decoder_device": decoder_device,
+        "batch_size": batch_size,
+        "workers": workers,
+        "limit": state["limit"],
+        "versions": versions(decoder),
+        "hardware": hardware(),
+        "counts": {"total": total, "ok": total - n_error, "error": n_error},
+        "wall_s": round(wall_s, 3),
+        "images_per_s": round(scored / wall_s, 3) if wall_s > 0 else None,
+        "stages": stages,
+        "sessions": sessions,
+        "synthetic": (manifest.parent / "cohort.json").is_file(),
+        "created": state["created"],
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+    }
+    _write_json(run_dir / RUN_JSON, record)
+    examples = predictions.loc[is_error, ["image", "error"]].head(10)
+    return ScoreResult(
+        run_dir=run_dir,
+        total=total,
+        ok=total - n_error,
+        error=n_error,
+        wall_s=record["wall_s"],
+        images_per_s=record["images_per_s"] or 0.0,
+        stages=stages,
+        errors=tuple((str(a), str(b)) for a, b in examples.itertuples(index=False)),
+    )
+

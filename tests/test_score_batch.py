@@ -1,0 +1,124 @@
+"""score_batch and the streaming pipeline on fake engines: values, error rows, order, batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import expit
+from test_score_fakes import FakeEngine, FakeEngines, make_image_folder
+
+from sdfn_bench.classes import CLASS_NAMES
+from sdfn_bench.decode.reader import read_image
+from sdfn_bench.lrg import box_to_image, lung_box
+from sdfn_bench.manifest.image_root import ImageResolver
+from sdfn_bench.preprocess import prepare
+from sdfn_bench.score.batch import prediction_columns, score_batch
+from sdfn_bench.score.pipeline import STAGES, run_pipeline
+
+
+@pytest.fixture
+def folder(tmp_path):
+    manifest = make_image_folder(tmp_path, 11, broken={2: "missing", 5: "corrupt", 9: "text"})
+    return manifest, pd.read_csv(manifest), ImageResolver(tmp_path)
+
+
+def _expected_row(path, engines: FakeEngines):
+    """One image by hand, written independently of the score module's helpers."""
+    img = read_image(path)
+    seg = prepare(img, engines.pre_segmenter)[None]
+    logits = engines.segmenter.fn({"image": seg})["mask_logits"]
+    mask = 1.0 / (1.0 + np.exp(-logits[0, 0].astype(np.float64))) > engines.mask_threshold
+    box = box_to_image(lung_box(mask), mask.shape, img.shape)
+    crop = img[box.y0 : box.y1, box.x0 : box.x1]
+    ent = engines.extractor_entire.fn({"image": prepare(img, engines.pre_entire)[None]})
+    lung = engines.extractor_lung.fn({"image": prepare(crop, engines.pre_lung)[None]})
+    fused = engines.fusion.fn({"features_entire": ent["features"], "features_lung": lung["features"]})
+    return box, expit(ent["logits"][0]), expit(lung["logits"][0]), expit(fused["logits"][0])
+
+
+def test_score_batch_values_and_error_rows(folder, tmp_path):
+    _, rows, resolver = folder
+    engines = FakeEngines()
+    out = score_batch(rows, engines, resolver)
+    assert list(out.columns) == prediction_columns(CLASS_NAMES)
+    assert list(out["image"]) == list(rows["image"])
+    errors = {2, 5, 9}
+    assert [i for i, s in enumerate(out["status"]) if s == "error"] == sorted(errors)
+    assert "file not found" in out.loc[2, "error"]
+    assert "truncated PNG" in out.loc[5, "error"]
+    assert "not a recognised image" in out.loc[9, "error"]
+    # Unreadable images never reach a network: one batch of the 8 readable ones.
+    assert engines.segmenter.batches == [8]
+    assert engines.extractor_entire.batches == [8] and engines.fusion.batches == [8]
+    for i in range(len(rows)):
+        row = out.loc[i]
+        if i in errors:
+            assert np.isnan(row[[f"sdfn_{c}" for c in CLASS_NAMES]].to_numpy(float)).all()
+            assert pd.isna(row["lung_x0"]) and pd.isna(row["lrg_regions"]) and row["lrg_status"] == ""
+            continue
+        assert row["status"] == "ok" and row["error"] == ""
+        box, p_entire, p_lung, p_sdfn = _expected_row(tmp_path / rows["image"][i], engines)
+        assert (row["lung_x0"], row["lung_y0"], row["lung_x1"], row["lung_y1"]) == (box.x0, box.y0, box.x1, box.y1)
+        assert row["lrg_status"] == box.status and row["lrg_regions"] == box.n_regions
+        np.testing.assert_allclose(row[[f"entire_{c}" for c in CLASS_NAMES]].to_numpy(float), p_entire, atol=1e-6)
+        np.testing.assert_allclose(row[[f"lung_{c}" for c in CLASS_NAMES]].to_numpy(float), p_lung, atol=1e-6)
+        np.testing.assert_allclose(row[[f"sdfn_{c}" for c in CLASS_NAMES]].to_numpy(float), p_sdfn, atol=1e-6)
+    # The two synthetic lungs are found: a clean two-region box narrower than the image.
+    ok = out[out["status"] == "ok"]
+    assert (ok["lrg_status"] == "clean").all()
+    assert (ok["lung_x1"] - ok["lung_x0"] > 0).all()
+    assert out.dtypes["sdfn_Hernia"] == np.float32
+
+
+def test_score_batch_all_unreadable(tmp_path):
+    manifest = make_image_folder(tmp_path, 3, broken={0: "missing", 1: "missing", 2: "text"})
+    engines = FakeEngines()
+    out = score_batch(pd.read_csv(manifest), engines, ImageResolver(tmp_path))
+    assert list(out["status"]) == ["error"] * 3
+    assert engines.segmenter.batches == []
+
+
+@pytest.mark.parametrize(("batch_size", "workers"), [(1, 1), (3, 2), (4, 3), (16, 2)])
+def test_pipeline_equals_score_batch(folder, batch_size, workers):
+    _, rows, resolver = folder
+    engines = FakeEngines()
+    frames: list[pd.DataFrame] = []
+    seen: list[int] = []
+    stats = run_pipeline(
+        list(rows["image"]), engines, resolver, sink=frames.append, batch_size=batch_size, workers=workers,
+        progress=seen.append,
+    )
+    got = pd.concat(frames, ignore_index=True)
+    expected = pd.concat(
+        [score_batch(rows.iloc[i : i + batch_size], FakeEngines(), resolver) for i in range(0, len(rows), batch_size)],
+        ignore_index=True,
+    )
+    pd.testing.assert_frame_equal(got, expected)
+    assert stats.images == len(rows) and sum(seen) == len(rows)
+    assert [len(f) for f in frames] == [min(batch_size, len(rows) - i) for i in range(0, len(rows), batch_size)]
+    assert set(stats.stages) == set(STAGES)
+    assert stats.stages["decode"]["images"] == len(rows)
+    assert stats.stages["segmenter"]["images"] == 8
+    assert stats.stages["extractors"]["images"] == 8
+
+
+def test_pipeline_propagates_engine_failure(folder):
+    _, rows, resolver = folder
+    engines = FakeEngines()
+    engines.extractor_lung = FakeEngine(engines.extractor_lung.fn, fail_on_call=2)
+    frames: list[pd.DataFrame] = []
+    with pytest.raises(RuntimeError, match="engine exploded"):
+        run_pipeline(list(rows["image"]), engines, resolver, sink=frames.append, batch_size=2, workers=2)
+    # Only batches finished before the failure reached the sink, in order.
+    assert len(frames) <= 1
+
+
+def test_pipeline_propagates_sink_failure(folder):
+    _, rows, resolver = folder
+
+    def sink(frame):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        run_pipeline(list(rows["image"]), FakeEngines(), resolver, sink=sink, batch_size=2, workers=2)

@@ -1,0 +1,158 @@
+"""score_manifest: run folder, run.json, shards, resume, error limits (fake engines, milliseconds)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from test_score_fakes import FakeEngine, FakeEngines, make_image_folder
+
+from sdfn_bench.errors import ManifestError, ScoreError
+from sdfn_bench.manifest.image_root import ImageResolver
+from sdfn_bench.score.batch import score_batch
+from sdfn_bench.score.run import PREDICTIONS, RUN_JSON, STATE_JSON, score_manifest
+from sdfn_bench.score.shards import SHARD_DIR, ShardWriter, merge_shards, read_shards, shard_files
+
+RUN_JSON_KEYS = {
+    "manifest", "manifest_sha256", "image_root", "engines_dir", "engines_digest", "checkpoints", "backend",
+    "precision", "decoder", "versions", "hardware", "counts", "wall_s", "images_per_s", "stages", "synthetic",
+    "created",
+}
+
+
+@pytest.fixture
+def cohort(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_image_folder(root, 13, broken={4: "corrupt", 10: "missing"})
+    return manifest, pd.read_csv(manifest), ImageResolver(root)
+
+
+def _expected(rows, resolver, batch_size):
+    return pd.concat(
+        [score_batch(rows.iloc[i : i + batch_size], FakeEngines(), resolver) for i in range(0, len(rows), batch_size)],
+        ignore_index=True,
+    )
+
+
+def test_run_writes_predictions_and_run_json(cohort, tmp_path):
+    manifest, rows, resolver = cohort
+    out = tmp_path / "run"
+    res = score_manifest(manifest, engines=FakeEngines(), out=out, batch_size=4, decoder="cpu", workers=2)
+    assert (res.total, res.ok, res.error) == (13, 11, 2)
+    assert sorted(p.name for p in out.iterdir()) == [PREDICTIONS, RUN_JSON]  # shards and state are gone
+    pred = pq.read_table(out / PREDICTIONS).to_pandas()
+    pd.testing.assert_frame_equal(pred, _expected(rows, resolver, 4))
+    record = json.loads((out / RUN_JSON).read_text())
+    assert RUN_JSON_KEYS <= set(record)
+    assert record["counts"] == {"total": 13, "ok": 11, "error": 2}
+    assert record["manifest"] == str(manifest.resolve())
+    assert record["backend"] == "fake" and record["decoder"] == "cpu" and record["synthetic"] is False
+    assert record["stages"]["decode"]["images"] == 13 and record["stages"]["segmenter"]["images"] == 11
+    assert record["images_per_s"] > 0 and record["wall_s"] > 0
+    assert [e[0] for e in res.errors] == [rows["image"][4], rows["image"][10]]
+
+
+def test_synthetic_flag_and_limit(cohort, tmp_path):
+    manifest, rows, resolver = cohort
+    (manifest.parent / "cohort.json").write_text("{}")
+    res = score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "r", batch_size=3, decoder="cpu", limit=5)
+    record = json.loads(res.run_json.read_text())
+    assert record["synthetic"] is True and record["limit"] == 5
+    pred = pd.read_parquet(res.predictions)
+    assert list(pred["image"]) == list(rows["image"][:5])
+
+
+def test_default_run_dir_never_reused(cohort, tmp_path, monkeypatch):
+    manifest, _, _ = cohort
+    monkeypatch.chdir(tmp_path)
+    a = score_manifest(manifest, engines=FakeEngines(), decoder="cpu", limit=2)
+    b = score_manifest(manifest, engines=FakeEngines(), decoder="cpu", limit=2)
+    assert a.run_dir != b.run_dir
+    assert a.run_dir.parent == tmp_path / "reports" / "runs" == b.run_dir.parent.resolve()
+    assert (a.run_dir / PREDICTIONS).is_file() and (b.run_dir / PREDICTIONS).is_file()
+
+
+def test_refuses_non_empty_out_and_bad_resume(cohort, tmp_path):
+    manifest, _, _ = cohort
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "something").write_text("x")
+    with pytest.raises(ScoreError, match="not empty"):
+        score_manifest(manifest, engines=FakeEngines(), out=out, decoder="cpu")
+    with pytest.raises(ScoreError, match="not an interrupted"):
+        score_manifest(manifest, engines=FakeEngines(), out=out, decoder="cpu", resume=True)
+    with pytest.raises(ScoreError, match="--resume needs --out"):
+        score_manifest(manifest, engines=FakeEngines(), decoder="cpu", resume=True)
+    done = tmp_path / "done"
+    score_manifest(manifest, engines=FakeEngines(), out=done, decoder="cpu", limit=3)
+    with pytest.raises(ScoreError, match="already complete"):
+        score_manifest(manifest, engines=FakeEngines(), out=done, decoder="cpu", limit=3, resume=True)
+
+
+def test_manifest_errors_are_manifest_level(tmp_path):
+    bad = tmp_path / "m.csv"
+    bad.write_text("image,patient_id\nx.png,1\n")
+    with pytest.raises(ManifestError):
+        score_manifest(bad, engines=FakeEngines(), out=tmp_path / "r", decoder="cpu")
+
+
+def test_resume_after_crash_is_identical(cohort, tmp_path):
+    manifest, rows, resolver = cohort
+    crashing = FakeEngines()
+    crashing.extractor_lung = FakeEngine(crashing.extractor_lung.fn, fail_on_call=3)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="engine exploded"):
+        score_manifest(manifest, engines=crashing, out=out, batch_size=2, shard_rows=4, decoder="cpu", workers=2)
+    partial = read_shards(out, list(rows["image"]))
+    assert partial is not None and len(partial) == 4  # two batches done = one whole shard
+    assert (out / STATE_JSON).is_file() and not (out / PREDICTIONS).exists()
+    # A resume must reuse the interrupted run's settings.
+    with pytest.raises(ScoreError, match="--batch-size 2"):
+        score_manifest(manifest, engines=FakeEngines(), out=out, batch_size=3, decoder="cpu", resume=True)
+    with pytest.raises(ScoreError, match="--limit"):
+        score_manifest(manifest, engines=FakeEngines(), out=out, decoder="cpu", resume=True, limit=5)
+    resumed_engines = FakeEngines()
+    res = score_manifest(manifest, engines=resumed_engines, out=out, decoder="cpu", resume=True)
+    assert sum(resumed_engines.segmenter.batches) == 13 - 4 - 2  # only the rest, minus its 2 unreadable
+    fresh = score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "fresh", batch_size=2, decoder="cpu")
+    pd.testing.assert_frame_equal(pd.read_parquet(res.predictions), pd.read_parquet(fresh.predictions))
+    pd.testing.assert_frame_equal(pd.read_parquet(res.predictions), _expected(rows, resolver, 2))
+    record = json.loads(res.run_json.read_text())
+    assert len(record["sessions"]) == 1 and record["sessions"][0]["images"] == 9
+    assert record["counts"]["total"] == 13
+
+
+def test_max_errors(cohort, tmp_path):
+    manifest, _, _ = cohort
+    with pytest.raises(ScoreError, match="2 of 13 images could not be read"):
+        score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "a", decoder="cpu", max_errors=1)
+    assert (tmp_path / "a" / PREDICTIONS).is_file()  # everything is still written
+    res = score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "b", decoder="cpu", max_errors=2)
+    assert res.error == 2
+
+
+def test_shards_atomic_order_and_checks(tmp_path):
+    images = [f"i{k}" for k in range(7)]
+    positions = {im: k for k, im in enumerate(images)}
+    writer = ShardWriter(tmp_path, positions, 3)
+    frame = pd.DataFrame({"image": images, "v": range(7)})
+    writer.add(frame.iloc[:2])
+    assert shard_files(tmp_path) == []
+    writer.add(frame.iloc[2:5])
+    assert [p.name for p in shard_files(tmp_path)] == ["part-000000000.parquet"]
+    writer.add(frame.iloc[5:])
+    writer.close()
+    assert [p.name for p in shard_files(tmp_path)] == [f"part-00000000{k}.parquet" for k in (0, 3, 6)]
+    assert not [p for p in (tmp_path / SHARD_DIR).iterdir() if p.name.startswith(".")]
+    merged = merge_shards(tmp_path, list(reversed(images)), tmp_path / "p.parquet")
+    assert list(merged["image"]) == list(reversed(images))
+    with pytest.raises(ScoreError, match="no row"):
+        merge_shards(tmp_path, [*images, "extra"], tmp_path / "q.parquet")
+    with pytest.raises(ScoreError, match="not in the manifest"):
+        read_shards(tmp_path, images[:-1])
+    # A duplicated row (say, a shard copied by hand) is refused, not silently merged.
+    pd.DataFrame({"image": ["i1"], "v": [1]}).to_parquet(tmp_path / SHARD_DIR / "part-000000099.parquet")
+    with pytest.raises(ScoreError, match="more than one shard"):
+        read_shards(tmp_path, images)
