@@ -1,4 +1,4 @@
-"""`compare_run` on a fake run folder: files, values, marks, leakage banner."""
+"""`compare_run` and `sdfn-bench compare` on a fake run folder: files, values, marks, leakage banner."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
 
 from sdfn_bench.classes import CLASS_NAMES
+from sdfn_bench.cli.main import app, main
 from sdfn_bench.errors import StatsError
 from sdfn_bench.report.compare import OUTPUTS, compare_run, latest_run
 
@@ -171,3 +173,25 @@ def test_latest_run_and_errors(tmp_path) -> None:
     pred.iloc[1:].to_parquet(run_dir / "predictions.parquet")
     with pytest.raises(StatsError, match="no prediction row"):
         compare_run(run_dir, n_bootstrap=0)
+
+
+def test_compare_newest_run_via_cli(tmp_path, monkeypatch) -> None:
+    run_dir, _, _ = make_run(tmp_path, leak=True, n_patients=40)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["compare", "--baseline", "entire", "--baseline", "lung", "--bootstrap", "50",
+                                      "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert "PATIENT LEAKAGE" in result.output and "SDFN − Lung" in result.output
+    record = json.loads((run_dir / "comparison.json").read_text())
+    assert record["baselines"] == ["entire", "lung"] and record["analysis"]["seed"] == 3
+    assert record["analysis"]["n_bootstrap"] == 50
+    assert len(pd.read_csv(run_dir / "table1.csv")) == 15
+
+
+def test_missing_run_exits_1(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["sdfn-bench", "compare", "--runs-dir", str(tmp_path / "none")])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 1
+    assert "no run folder with a run.json" in " ".join(capsys.readouterr().err.split())

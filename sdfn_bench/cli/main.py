@@ -46,6 +46,9 @@ def _register() -> None:
     from sdfn_bench.cli.synth import synth
 
     app.command("synth")(synth)
+    from sdfn_bench.cli.compare import compare
+
+    app.command("compare")(compare)
     pass
 
 

@@ -1,0 +1,81 @@
+"""`sdfn-bench compare`: Table 1, ROC figure and tests for a scoring run (logic in
+:mod:`sdfn_bench.report.compare`)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sdfn_bench.report.compare import ComparisonResult, compare_run, latest_run
+from sdfn_bench.report.table1 import display_name, format_p
+
+console = Console()
+
+
+def _summary(result: ComparisonResult) -> Table:
+    a = result.analysis
+    table = Table(title=f"Mean AUC over {len(a.class_names)} findings ({a.n_images} images, {a.n_patients} patients)")
+    table.add_column("Prediction set")
+    table.add_column("Mean AUC", justify="right")
+    table.add_column(f"{a.level:.0%} CI", justify="right")
+    for s in a.scorers:
+        ci = s.mean_bootstrap_ci if a.n_bootstrap > 0 else s.mean_delong_ci
+        table.add_row(display_name(s.name), f"{s.mean_auc:.4f}", f"[{ci[0]:.4f}, {ci[1]:.4f}]")
+    tests = Table(title="Model vs baseline")
+    for col in ("Comparison", "Δ mean AUC", "DeLong p", "bootstrap p", "t across classes p", "Holm p<0.01 classes"):
+        tests.add_column(col, justify="right" if col != "Comparison" else "left")
+    for c in a.comparisons:
+        n_sig = int((c.delong_p_holm < 0.01).sum())
+        tests.add_row(
+            f"{display_name(c.model)} − {display_name(c.baseline)}", f"{c.mean_difference:+.4f}",
+            format_p(c.delong.mean_p_value), format_p(c.mean_bootstrap_p), format_p(c.t_across_classes.p_value),
+            f"{n_sig}/{int((~np.isnan(c.delong_p_holm)).sum())}",
+        )
+    grid = Table.grid(padding=1)
+    grid.add_row(table)
+    grid.add_row(tests)
+    return grid
+
+
+def compare(
+    run: Path | None = typer.Argument(None, help="Run folder (default: the newest under --runs-dir)."),
+    baseline: list[str] = typer.Option(["entire"], "--baseline", "-b", help="Baseline prediction set; repeatable."),
+    model: str = typer.Option("sdfn", "--model", "-m", help="Prediction set under test."),
+    bootstrap: int = typer.Option(2000, "--bootstrap", min=0, help="Patient-bootstrap replicates (0: DeLong only)."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    runs_dir: Path = typer.Option(Path("reports/runs"), "--runs-dir", help="Where runs live (default: ./reports/runs)."),
+) -> None:
+    """Compare a run's model with its baselines: Table 1 (md/html/tex/csv), ROC curves, comparison.json."""
+    run_dir = run if run is not None else latest_run(runs_dir.resolve())
+    console.print(f"comparing [bold]{run_dir}[/]: {model} vs {', '.join(baseline)}", highlight=False)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("patient bootstrap", total=max(bootstrap, 1))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = compare_run(run_dir, baselines=tuple(baseline), model=model, n_bootstrap=bootstrap, seed=seed,
+                                 progress=lambda done, total: progress.update(task, completed=done, total=total))
+    for w in {str(w.message): w for w in caught}.values():
+        console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+    if result.leakage.leaked:
+        console.print(Panel(result.leakage.summary(), title="PATIENT LEAKAGE", style="bold red"))
+    elif result.leakage.unverified:
+        console.print(f"[yellow]{result.leakage.summary()}[/]", highlight=False)
+    if result.synthetic:
+        console.print("[yellow]synthetic cohort:[/] these numbers are not comparable with the paper's.")
+    if result.n_excluded:
+        console.print(f"[yellow]{result.n_excluded} prediction row(s) with status other than ok excluded[/]")
+    console.print(_summary(result))
+    a = result.analysis
+    console.print(f"DeLong {a.delong_seconds:.2f} s; bootstrap ({a.n_bootstrap} replicates) {a.bootstrap_seconds:.2f} s")
+    if result.replaced:
+        console.print(f"replaced the previous comparison's {len(result.replaced)} file(s)")
+    console.print(f"[green]wrote[/] {result.paths['table1.md']} (+ .html .tex .csv), "
+                  f"{result.paths['roc_curves.png']} (+ .svg), {result.paths['comparison.json']}", highlight=False)
