@@ -1,0 +1,250 @@
+"""The small interface every inference backend implements.
+
+An :class:`Engine` is one network (segmenter, an extractor or the fusion head) loaded by one
+backend: it takes named float32 arrays with a leading batch axis and returns named float32 host
+arrays. A :class:`Backend` knows how to build the artifacts of an engine from an exported ONNX
+file (or from the PyTorch module itself) and how to load them again.
+
+Tensor names are fixed (see :data:`ENGINE_IO`) so that scoring code never depends on a backend.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sdfn_bench.errors import EngineError
+
+if TYPE_CHECKING:
+    import torch
+
+ENGINE_NAMES: tuple[str, ...] = ("segmenter", "extractor_entire", "extractor_lung", "fusion")
+KIND_OF: dict[str, str] = {
+    "segmenter": "segmenter",
+    "extractor_entire": "extractor",
+    "extractor_lung": "extractor",
+    "fusion": "fusion",
+}
+# Input and output tensor names per engine kind; ``feature_maps`` is added to extractors built
+# with CAMs (it is always the last output).
+ENGINE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "segmenter": (("image",), ("mask_logits",)),
+    "extractor": (("image",), ("features", "logits")),
+    "fusion": (("features_entire", "features_lung"), ("logits",)),
+}
+CAM_OUTPUT = "feature_maps"
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+BACKENDS: tuple[str, ...] = ("onnxruntime", "torch", "tensorrt")
+
+
+def io_names(kind: str, *, cams: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Input and output names of an engine of ``kind`` (``segmenter|extractor|fusion``)."""
+    inputs, outputs = ENGINE_IO[kind]
+    if cams and kind == "extractor":
+        outputs = outputs + (CAM_OUTPUT,)
+    return inputs, outputs
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named input or output; ``shape[0]`` is the dynamic batch axis, written ``-1``."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TensorSpec:
+        return cls(name=str(d["name"]), shape=tuple(int(v) for v in d["shape"]), dtype=str(d.get("dtype", "float32")))
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What an engine takes and gives, independent of the backend."""
+
+    name: str
+    kind: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch: int
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+
+@dataclass
+class LoadContext:
+    """Everything a backend needs to load one engine recorded in engines.json."""
+
+    spec: EngineSpec
+    engines_dir: Path
+    entry: Mapping[str, Any]
+    device: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def file(self, role: str) -> Path:
+        files = self.entry.get("files", {})
+        if role not in files:
+            raise EngineError(f"{self.spec.name}: engines.json has no {role!r} file for this engine")
+        return self.engines_dir / files[role]
+
+
+def to_numpy_f32(value: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A C-contiguous float32 host array from a numpy array or a torch tensor (any device)."""
+    if not isinstance(value, np.ndarray):
+        value = value.detach().to("cpu").numpy()
+    return np.ascontiguousarray(value, dtype=np.float32)
+
+
+class Engine(ABC):
+    """One loaded network. Subclasses implement :meth:`_run` for a batch of at most ``max_batch``.
+
+    ``run`` checks names and shapes, converts inputs to float32, and splits a batch larger than
+    ``max_batch`` into chunks (so callers may pass any batch size >= 1).
+    """
+
+    backend: str = ""
+
+    def __init__(self, spec: EngineSpec, *, precision: str, device: str) -> None:
+        self.spec = spec
+        self.precision = precision
+        self.device = device
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self.spec.input_names
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self.spec.output_names
+
+    @property
+    def max_batch(self) -> int:
+        return self.spec.max_batch
+
+    def check_inputs(self, inputs: Mapping[str, Any]) -> int:
+        """Validate names and shapes; return the batch size."""
+        names = set(inputs)
+        if names != set(self.input_names):
+            raise EngineError(
+                f"{self.name}: expected inputs {list(self.input_names)}, got {sorted(names)}"
+            )
+        batch = None
+        for spec in self.spec.inputs:
+            shape = tuple(inputs[spec.name].shape)
+            if len(shape) != len(spec.shape) or shape[1:] != spec.shape[1:]:
+                raise EngineError(
+                    f"{self.name}: input {spec.name!r} must have shape (B, {', '.join(map(str, spec.shape[1:]))}), "
+                    f"got {shape}"
+                )
+            if batch is None:
+                batch = shape[0]
+            elif shape[0] != batch:
+                raise EngineError(f"{self.name}: inputs disagree on the batch size ({batch} vs {shape[0]})")
+        if not batch:
+            raise EngineError(f"{self.name}: empty batch")
+        return int(batch)
+
+    def run(self, inputs: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, np.ndarray]:
+        """Run a batch.
+
+        Args:
+            inputs: every input name mapped to a float array (numpy or torch, any device), batch first,
+                e.g. ``{"image": (B, 1, S, S)}``.
+
+        Returns:
+            Every output name mapped to a float32 host array with the same batch size B.
+        """
+        batch = self.check_inputs(inputs)
+        if batch <= self.max_batch:
+            return self._run(inputs)
+        parts = [
+            self._run({k: v[i : i + self.max_batch] for k, v in inputs.items()})
+            for i in range(0, batch, self.max_batch)
+        ]
+        return {name: np.concatenate([p[name] for p in parts]) for name in self.output_names}
+
+    @abstractmethod
+    def _run(self, inputs: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, np.ndarray]:
+        """Run a validated batch of 1..max_batch rows."""
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly description (backend, precision, device, tensor specs)."""
+        return {
+            "name": self.name,
+            "kind": self.spec.kind,
+            "backend": self.backend,
+            "precision": self.precision,
+            "device": self.device,
+            "max_batch": self.max_batch,
+            "inputs": [t.to_dict() for t in self.spec.inputs],
+            "outputs": [t.to_dict() for t in self.spec.outputs],
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.backend}, {self.precision}, {self.device})"
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """One engine to build: the exported ONNX file(s), where to write, and the options."""
+
+    spec: EngineSpec
+    out_dir: Path
+    onnx_path: Path | None
+    precision: str
+    device: str
+    module: Any = None  # the eval-mode wrapper module (torch backend)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """Builds engine artifacts and loads them. One instance per backend name."""
+
+    name: str = ""
+    needs_onnx: bool = True
+
+    @abstractmethod
+    def is_available(self) -> bool:
+        """Whether the backend's package is importable here (no device check)."""
+
+    @abstractmethod
+    def version(self) -> str:
+        """Version string recorded in engines.json and compared at load time."""
+
+    @abstractmethod
+    def default_device(self) -> str:
+        """``cuda:0`` when the backend can use a GPU here, else ``cpu``."""
+
+    def supports(self, precision: str, device: str) -> str | None:
+        """None when the combination works, else the reason it does not."""
+        return None
+
+    @abstractmethod
+    def build(self, job: BuildJob) -> tuple[dict[str, str], dict[str, Any]]:
+        """Write the artifacts into ``job.out_dir``.
+
+        Returns:
+            (``{role: file name}``, build facts to record in engines.json).
+        """
+
+    @abstractmethod
+    def load(self, ctx: LoadContext) -> Engine:
+        """Load an engine recorded in engines.json."""

@@ -1,0 +1,215 @@
+"""TensorRT backend, written for TensorRT 10 and 11 alike (never run on the development machines:
+they have no GPU and the tensorrt wheel cannot be installed there; see engines/README.md).
+
+Build (one plan per network, from the exported ONNX):
+- a **strongly typed** network (``1 << STRONGLY_TYPED``; TRT 11 is always strongly typed and has no
+  ``EXPLICIT_BATCH``), so the precision is the ONNX's own: the fp16 export (float16 weights and
+  compute, float32 I/O) or an explicitly quantized Q/DQ ONNX for int8. No ``BuilderFlag.FP16/INT8``
+  and no entropy calibrator (deprecated in 10, removed in 11);
+- every ONNX parser error listed when parsing fails;
+- one optimization profile: min 1, opt ``opt_batch`` (default ``max_batch``), max ``max_batch``;
+- ``build_serialized_network`` (None means failure) and a timing cache file ``trt_timing.cache`` in
+  the engines folder, reused by later builds on the same GPU and TensorRT version.
+
+Run: the named-tensor API (``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``) on a
+non-default CUDA stream, with PyTorch CUDA tensors as input and output buffers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sdfn_bench.engines.backends.base import Backend, BuildJob, Engine, EngineSpec, LoadContext
+from sdfn_bench.errors import BackendUnavailableError, EngineError
+
+TIMING_CACHE = "trt_timing.cache"
+WORKSPACE_BYTES = 4 << 30
+
+
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "the tensorrt backend needs the tensorrt package (pip install 'sdfn-bench[gpu]', "
+            "or 'tensorrt-cu12<11' for TensorRT 10) and an NVIDIA GPU"
+        ) from exc
+    return trt
+
+
+def network_flags(trt: Any) -> int:
+    """Creation flags of a strongly typed network, valid on TRT 10 and 11."""
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def profile_shapes(shape: tuple[int, ...], *, opt_batch: int, max_batch: int) -> tuple[tuple[int, ...], ...]:
+    """(min, opt, max) shapes of an input whose first axis is the dynamic batch."""
+    if max_batch < 1 or not 1 <= opt_batch <= max_batch:
+        raise EngineError(f"need 1 <= opt batch ({opt_batch}) <= max batch ({max_batch})")
+    rest = tuple(int(d) for d in shape[1:])
+    if any(d < 1 for d in rest):
+        raise EngineError(f"only the batch axis may be dynamic, got input shape {shape}")
+    return (1, *rest), (opt_batch, *rest), (max_batch, *rest)
+
+
+def parser_errors(parser: Any) -> list[str]:
+    return [str(parser.get_error(i)) for i in range(parser.num_errors)]
+
+
+def build_plan(onnx_path: Path, plan_path: Path, *, max_batch: int, opt_batch: int | None = None,
+               timing_cache: Path | None = None, workspace_bytes: int = WORKSPACE_BYTES) -> dict[str, Any]:
+    """Parse ``onnx_path`` and write a serialized engine to ``plan_path``.
+
+    Returns:
+        Build facts for engines.json (TensorRT version, profile, timing-cache use).
+    """
+    trt = import_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = parser_errors(parser)
+        raise EngineError(f"TensorRT cannot parse {onnx_path} ({len(errors)} error(s)):\n  " + "\n  ".join(errors))
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    profile = builder.create_optimization_profile()
+    shapes = {}
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        lo, opt, hi = profile_shapes(tuple(tensor.shape), opt_batch=opt_batch or max_batch, max_batch=max_batch)
+        profile.set_shape(tensor.name, lo, opt, hi)
+        shapes[tensor.name] = {"min": list(lo), "opt": list(opt), "max": list(hi)}
+    config.add_optimization_profile(profile)
+    cache_state = "none"
+    if timing_cache is not None:
+        old = timing_cache.read_bytes() if timing_cache.is_file() else b""
+        cache = config.create_timing_cache(old)
+        cache_state = "reused" if old else "new"
+        if not config.set_timing_cache(cache, False):
+            # built on another GPU or TensorRT version: start a fresh cache rather than ignore the mismatch
+            cache = config.create_timing_cache(b"")
+            config.set_timing_cache(cache, False)
+            cache_state = "discarded_mismatch"
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineError(f"TensorRT failed to build an engine from {onnx_path}; see the TensorRT log above")
+    plan_path.write_bytes(bytes(plan))
+    if timing_cache is not None:
+        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return {"tensorrt": trt.__version__, "profile": shapes, "timing_cache": cache_state,
+            "strongly_typed": True, "workspace_bytes": workspace_bytes}
+
+
+def torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
+    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
+             trt.int64: torch.int64, trt.bfloat16: torch.bfloat16, trt.bool: torch.bool}
+    if dtype not in table:
+        raise EngineError(f"unsupported TensorRT I/O dtype {dtype}")
+    return table[dtype]
+
+
+class TensorRTEngine(Engine):
+    backend = "tensorrt"
+
+    def __init__(self, spec: EngineSpec, plan: bytes, *, precision: str, device: str, source: str) -> None:
+        super().__init__(spec, precision=precision, device=device)
+        trt = import_tensorrt()
+        self._device = torch.device(device if ":" in device else "cuda:0")
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        with torch.cuda.device(self._device):
+            self._engine = self._runtime.deserialize_cuda_engine(plan)
+            if self._engine is None:
+                raise EngineError(
+                    f"{spec.name}: TensorRT could not deserialize {source} (built for another GPU or TensorRT "
+                    "version?); rebuild the engines on this machine"
+                )
+            self._context = self._engine.create_execution_context()
+            self._stream = torch.cuda.Stream(self._device)
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if set(inputs) != set(spec.input_names) or set(outputs) != set(spec.output_names):
+            raise EngineError(f"{spec.name}: plan tensors {inputs} -> {outputs} differ from "
+                              f"{list(spec.input_names)} -> {list(spec.output_names)}")
+        self._dtypes = {n: torch_dtype(trt, self._engine.get_tensor_dtype(n)) for n in names}
+        max_rows = min(int(self._engine.get_tensor_profile_shape(n, 0)[2][0]) for n in inputs)
+        if max_rows < spec.max_batch:
+            raise EngineError(f"{spec.name}: plan profile allows batch <= {max_rows}, engines.json says {spec.max_batch}")
+        self._lock = threading.Lock()  # one execution context: one batch at a time
+
+    def run_tensors(self, inputs: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Like :meth:`run` (batch <= max_batch) but returns float32 CUDA tensors."""
+        self.check_inputs(inputs)
+        with self._lock, torch.cuda.device(self._device):
+            feeds = {
+                n: torch.as_tensor(inputs[n]).to(self._device, dtype=self._dtypes[n], non_blocking=True).contiguous()
+                for n in self.input_names
+            }
+            for name, tensor in feeds.items():
+                self._context.set_input_shape(name, tuple(tensor.shape))
+                self._context.set_tensor_address(name, tensor.data_ptr())
+            outs = {}
+            for name in self.output_names:
+                shape = tuple(self._context.get_tensor_shape(name))
+                outs[name] = torch.empty(shape, dtype=self._dtypes[name], device=self._device)
+                self._context.set_tensor_address(name, outs[name].data_ptr())
+            current = torch.cuda.current_stream(self._device)
+            self._stream.wait_stream(current)  # the inputs were copied on the current stream
+            if not self._context.execute_async_v3(self._stream.cuda_stream):
+                raise EngineError(f"{self.name}: TensorRT execute_async_v3 failed")
+            # Buffers were allocated on `current`, which now waits for the engine's stream, so the
+            # caching allocator cannot hand them out again before the engine is done with them.
+            current.wait_stream(self._stream)
+        return {n: t.float() for n, t in outs.items()}
+
+    def _run(self, inputs: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, np.ndarray]:
+        return {n: t.cpu().numpy() for n, t in self.run_tensors(inputs).items()}
+
+    def describe(self) -> dict[str, Any]:
+        trt = import_tensorrt()
+        d = super().describe()
+        d["tensorrt"] = trt.__version__
+        d["io_dtypes"] = {n: str(t) for n, t in self._dtypes.items()}
+        return d
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+
+    def is_available(self) -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec("tensorrt") is not None
+
+    def version(self) -> str:
+        return str(import_tensorrt().__version__)
+
+    def default_device(self) -> str:
+        return "cuda:0"
+
+    def supports(self, precision: str, device: str) -> str | None:
+        if not device.startswith("cuda"):
+            return "TensorRT runs on an NVIDIA GPU only"
+        return None
+
+    def build(self, job: BuildJob) -> tuple[dict[str, str], dict[str, Any]]:
+        if job.onnx_path is None:
+            raise EngineError(f"{job.spec.name}: the tensorrt backend needs an exported ONNX file")
+        plan = job.out_dir / f"{job.onnx_path.stem}.plan"
+        with torch.cuda.device(torch.device(job.device if ":" in job.device else "cuda:0")):
+            facts = build_plan(job.onnx_path, plan, max_batch=job.spec.max_batch,
+                               opt_batch=job.options.get("opt_batch"), timing_cache=job.out_dir / TIMING_CACHE)
+        return {"onnx": job.onnx_path.name, "plan": plan.name}, facts
+
+    def load(self, ctx: LoadContext) -> Engine:
+        path = ctx.file("plan")
+        return TensorRTEngine(ctx.spec, path.read_bytes(), precision=ctx.entry["precision"], device=ctx.device,
+                              source=str(path))

@@ -1,0 +1,149 @@
+"""``load_engines``: the four engines of an engines folder plus everything scoring needs with them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdfn_bench.engines.backends import get_backend
+from sdfn_bench.engines.backends.base import ENGINE_NAMES, Engine, EngineSpec, LoadContext, TensorSpec
+from sdfn_bench.engines.registry import (
+    check_record,
+    device_info,
+    read_record,
+    rebuild_command,
+    resolve_checkpoint,
+)
+from sdfn_bench.errors import EngineError
+from sdfn_bench.manifest.schema import file_sha256
+from sdfn_bench.preprocess import Preprocessing
+
+
+@dataclass(frozen=True)
+class EngineSet:
+    """Loaded engines and their settings, as recorded in engines.json.
+
+    Attributes:
+        segmenter: ``image (B, 1, S, S) -> mask_logits (B, 1, S, S)``.
+        extractor_entire, extractor_lung: ``image (B, 1, S, S) -> features (B, 1024), logits (B, 14)``
+            (+ ``feature_maps (B, 1024, h, w)`` when ``cams``).
+        fusion: ``features_entire, features_lung -> logits (B, 14)``.
+        pre_segmenter, pre_entire, pre_lung: the preprocessing each network was trained with.
+        mask_threshold: lung mask = ``sigmoid(mask_logits) > mask_threshold``.
+        lung_margin: the segmenter checkpoint's ``lung_margin`` setting (None when absent).
+        class_names: the ordered classes of every ``logits`` output.
+        digest: sha256 of engines.json (recorded by scoring runs as ``engines_digest``).
+        checkpoints: ``{name: {"path", "sha256"}}`` of the source checkpoints.
+        record: the engines.json dict.
+    """
+
+    segmenter: Engine
+    extractor_entire: Engine
+    extractor_lung: Engine
+    fusion: Engine
+    pre_segmenter: Preprocessing
+    pre_entire: Preprocessing
+    pre_lung: Preprocessing
+    mask_threshold: float
+    lung_margin: Any
+    class_names: tuple[str, ...]
+    backend: str
+    precision: str
+    device: str
+    cams: bool
+    max_batch: int
+    digest: str
+    checkpoints: dict[str, dict[str, str]]
+    engines_dir: Path
+    record: dict[str, Any] = field(repr=False)
+
+    def engines(self) -> dict[str, Engine]:
+        return {n: getattr(self, n) for n in ENGINE_NAMES}
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "precision": self.precision, "device": self.device,
+                "digest": self.digest, "engines": {n: e.describe() for n, e in self.engines().items()}}
+
+
+def spec_from_entry(name: str, entry: dict[str, Any]) -> EngineSpec:
+    return EngineSpec(
+        name=name,
+        kind=entry["kind"],
+        inputs=tuple(TensorSpec.from_dict(t) for t in entry["inputs"]),
+        outputs=tuple(TensorSpec.from_dict(t) for t in entry["outputs"]),
+        max_batch=int(entry["max_batch"]),
+    )
+
+
+def load_engines(engines_dir: str | Path, *, backend: str | None = None, device: str | None = None) -> EngineSet:
+    """Load the engines of ``engines_dir`` after checking they still match this machine.
+
+    Args:
+        engines_dir: folder holding engines.json and the engine files.
+        backend: if given, must equal the recorded backend (engines are backend-specific).
+        device: ``cpu`` / ``cuda[:N]``; default: the device they were built on.
+
+    Raises:
+        EngineError: engines.json missing or malformed; a checkpoint changed or missing; the
+            backend version or the device differs from the build; an engine file changed.
+            The message ends with the command that rebuilds them.
+    """
+    folder = Path(engines_dir).resolve()
+    record, digest = read_record(folder)
+    recorded_backend = record["backend"]
+    if backend not in (None, "auto", recorded_backend):
+        changed = dict(record, backend=backend)
+        raise EngineError(
+            f"{folder}: engines were built for backend {recorded_backend!r}, not {backend!r}; build them with:\n  "
+            + rebuild_command(changed, folder)
+        )
+    be = get_backend(recorded_backend)
+    if not be.is_available():
+        raise EngineError(f"{folder}: engines need backend {recorded_backend!r}, which is not installed here")
+    device = device or record.get("device_str") or "cpu"
+    try:
+        backend_version = be.version()
+        now_device = device_info(device)
+    except EngineError as exc:
+        raise EngineError(f"{exc}\nRebuild the engines for this machine with:\n  {rebuild_command(record, folder)}") from exc
+    checkpoint_paths = {n: resolve_checkpoint(e, folder) for n, e in record["engines"].items()}
+    check_record(
+        record, folder, backend_version=backend_version, device=now_device,
+        checkpoint_sha256={n: file_sha256(p) if p.is_file() else None for n, p in checkpoint_paths.items()},
+        file_sha256={
+            n: {role: file_sha256(folder / f) if (folder / f).is_file() else None for role, f in e.get("files", {}).items()}
+            for n, e in record["engines"].items()
+        },
+    )
+    missing = [n for n in ENGINE_NAMES if n not in record["engines"]]
+    if missing:
+        raise EngineError(f"{folder}: engines.json lacks {missing}")
+    loaded = {}
+    for name in ENGINE_NAMES:
+        entry = record["engines"][name]
+        ctx = LoadContext(
+            spec=spec_from_entry(name, entry), engines_dir=folder, entry=entry, device=device,
+            options={"checkpoint_path": checkpoint_paths[name],
+                     "torch_compile": bool(record.get("build_options", {}).get("torch_compile", False))},
+        )
+        loaded[name] = be.load(ctx)
+    engines = record["engines"]
+    return EngineSet(
+        **loaded,
+        pre_segmenter=Preprocessing.from_dict(engines["segmenter"]["preprocessing"]),
+        pre_entire=Preprocessing.from_dict(engines["extractor_entire"]["preprocessing"]),
+        pre_lung=Preprocessing.from_dict(engines["extractor_lung"]["preprocessing"]),
+        mask_threshold=float(record["mask_threshold"]),
+        lung_margin=record.get("lung_margin"),
+        class_names=tuple(record["class_names"]),
+        backend=recorded_backend,
+        precision=record["precision"],
+        device=device,
+        cams=bool(record.get("cams", False)),
+        max_batch=int(record["max_batch"]),
+        digest=digest,
+        checkpoints={n: {"path": str(checkpoint_paths[n]), "sha256": e["checkpoint"]["sha256"]} for n, e in engines.items()},
+        engines_dir=folder,
+        record=record,
+    )

@@ -1,0 +1,152 @@
+"""Numerical parity of an engine against the PyTorch fp32 reference, with tolerances per precision.
+
+Every output is compared; an output passes when ``max|engine - reference| <= atol + rtol * max|reference|``
+over a fixed seeded batch (or calibration images for int8), at two batch sizes so the dynamic
+batch axis is exercised too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from sdfn_bench.engines.backends.base import Engine, EngineSpec
+from sdfn_bench.engines.export import example_inputs, torch_outputs
+from sdfn_bench.errors import EngineError
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+
+    def limit(self, reference_absmax: float) -> float:
+        return self.atol + self.rtol * reference_absmax
+
+
+# fp32: rounding-order differences only (measured ~1e-6 on DenseNet-121 in ONNX Runtime);
+# fp16: half-precision accumulation; int8: quantization error of a calibrated Q/DQ graph.
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(atol=1e-4, rtol=1e-5),
+    "fp16": Tolerance(atol=5e-2, rtol=1e-2),
+    "int8": Tolerance(atol=0.25, rtol=0.1),
+}
+PARITY_SEED = 20190101
+PARITY_BATCHES = (1, 3)
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    """Per output: max |difference|, max |reference| and the allowed limit."""
+
+    passed: bool
+    max_abs_diff: dict[str, float]
+    reference_absmax: dict[str, float]
+    limit: dict[str, float]
+    tolerance: Tolerance
+    precision: str
+    batch_sizes: tuple[int, ...]
+    inputs: str
+    seed: int
+
+    @property
+    def worst(self) -> float:
+        """The largest difference over the outputs (logits first in the summary)."""
+        return max(self.max_abs_diff.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "reference": "PyTorch fp32 on CPU (eval, inference_mode)",
+            "max_abs_diff": self.max_abs_diff,
+            "reference_absmax": self.reference_absmax,
+            "limit": self.limit,
+            "tolerance": {"atol": self.tolerance.atol, "rtol": self.tolerance.rtol},
+            "precision": self.precision,
+            "batch_sizes": list(self.batch_sizes),
+            "inputs": self.inputs,
+            "seed": self.seed,
+        }
+
+    def message(self, name: str) -> str:
+        bad = [
+            f"{o}: max |diff| {self.max_abs_diff[o]:.3g} > limit {self.limit[o]:.3g}"
+            for o in self.max_abs_diff if self.max_abs_diff[o] > self.limit[o] or not np.isfinite(self.max_abs_diff[o])
+        ]
+        return (f"{name}: {self.precision} engine differs from PyTorch fp32 beyond tolerance "
+                f"(atol {self.tolerance.atol}, rtol {self.tolerance.rtol}): " + "; ".join(bad))
+
+
+def parity_inputs(
+    spec: EngineSpec, batch: int, *, seed: int, images: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Fixed inputs for a parity check: ``images`` rows (N, 1, S, S) if given, else seeded noise."""
+    if images is not None and spec.kind != "fusion":
+        if len(images) < batch:
+            raise EngineError(f"{spec.name}: parity needs {batch} images, got {len(images)}")
+        return {"image": np.ascontiguousarray(images[:batch], dtype=np.float32)}
+    first = spec.inputs[0].shape
+    return example_inputs(
+        spec.kind,
+        input_size=int(first[-1]) if len(first) == 4 else 0,
+        feature_dim=int(first[1]) if len(first) == 2 else 0,
+        batch=batch,
+        rng=np.random.default_rng(seed),
+    )
+
+
+def check_parity(
+    engine: Engine,
+    reference: nn.Module,
+    spec: EngineSpec,
+    precision: str,
+    *,
+    seed: int = PARITY_SEED,
+    batch_sizes: Sequence[int] = PARITY_BATCHES,
+    images: np.ndarray | None = None,
+    tolerance: Tolerance | None = None,
+) -> ParityResult:
+    """Compare ``engine`` with the fp32 ``reference`` wrapper module (run on CPU).
+
+    Args:
+        engine: the built engine.
+        reference: the :func:`~sdfn_bench.engines.export.io_module` wrapper in fp32, eval mode.
+        spec: the engine's tensors.
+        precision: selects the tolerance from :data:`TOLERANCES` unless ``tolerance`` is given.
+        images: (N, 1, S, S) preprocessed images to use instead of seeded noise.
+    """
+    tol = tolerance or TOLERANCES[precision]
+    sizes = tuple(sorted({min(b, spec.max_batch) for b in batch_sizes}))
+    diff: dict[str, float] = {n: 0.0 for n in spec.output_names}
+    absmax: dict[str, float] = {n: 0.0 for n in spec.output_names}
+    for batch in sizes:
+        inputs = parity_inputs(spec, batch, seed=seed + batch, images=images)
+        expected = torch_outputs(reference, inputs, spec.input_names)
+        got = engine.run(inputs)
+        for name, ref in zip(spec.output_names, expected, strict=True):
+            out = got[name]
+            if out.shape != ref.shape:
+                raise EngineError(f"{spec.name}: output {name!r} has shape {out.shape}, PyTorch gives {ref.shape}")
+            d = float(np.max(np.abs(out.astype(np.float64) - ref))) if ref.size else 0.0
+            diff[name] = max(diff[name], d if np.isfinite(d) else float("inf"))
+            absmax[name] = max(absmax[name], float(np.max(np.abs(ref))) if ref.size else 0.0)
+    limit = {n: tol.limit(absmax[n]) for n in spec.output_names}
+    passed = all(diff[n] <= limit[n] for n in spec.output_names)
+    return ParityResult(
+        passed=passed, max_abs_diff=diff, reference_absmax=absmax, limit=limit, tolerance=tol,
+        precision=precision, batch_sizes=sizes, inputs="calibration images" if images is not None and spec.kind != "fusion" else "seeded random",
+        seed=seed,
+    )
+
+
+def summary_value(result: Mapping[str, Any]) -> float:
+    """The headline parity number of an engines.json entry: max |diff| of the logits."""
+    diffs = result["max_abs_diff"]
+    for key in ("logits", "mask_logits"):
+        if key in diffs:
+            return float(diffs[key])
+    return max(float(v) for v in diffs.values())

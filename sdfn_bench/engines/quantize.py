@@ -1,0 +1,137 @@
+"""INT8 by explicit quantization: a Q/DQ ONNX calibrated on images from a manifest.
+
+TensorRT 11 removed the implicit INT8 path (builder flag + entropy calibrator); the supported
+route is an ONNX with QuantizeLinear/DequantizeLinear pairs, built strongly typed. Two quantizers
+produce one:
+
+- NVIDIA ModelOpt (``nvidia-modelopt``; preferred when installed; TensorRT's own recommendation):
+  ``modelopt.onnx.quantization.quantize(..., quantize_mode="int8", calibration_method="entropy")``.
+  Not installed on the development machines, so that call has never been run here.
+- ONNX Runtime's static quantizer (always installed): Q/DQ format, symmetric int8 activations and
+  per-channel symmetric int8 weights (TensorRT requires zero points of 0), entropy calibration,
+  only Conv/Gemm/MatMul inputs quantized. The result also runs in ONNX Runtime on the CPU, which is
+  how it is tested here.
+
+The fusion head (one linear layer, a negligible share of the FLOPs) stays fp32 in int8 builds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdfn_bench.errors import EngineError
+from sdfn_bench.preprocess import Preprocessing, prepare
+
+QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]
+
+
+def read_calibration_images(manifest: str | Path, image_root: str | Path | None, count: int) -> list[np.ndarray]:
+    """The first ``count`` readable images of a manifest, decoded to 2-D grayscale (manifest order).
+
+    Raises:
+        EngineError: when fewer than one image could be read.
+    """
+    from sdfn_bench.decode.reader import read_image
+    from sdfn_bench.errors import ImageReadError
+    from sdfn_bench.manifest.image_root import ImageResolver
+    from sdfn_bench.manifest.schema import read_manifest
+
+    frame = read_manifest(manifest)
+    resolver = ImageResolver.for_manifest(manifest, image_root)
+    images: list[np.ndarray] = []
+    for entry in frame["image"]:
+        path = resolver.resolve(str(entry))
+        if path is None:
+            continue
+        try:
+            images.append(read_image(path))
+        except ImageReadError:
+            continue
+        if len(images) == count:
+            break
+    if not images:
+        raise EngineError(f"{manifest}: no readable calibration image (image root {image_root or 'the manifest folder'})")
+    return images
+
+
+def calibration_batch(images: list[np.ndarray], pre: Preprocessing) -> np.ndarray:
+    """(N, 1, S, S) float32 network inputs made with the engine's own preprocessing."""
+    return np.stack([prepare(image, pre) for image in images]).astype(np.float32, copy=False)
+
+
+def quantizer_name() -> str:
+    return "modelopt" if importlib.util.find_spec("modelopt") is not None else "onnxruntime"
+
+
+def quantize_int8(onnx_fp32: Path, out_path: Path, calibration: dict[str, np.ndarray], *,
+                  quantizer: str | None = None) -> dict[str, Any]:
+    """Write a Q/DQ int8 ONNX of ``onnx_fp32`` calibrated on ``calibration`` (input name -> (N, ...)).
+
+    Returns:
+        Facts for engines.json: quantizer, its version, method, number of calibration samples.
+    """
+    quantizer = quantizer or quantizer_name()
+    n = len(next(iter(calibration.values())))
+    if quantizer == "modelopt":
+        return _quantize_modelopt(onnx_fp32, out_path, calibration, n)
+    if quantizer == "onnxruntime":
+        return _quantize_onnxruntime(onnx_fp32, out_path, calibration, n)
+    raise EngineError(f"unknown quantizer {quantizer!r}; use modelopt or onnxruntime")
+
+
+def _quantize_modelopt(onnx_fp32: Path, out_path: Path, calibration: dict[str, np.ndarray], n: int) -> dict[str, Any]:
+    try:
+        import modelopt
+        from modelopt.onnx.quantization import quantize
+    except ImportError as exc:
+        raise EngineError("int8 with ModelOpt needs nvidia-modelopt (pip install nvidia-modelopt)") from exc
+    data = calibration if len(calibration) > 1 else next(iter(calibration.values()))
+    quantize(onnx_path=str(onnx_fp32), quantize_mode="int8", calibration_data=data,
+             calibration_method="entropy", output_path=str(out_path))
+    if not out_path.is_file():
+        raise EngineError(f"ModelOpt did not write {out_path}")
+    return {"quantizer": "modelopt", "version": getattr(modelopt, "__version__", "?"), "method": "entropy",
+            "calibration_samples": n, "format": "QDQ"}
+
+
+class _Reader:
+    """onnxruntime.quantization.CalibrationDataReader over in-memory arrays, 4 rows at a time."""
+
+    def __init__(self, calibration: dict[str, np.ndarray], rows: int = 4) -> None:
+        self._batches: Iterator[dict[str, np.ndarray]] = iter(
+            [{k: v[i : i + rows] for k, v in calibration.items()}
+             for i in range(0, len(next(iter(calibration.values()))), rows)]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def _quantize_onnxruntime(onnx_fp32: Path, out_path: Path, calibration: dict[str, np.ndarray], n: int) -> dict[str, Any]:
+    import onnxruntime
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    reader = type("CalibrationReader", (_Reader, CalibrationDataReader), {})(calibration)
+    try:
+        quantize_static(
+            str(onnx_fp32), str(out_path), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
+            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.Entropy,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+    except (RuntimeError, ValueError) as exc:
+        raise EngineError(f"int8 quantization of {onnx_fp32} failed: {exc}") from exc
+    return {"quantizer": "onnxruntime", "version": onnxruntime.__version__, "method": "entropy",
+            "calibration_samples": n, "format": "QDQ", "symmetric": True, "per_channel": True,
+            "ops": QUANTIZED_OPS}
