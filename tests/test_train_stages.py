@@ -1,0 +1,172 @@
+"""Three-stage training at a tiny scale: 64-px images, a few patients, one or two epochs."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sdfn_bench.classes import CLASS_NAMES
+from sdfn_bench.errors import SdfnError
+from sdfn_bench.models.checkpoint import load_checkpoint, read_metadata
+from sdfn_bench.train.common import TrainError
+from sdfn_bench.train.extractor import train_extractor
+from sdfn_bench.train.fusion import train_fusion
+from sdfn_bench.train.lung_boxes import compute_lung_boxes, evaluate_lrg_coverage
+from sdfn_bench.train.presets import ExtractorPreset, FusionPreset, SegmenterPreset
+from sdfn_bench.train.seg_eval import cross_validate, evaluate_segmenter
+from sdfn_bench.train.segmenter import RunOptions, train_segmenter
+
+SIDE = 64
+
+
+def _write_cohort(root, n=24, seed=0):
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    rows, seg = [], []
+    yy, xx = np.mgrid[:SIDE, :SIDE]
+    for i in range(n):
+        mask = np.zeros((SIDE, SIDE), bool)
+        for cx in (20 + rng.integers(-2, 3), 44 + rng.integers(-2, 3)):
+            mask |= ((xx - cx) / 9.0) ** 2 + ((yy - 32) / 20.0) ** 2 <= 1
+        img = np.full((SIDE, SIDE), 180.0) - 120 * mask + rng.normal(0, 8, (SIDE, SIDE))
+        labels = np.zeros(len(CLASS_NAMES), int)
+        labels[i % 3] = 1
+        if labels[0]:
+            img[28:36, 16:24] += 90  # a visible "finding" for class 0
+        name = f"img{i:03d}.png"
+        cv2.imwrite(str(root / "images" / name), np.clip(img, 0, 255).astype(np.uint8))
+        cv2.imwrite(str(root / "masks" / name), mask.astype(np.uint8) * 255)
+        pid = f"p{i // 2:03d}"
+        rows.append({"image": f"images/{name}", "patient_id": pid, "view": "PA", "age": 50, "sex": "M",
+                     **dict(zip(CLASS_NAMES, labels.tolist(), strict=True))})
+        seg.append({"image": f"images/{name}", "mask": f"masks/{name}", "patient_id": pid})
+    df, sdf = pd.DataFrame(rows), pd.DataFrame(seg)
+    df.iloc[: n * 2 // 3].to_csv(root / "train.csv", index=False)
+    df.iloc[n * 2 // 3:].to_csv(root / "val.csv", index=False)
+    sdf.iloc[: n * 2 // 3].to_csv(root / "seg_train.csv", index=False)
+    sdf.iloc[n * 2 // 3:].to_csv(root / "seg_val.csv", index=False)
+    sdf.to_csv(root / "seg_all.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny convolutions on a shared 2-core runner are several times faster on one thread.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    return _write_cohort(tmp_path_factory.mktemp("cohort"))
+
+
+SEG = SegmenterPreset(input_size=32, arch={"name": "pazhitnykh_petsiuk", "base": 4, "norm": "batch"}, batch_size=4,
+                      epochs=2, lr=3e-3, preload=True)
+EXT = ExtractorPreset(input_size=32, batch_size=8, epochs=1, lr=1e-3, decay=1e-5, preload=True)
+
+
+@pytest.fixture(scope="module")
+def trained(cohort, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt")
+    opts = RunOptions(seed=0)
+    seg = train_segmenter(cohort / "seg_train.csv", out, val_manifest=cohort / "seg_val.csv", preset=SEG, options=opts)
+    boxes = compute_lung_boxes(cohort / "seg_all.csv", seg.checkpoint, out / "boxes.parquet")
+    ent = train_extractor("entire", cohort / "train.csv", cohort / "val.csv", out, preset=EXT, options=opts)
+    lung = train_extractor("lung", cohort / "train.csv", cohort / "val.csv", out, boxes=[boxes.path], preset=EXT,
+                           options=opts)
+    fus = train_fusion(cohort / "train.csv", cohort / "val.csv", out, entire=ent.checkpoint, lung=lung.checkpoint,
+                       boxes=[boxes.path], preset=FusionPreset(batch_size=8, epochs=2, lr=1e-3), options=opts)
+    return {"out": out, "seg": seg, "boxes": boxes, "entire": ent, "lung": lung, "fusion": fus}
+
+
+def test_segmenter_checkpoint_and_metrics(trained, cohort):
+    seg = trained["seg"]
+    meta = read_metadata(seg.checkpoint)
+    assert meta["kind"] == "segmenter" and meta["mask_threshold"] == 0.5
+    assert meta["preprocessing"]["input_size"] == 32 and meta["preprocessing"]["class_names"] == []
+    assert meta["train_patient_ids"] == [f"p{i:03d}" for i in range(8)]
+    assert meta["best_metric"]["name"] == "val_loss"
+    assert meta["lung_margin"]["bottom"] == 20.0
+    rows = pd.read_csv(seg.metrics_csv)
+    assert rows["epoch"].tolist() == [1, 2]
+    assert meta["best_metric"]["value"] == pytest.approx(rows["val_loss"].min())
+    assert len((trained["out"] / "segmenter.metrics.jsonl").read_text().splitlines()) == 2
+    scores = evaluate_segmenter(seg.checkpoint, cohort / "seg_val.csv")
+    assert scores.dice.shape == (8,) and np.all((scores.dice >= 0) & (scores.dice <= 1))
+
+
+def test_lung_boxes_file(trained, cohort):
+    res = trained["boxes"]
+    df = pd.read_parquet(res.path)
+    assert list(df.columns) == ["image", "x0", "y0", "x1", "y1", "status", "n_regions"]
+    assert len(df) == 24 and res.n_images == 24
+    assert ((df.x0 >= 0) & (df.x1 <= SIDE) & (df.x1 > df.x0) & (df.y1 > df.y0) & (df.y1 <= SIDE)).all()
+    assert sum(res.status_counts.values()) == 24
+    cov = evaluate_lrg_coverage(res.path, cohort / "seg_all.csv")
+    assert cov.coverage.shape == (24,) and np.all((cov.coverage >= 0) & (cov.coverage <= 1))
+
+
+def test_extractors_and_fusion(trained):
+    ent = load_checkpoint(trained["entire"].checkpoint)
+    assert ent.meta["view"] == "entire" and ent.meta["class_names"] == list(CLASS_NAMES)
+    assert ent.meta["best_metric"]["name"] == "val_mean_auc"
+    lung = read_metadata(trained["lung"].checkpoint)
+    assert lung["view"] == "lung" and len(lung["lung_boxes_sha256"]) == 1
+    fus = trained["fusion"]
+    meta = read_metadata(fus.checkpoint)
+    assert meta["kind"] == "fusion" and meta["extractors"]["entire"]["sha256"] == ent.sha256
+    rows = pd.read_csv(fus.metrics_csv)
+    assert rows["epoch"].tolist() == [0, 1, 2]  # epoch 0: the initial two-view ensemble
+    assert meta["best_metric"]["value"] == pytest.approx(rows["val_mean_auc"].max())
+    head = load_checkpoint(fus.checkpoint).module
+    assert head.classifier.weight.shape == (14, 2048)
+
+
+def test_existing_outputs_are_not_overwritten(trained, cohort):
+    with pytest.raises(TrainError, match="exist"):
+        train_segmenter(cohort / "seg_train.csv", trained["out"], val_manifest=cohort / "seg_val.csv", preset=SEG)
+
+
+def test_resume_continues_where_it_stopped(cohort, tmp_path):
+    opts = RunOptions(seed=3)
+    two = SegmenterPreset(**{**SEG.__dict__, "epochs": 2})
+    one = SegmenterPreset(**{**SEG.__dict__, "epochs": 1})
+    a = train_segmenter(cohort / "seg_train.csv", tmp_path / "a", val_manifest=cohort / "seg_val.csv", preset=two,
+                        options=opts)
+    train_segmenter(cohort / "seg_train.csv", tmp_path / "b", val_manifest=cohort / "seg_val.csv", preset=one,
+                    options=opts)
+    # Same config except epochs is refused; resuming the 1-epoch run with the 2-epoch config must
+    # reproduce the uninterrupted run's second epoch.
+    info = json.loads((tmp_path / "b" / "segmenter.state.json").read_text())
+    info["config"]["preset"]["epochs"] = 2
+    (tmp_path / "b" / "segmenter.state.json").write_text(json.dumps(info))
+    b = train_segmenter(cohort / "seg_train.csv", tmp_path / "b", val_manifest=cohort / "seg_val.csv", preset=two,
+                        options=RunOptions(seed=3, resume=True))
+    assert [r["epoch"] for r in b.history] == [1, 2]
+    assert b.history[1]["val_loss"] == pytest.approx(a.history[1]["val_loss"], rel=1e-4)
+    with pytest.raises(TrainError, match="other settings"):
+        train_segmenter(cohort / "seg_train.csv", tmp_path / "b", val_manifest=cohort / "seg_val.csv",
+                        preset=SegmenterPreset(**{**SEG.__dict__, "lr": 0.5}), options=RunOptions(seed=3, resume=True))
+
+
+def test_cross_validation(cohort, tmp_path):
+    one = SegmenterPreset(**{**SEG.__dict__, "epochs": 1})
+    folds = cross_validate(cohort / "seg_all.csv", 3, tmp_path, preset=one)
+    assert [f.fold for f in folds] == [0, 1, 2]
+    assert sum(f.n_test for f in folds) == 24
+    tested = sorted(im for f in folds for im in f.scores.images)
+    assert len(set(tested)) == 24
+
+
+def test_lung_view_needs_boxes(cohort, tmp_path):
+    with pytest.raises(SdfnError, match="boxes"):
+        train_extractor("lung", cohort / "train.csv", cohort / "val.csv", tmp_path, preset=EXT)
