@@ -148,7 +148,7 @@ def sample_anatomy(rng: np.random.Generator, *, sex: str, ribs: bool) -> Anatomy
         heart_w=rng.normal(0.135, 0.008), heart_h=rng.normal(0.115, 0.007), heart_angle=rng.uniform(-25, -10),
         body_w=rng.normal(0.455 if male else 0.44, 0.01), spine_w=rng.normal(0.05, 0.004),
         air=rng.normal(0.33, 0.025), markings=rng.uniform(0.8, 1.2),
-        rib_contrast=rng.uniform(0.04, 0.08) if ribs else 0.0, tissue=rng.normal(0.55, 0.03),
+        rib_contrast=rng.uniform(0.03, 0.06) if ribs else 0.0, tissue=rng.normal(0.55, 0.03),
     )
 
 
@@ -176,11 +176,30 @@ def fill_polygon(size: int, points: np.ndarray) -> np.ndarray:
     return mask
 
 
-def heart_mask(anat: Anatomy, size: int) -> np.ndarray:
-    mask = np.zeros((size, size), np.uint8)
+def heart_mask(anat: Anatomy, size: int, antialias: bool = False) -> np.ndarray:
+    """(size, size) heart: uint8 0/1, or float32 coverage in [0, 1] with ``antialias``."""
+    mask = np.zeros((size, size), np.float32 if antialias else np.uint8)
     center = tuple(int(v) for v in to_px(np.array([anat.heart_x, anat.heart_y]), size))
     axes = tuple(int(v) for v in to_px(np.array([anat.heart_w, anat.heart_h]), size))
-    cv2.ellipse(mask, center, axes, anat.heart_angle, 0, 360, 1, -1, cv2.LINE_8, SHIFT)
+    cv2.ellipse(mask, center, axes, anat.heart_angle, 0, 360, 1, -1, cv2.LINE_AA if antialias else cv2.LINE_8, SHIFT)
+    return mask
+
+
+def lung_mask_warped(anat: Anatomy, size: int, m: np.ndarray) -> np.ndarray:
+    """The lung mask (0/255) after the affine map ``m`` (2x3, pixels), drawn from the outlines.
+
+    ``m`` must be a similarity (rotation, uniform scale, shift), as made by the renderer, so the
+    heart ellipse stays an ellipse.
+    """
+    mask = np.zeros((size, size), np.uint8)
+    polys = [np.c_[s.polygon() * size, np.ones(len(s.polygon()))] @ m.T for s in (anat.right, anat.left)]
+    cv2.fillPoly(mask, [np.round(p * _ONE).astype(np.int32) for p in polys], 255, cv2.LINE_8, SHIFT)
+    scale = float(np.hypot(m[0, 0], m[1, 0]))
+    angle = float(np.degrees(np.arctan2(m[1, 0], m[0, 0])))
+    cx, cy = m @ np.array([anat.heart_x * size, anat.heart_y * size, 1.0])
+    axes = (round(anat.heart_w * size * scale * _ONE), round(anat.heart_h * size * scale * _ONE))
+    cv2.ellipse(mask, (round(cx * _ONE), round(cy * _ONE)), axes, anat.heart_angle + angle, 0, 360, 0, -1,
+                cv2.LINE_8, SHIFT)
     return mask
 
 
@@ -212,9 +231,10 @@ class Chest:
         size: side in pixels.
         anatomy: the geometry it was drawn from.
         lung_masks: {"right", "left"}: (size, size) uint8 0/1 lung fields minus the heart.
+        lung_mask: (size, size) uint8 0/1, both lungs (the ground-truth mask before misalignment).
         tissue: (size, size) float32 density without the lungs' air (body, spine, bones, heart).
-        air: (size, size) float32 how much air lowers the density (lungs, trachea, gas).
-        markings: (size, size) float32 vessel/texture layer inside the lungs (added to density).
+        air: (size, size) float32 how much air lowers the density: aerated lung with its texture
+            minus the vessel markings, trachea, gas.
         opacity: (size, size) float32 density added by findings.
         boxes: (finding, x0, y0, x1, y1) in canonical fractions, for ``bbox.csv``.
     """
@@ -222,19 +242,17 @@ class Chest:
     size: int
     anatomy: Anatomy
     lung_masks: dict[str, np.ndarray]
+    lung_mask: np.ndarray
     tissue: np.ndarray
     air: np.ndarray
-    markings: np.ndarray
     opacity: np.ndarray
     boxes: list[tuple[str, float, float, float, float]] = dataclasses.field(default_factory=list)
 
-    @property
-    def lung_mask(self) -> np.ndarray:
-        return self.lung_masks["right"] | self.lung_masks["left"]
-
     def density(self) -> np.ndarray:
         """The final canonical density image (before misalignment, objects and exposure)."""
-        return self.tissue - self.air + self.markings + self.opacity
+        out = np.subtract(self.tissue, self.air)
+        out += self.opacity
+        return out
 
 
 def _body_profile(anat: Anatomy, size: int) -> np.ndarray:
@@ -263,41 +281,57 @@ def _line(layer: np.ndarray, p0: tuple[float, float], p1: tuple[float, float], v
     cv2.line(layer, a, b, value, max(1, round(width * size)), cv2.LINE_AA, SHIFT)
 
 
-def _ribs(anat: Anatomy, layer: np.ndarray, rng: np.random.Generator) -> None:
+def _ribs(anat: Anatomy, layer: np.ndarray, rng: np.random.Generator, body: np.ndarray) -> None:
     """Posterior ribs: arcs leaving the spine, rising a little, then sloping down laterally."""
     size = layer.shape[0]
     t = np.linspace(0.0, 1.0, 16)
-    thick = max(1, round(0.017 * size))
+    thick = max(1, round(0.016 * size))
     ribs = np.zeros_like(layer)
-    for i in range(10):
-        y0 = 0.12 + i * 0.06 + rng.normal(0, 0.004)
-        for side in (-1, 1):
-            x = 0.5 + side * (0.04 + 0.40 * t)
-            y = y0 - 0.03 * np.sin(np.pi * t * 0.8) + (0.17 + 0.01 * i) * t ** 2
-            cv2.polylines(ribs, [to_px(np.stack([x, y], 1), size)], False, 1.0, thick, cv2.LINE_AA, SHIFT)
-    layer += anat.rib_contrast * ribs * np.clip(_body_profile(anat, size) * 1.5, 0, 1)
+    y0 = 0.12 + np.arange(10) * 0.06 + rng.normal(0, 0.004, 10)
+    y = y0[:, None] - 0.03 * np.sin(np.pi * t * 0.8) + (0.17 + 0.01 * np.arange(10))[:, None] * t ** 2
+    curves = [np.stack([0.5 + side * (0.04 + 0.40 * t), yi], 1) for yi in y for side in (-1, 1)]
+    cv2.polylines(ribs, list(to_px(np.array(curves), size)), False, 1.0, thick, cv2.LINE_AA, SHIFT)
+    layer += anat.rib_contrast * ribs * body
+
+
+def _segments(layer: np.ndarray, starts: np.ndarray, ends: np.ndarray, value: float, width: float) -> None:
+    """Draw many anti-aliased segments of one width (points (k, 2) in fractions of the side)."""
+    size = layer.shape[0]
+    pairs = to_px(np.stack([starts, ends], axis=1), size)  # (k, 2, 2)
+    cv2.polylines(layer, list(pairs), False, value, max(1, round(width * size)), cv2.LINE_AA, SHIFT)
 
 
 def _vessels(anat: Anatomy, layer: np.ndarray, rng: np.random.Generator) -> None:
-    """Branching vessels fanning out from each hilum, tapering towards the periphery."""
+    """Branching vessels fanning out from each hilum, tapering towards the periphery.
+
+    Each lung gets 12 trunks of 3 segments; half of the trunk joints send out a 2-segment
+    branch. Segments of one generation share a width, so each generation is one OpenCV call.
+    """
+    value = 0.08 * anat.markings
+    n_trunk, n_seg = 12, 3
     for shape in (anat.right, anat.left):
-        hx, hy = shape.hilum
-        base = np.pi if not shape.mirrored else 0.0
-        for _ in range(12):
-            ang = base + (rng.uniform(-0.42, 0.42) * np.pi) * (1 if shape.mirrored else -1)
-            length = rng.uniform(0.1, 0.22)
-            stack = [(hx, hy, ang, 0.012, length)]
-            while stack:
-                x0, y0, a, width, rest = stack.pop()
-                seg = min(rest, rng.uniform(0.04, 0.07))
-                x1, y1 = x0 + seg * np.cos(a), y0 + seg * np.sin(a) * 1.15
-                _line(layer, (x0, y0), (x1, y1), 0.08 * anat.markings, width)
-                rest -= seg
-                if rest > 0.02:
-                    stack.append((x1, y1, a + rng.normal(0, 0.2), width * 0.7, rest))
-                    if rng.random() < 0.5:
-                        stack.append((x1, y1, a + rng.choice([-1, 1]) * rng.uniform(0.3, 0.6), width * 0.55,
-                                      rest * 0.6))
+        outward = 1.0 if shape.mirrored else -1.0
+        ang = (0.0 if shape.mirrored else np.pi) + outward * rng.uniform(-0.42, 0.42, n_trunk) * np.pi
+        ang = ang[:, None] + np.cumsum(rng.normal(0, 0.2, (n_trunk, n_seg)), axis=1)
+        seg = rng.uniform(0.035, 0.07, (n_trunk, n_seg))
+        step = np.stack([seg * np.cos(ang), 1.15 * seg * np.sin(ang)], axis=2)
+        pts = np.concatenate([np.broadcast_to(np.array(shape.hilum), (n_trunk, 1, 2)),
+                              np.array(shape.hilum) + np.cumsum(step, axis=1)], axis=1)  # (12, 4, 2)
+        for k in range(n_seg):
+            _segments(layer, pts[:, k], pts[:, k + 1], value, 0.012 * 0.7 ** k)
+        # side branches from the first two joints
+        joint = pts[:, 1:3].reshape(-1, 2)
+        keep = rng.random(len(joint)) < 0.5
+        joint = joint[keep]
+        if len(joint) == 0:
+            continue
+        b_ang = ang[:, :2].reshape(-1)[keep] + rng.choice([-1.0, 1.0], len(joint)) * rng.uniform(0.3, 0.6, len(joint))
+        b_len = rng.uniform(0.03, 0.05, len(joint))
+        mid_pt = joint + np.stack([b_len * np.cos(b_ang), 1.15 * b_len * np.sin(b_ang)], axis=1)
+        b_ang2 = b_ang + rng.normal(0, 0.2, len(joint))
+        end_pt = mid_pt + np.stack([b_len * np.cos(b_ang2), 1.15 * b_len * np.sin(b_ang2)], axis=1)
+        _segments(layer, joint, mid_pt, value, 0.006)
+        _segments(layer, mid_pt, end_pt, value, 0.004)
 
 
 def draw_chest(anat: Anatomy, size: int, rng: np.random.Generator) -> Chest:
@@ -310,8 +344,17 @@ def draw_chest(anat: Anatomy, size: int, rng: np.random.Generator) -> Chest:
     """
     low, mid = max(32, size // 4), max(64, size // 2)
     heart = heart_mask(anat, size)
-    masks = {k: fill_polygon(size, s.polygon()) & (1 - heart) for k, s in (("right", anat.right), ("left", anat.left))}
-    lung = (masks["right"] | masks["left"]).astype(np.float32)
+    polygons = {"right": to_px(anat.right.polygon(), size), "left": to_px(anat.left.polygon(), size)}
+    masks = {}
+    for side, poly in polygons.items():
+        masks[side] = np.zeros((size, size), np.uint8)
+        cv2.fillPoly(masks[side], [poly], 1, cv2.LINE_8, SHIFT)
+        masks[side] &= 1 - heart
+    lung_u8 = masks["right"] | masks["left"]
+    # anti-aliased coverage of the same outlines: soft edges without a blur pass
+    lung_soft = np.zeros((size, size), np.float32)
+    cv2.fillPoly(lung_soft, list(polygons.values()), 1.0, cv2.LINE_AA, SHIFT)
+    lung_soft *= 1.0 - heart_mask(anat, size, antialias=True)
 
     ys = (np.arange(low, dtype=np.float32) + 0.5) / low
     smooth = anat.tissue * _body_profile(anat, low) + 0.1 * _spine(anat, low)
@@ -320,7 +363,9 @@ def draw_chest(anat: Anatomy, size: int, rng: np.random.Generator) -> Chest:
     texture = 0.12 * smooth_noise(rng, low, low / 14) + 0.06 * smooth_noise(rng, low, low / 40)
 
     lines = cv2.resize(smooth.astype(np.float32), (mid, mid), interpolation=cv2.INTER_LINEAR)
-    _ribs(anat, lines, rng)
+    body = cv2.resize(np.clip(1.5 * _body_profile(anat, low), 0, 1).astype(np.float32), (mid, mid),
+                      interpolation=cv2.INTER_LINEAR)
+    _ribs(anat, lines, rng, body)
     bones = np.zeros((mid, mid), np.float32)  # OpenCV draws by overwriting: draw, then add
     for side in (-1, 1):
         y_med = 0.2 + rng.normal(0, 0.008)
@@ -331,11 +376,12 @@ def draw_chest(anat: Anatomy, size: int, rng: np.random.Generator) -> Chest:
     lines += bones
     vessels = np.zeros((mid, mid), np.float32)
     _vessels(anat, vessels, rng)
-    vessels = cv2.GaussianBlur(vessels, (0, 0), 0.7)
+    # aeration inside the lungs: air with texture, less where vessels cross
+    aeration = cv2.resize(texture, (mid, mid), interpolation=cv2.INTER_LINEAR)
+    aeration = cv2.addWeighted(aeration, anat.air, cv2.GaussianBlur(vessels, (0, 0), 0.7), -1.0, anat.air)
 
     tissue = cv2.resize(lines, (size, size), interpolation=cv2.INTER_LINEAR)
-    lung_soft = cv2.GaussianBlur(lung, (0, 0), 0.003 * size) if size >= 128 else lung
-    air = anat.air * lung_soft * (1.0 + cv2.resize(texture, (size, size), interpolation=cv2.INTER_LINEAR))
-    markings = cv2.resize(vessels, (size, size), interpolation=cv2.INTER_LINEAR) * lung
-    return Chest(size=size, anatomy=anat, lung_masks=masks, tissue=tissue, air=air.astype(np.float32),
-                 markings=markings, opacity=np.zeros((size, size), np.float32))
+    air = cv2.resize(aeration, (size, size), interpolation=cv2.INTER_LINEAR)
+    air *= lung_soft
+    return Chest(size=size, anatomy=anat, lung_masks=masks, lung_mask=lung_u8, tissue=tissue, air=air,
+                 opacity=np.zeros((size, size), np.float32))

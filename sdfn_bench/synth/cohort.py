@@ -10,8 +10,9 @@ Layout written by :func:`make_cohort` (see docs/architecture.md)::
     DIR/cohort.json               parameters, seed, counts, prevalence per split, version
 
 Every random choice derives from ``seed`` through :class:`numpy.random.SeedSequence` (the plan
-from spawn key (0,), image i from (1, i), patient j's anatomy from (2, j)), so the bytes of every
-file depend on the parameters only, never on the number of workers.
+from spawn key (0,), image i from (1, i, k) with k = chest, findings, acquisition, patient j's
+anatomy from (2, j)), so the bytes of every file depend on the parameters only, never on the
+number of workers.
 """
 
 from __future__ import annotations

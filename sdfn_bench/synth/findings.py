@@ -70,8 +70,8 @@ def modify_anatomy(anat: Anatomy, present: frozenset[str], rng: np.random.Genera
 
 
 # ---------------------------------------------------------------- drawing primitives (pixels)
-def _patch(layer: np.ndarray, cx: float, cy: float, half: float) -> tuple[slice, slice, np.ndarray, np.ndarray]:
-    h, w = layer.shape
+def _patch(shape: tuple[int, ...], cx: float, cy: float, half: float) -> tuple[slice, slice, np.ndarray, np.ndarray]:
+    h, w = shape
     x0, x1 = max(0, int(cx - half)), min(w, int(np.ceil(cx + half)) + 1)
     y0, y1 = max(0, int(cy - half)), min(h, int(np.ceil(cy + half)) + 1)
     xs = np.arange(x0, x1, dtype=np.float32) + 0.5 - cx
@@ -79,19 +79,29 @@ def _patch(layer: np.ndarray, cx: float, cy: float, half: float) -> tuple[slice,
     return slice(y0, y1), slice(x0, x1), xs[None, :], ys[:, None]
 
 
-def add_ellipse(layer: np.ndarray, cx: float, cy: float, rx: float, ry: float, amp: float,
-                edge: float = 1.0, angle: float = 0.0) -> None:
-    """Add a soft-edged filled ellipse (centre and radii in pixels, ``edge`` = ramp width in px)."""
-    sy, sx, xs, ys = _patch(layer, cx, cy, max(rx, ry) + 2 * edge + 1)
+def ellipse_patch(shape: tuple[int, int], cx: float, cy: float, rx: float, ry: float, edge: float = 1.0,
+                  angle: float = 0.0) -> tuple[slice, slice, np.ndarray]:
+    """A soft-edged filled ellipse (centre and radii in pixels, ``edge`` = ramp width in px) as
+    (rows, cols, values in [0, 1]) covering only its neighbourhood."""
+    sy, sx, xs, ys = _patch(shape, cx, cy, max(rx, ry) + 2 * edge + 1)
     c, s = np.cos(angle), np.sin(angle)
     u, v = (xs * c + ys * s) / rx, (-xs * s + ys * c) / ry
     dist = (np.sqrt(u * u + v * v) - 1.0) * min(rx, ry)
-    layer[sy, sx] += amp * np.clip(0.5 - dist / max(edge, 0.5), 0.0, 1.0)
+    return sy, sx, np.clip(0.5 - dist / max(edge, 0.5), 0.0, 1.0)
 
 
-def add_gauss(layer: np.ndarray, cx: float, cy: float, sx_px: float, sy_px: float, amp: float) -> None:
-    sy, sx, xs, ys = _patch(layer, cx, cy, 3 * max(sx_px, sy_px))
-    layer[sy, sx] += amp * np.exp(-0.5 * ((xs / sx_px) ** 2 + (ys / sy_px) ** 2))
+def add_ellipse(layer: np.ndarray, cx: float, cy: float, rx: float, ry: float, amp: float,
+                edge: float = 1.0, angle: float = 0.0, weight: np.ndarray | None = None) -> None:
+    """Add ``amp`` times a soft ellipse (see :func:`ellipse_patch`), times ``weight`` if given."""
+    sy, sx, val = ellipse_patch(layer.shape, cx, cy, rx, ry, edge, angle)
+    layer[sy, sx] += amp * (val if weight is None else val * weight[sy, sx])
+
+
+def add_gauss(layer: np.ndarray, cx: float, cy: float, sx_px: float, sy_px: float, amp: float,
+              weight: np.ndarray | None = None) -> None:
+    sy, sx, xs, ys = _patch(layer.shape, cx, cy, 3 * max(sx_px, sy_px))
+    val = np.exp(-0.5 * ((xs / sx_px) ** 2 + (ys / sy_px) ** 2))
+    layer[sy, sx] += amp * (val if weight is None else val * weight[sy, sx])
 
 
 def _draw(size: int, fn: object, *args: object) -> np.ndarray:
@@ -173,7 +183,7 @@ def _mass(c: _Ctx) -> None:
 def _effusion(c: _Ctx) -> None:
     for side in _sides(c.rng, 0.35):
         shape, mask = c.shape(side), c.chest.lung_masks[side]
-        h = c.rng.uniform(0.07, 0.16)
+        h = c.rng.uniform(0.1, 0.2)
         cp_x, cp_y = shape.cp
         lateral_x = cp_x * c.size
         medial_x = (1 - shape.mb_x if shape.mirrored else shape.mb_x) * c.size
@@ -181,7 +191,7 @@ def _effusion(c: _Ctx) -> None:
         ys = (np.arange(y_top, c.size, dtype=np.float32) + 0.5)[:, None]
         xs = np.arange(c.size, dtype=np.float32)[None, :] + 0.5
         m = np.clip((xs - lateral_x) / (medial_x - lateral_x), 0, 1)  # 0 at the chest wall, 1 medially
-        surface = (cp_y - h + 0.6 * h * m ** 1.5) * c.size  # meniscus: fluid climbs the chest wall
+        surface = (cp_y - h + 0.5 * h * m ** 1.5) * c.size  # meniscus: fluid climbs the chest wall
         edge = 0.012 * c.size
         fluid = np.clip((ys - surface) / edge + 0.5, 0, 1) * mask[y_top:]
         c.chest.opacity[y_top:] += 0.32 * c.strength["Effusion"] * fluid * (0.8 + 0.2 * np.clip((ys - surface) / (h * c.size), 0, 1))
@@ -200,8 +210,8 @@ def _pneumothorax(c: _Ctx) -> None:
     inner = fill_polygon(c.size, inner_pts)
     region = (mask & (1 - inner)).astype(np.float32)
     s = c.strength["Pneumothorax"]
-    c.chest.markings *= 1.0 - region
-    c.chest.air += 0.09 * s * region
+    # no lung markings beyond the pleural line: uniform, darker air
+    c.chest.air += region * ((1.0 + 0.2 * s) * c.chest.anatomy.air - c.chest.air)
     line = np.zeros_like(c.chest.opacity)
     arc = hub + f * (shape.lateral_arc() - hub)
     cv2.polylines(line, [to_px(arc, c.size)], False, 1.0, max(1, round(0.004 * c.size)), cv2.LINE_AA, SHIFT)
@@ -212,13 +222,18 @@ def _pneumothorax(c: _Ctx) -> None:
 
 
 def _pleural_thickening(c: _Ctx) -> None:
+    """A dense band along the lateral and apical pleura, inside the lung edge."""
     for side in _sides(c.rng, 0.4):
-        arc = c.shape(side).lateral_arc(48)
-        end = int(len(arc) * c.rng.uniform(0.4, 0.9))
+        shape = c.shape(side)
+        arc = shape.lateral_arc(48)
+        end = int(len(arc) * c.rng.uniform(0.45, 0.9))
+        width = c.rng.uniform(0.025, 0.04)
+        center = np.array([shape.hilum[0], shape.yc])
+        inward = center - arc
+        arc = arc + 0.35 * width * inward / np.linalg.norm(inward, axis=1, keepdims=True)
         layer = np.zeros_like(c.chest.opacity)
-        width = c.rng.uniform(0.02, 0.032)
         cv2.polylines(layer, [to_px(arc[1:end], c.size)], False, 1.0, max(1, round(width * c.size)), cv2.LINE_AA, SHIFT)
-        c.chest.opacity += 0.25 * c.strength["Pleural_Thickening"] * layer * c.chest.lung_masks[side]
+        c.chest.opacity += 0.4 * c.strength["Pleural_Thickening"] * layer * c.chest.lung_masks[side]
 
 
 def _patchy(c: _Ctx, finding: str, sides: tuple[str, ...], y_range: tuple[float, float], blobs: tuple[int, int],
@@ -243,7 +258,7 @@ def _patchy(c: _Ctx, finding: str, sides: tuple[str, ...], y_range: tuple[float,
 
 
 def _infiltration(c: _Ctx) -> None:
-    _patchy(c, "Infiltration", _sides(c.rng, 0.3), (0.15, 0.85), (2, 4), (0.022, 0.04), 0.14, 0.035)
+    _patchy(c, "Infiltration", _sides(c.rng, 0.3), (0.15, 0.85), (3, 6), (0.02, 0.035), 0.2, 0.04)
 
 
 def _pneumonia(c: _Ctx) -> None:
@@ -251,6 +266,7 @@ def _pneumonia(c: _Ctx) -> None:
 
 
 def _consolidation(c: _Ctx) -> None:
+    """Dense lobar opacity with an irregular border and air bronchograms."""
     side = SIDES[int(c.rng.random() < 0.45)]
     mask = c.chest.lung_masks[side]
     rx, ry = c.rng.uniform(0.06, 0.09) * c.size, c.rng.uniform(0.05, 0.075) * c.size
@@ -258,15 +274,18 @@ def _consolidation(c: _Ctx) -> None:
     if at is None:
         return
     s = c.strength["Consolidation"]
-    region = _draw(c.size, add_ellipse, at[0], at[1], rx, ry, 1.0, 0.012 * c.size, c.rng.uniform(-0.4, 0.4))
-    bronchi = np.zeros_like(region)
-    hx = c.shape(side).hilum[0] * c.size
-    for _ in range(3):  # air bronchograms: dark branching tubes inside the opacity
-        end = (at[0] + c.rng.normal(0, rx * 0.5), at[1] + c.rng.normal(0, ry * 0.5))
-        start = (at[0] + 0.8 * (hx - at[0]) * 0.5, at[1] + c.rng.normal(0, ry * 0.3))
-        cv2.line(bronchi, tuple(int(v * 16) for v in start), tuple(int(v * 16) for v in end), 1.0,
+    sy, sx, ramp = ellipse_patch(mask.shape, at[0], at[1], rx, ry, 0.6 * min(rx, ry), c.rng.uniform(-0.4, 0.4))
+    h, w = ramp.shape
+    noise = cv2.resize(c.rng.standard_normal((6, 6)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    region = np.clip((ramp - 0.5 + 0.2 * noise) / 0.08, 0.0, 1.0)  # ragged, not a round mass
+    bronchi = np.zeros((h, w), np.float32)
+    toward_hilum = np.sign(c.shape(side).hilum[0] * c.size - at[0])
+    for _ in range(3):  # air bronchograms: dark tubes entering from the hilar side
+        x0, y0 = at[0] - sx.start + toward_hilum * 0.6 * rx, at[1] - sy.start + c.rng.normal(0, ry * 0.3)
+        x1, y1 = at[0] - sx.start - toward_hilum * c.rng.uniform(0, 0.6) * rx, at[1] - sy.start + c.rng.normal(0, ry * 0.5)
+        cv2.line(bronchi, (round(x0 * 16), round(y0 * 16)), (round(x1 * 16), round(y1 * 16)), 1.0,
                  max(1, round(0.005 * c.size)), cv2.LINE_AA, SHIFT)
-    c.chest.opacity += s * region * (0.32 - 0.14 * bronchi) * mask
+    c.chest.opacity[sy, sx] += s * region * (0.32 - 0.14 * bronchi) * mask[sy, sx]
     c.box("Consolidation", at[0] - rx, at[1] - ry, at[0] + rx, at[1] + ry)
 
 
@@ -285,9 +304,6 @@ def _edema(c: _Ctx) -> None:
             p0, p1 = (x0, y), (x0 + inward * c.rng.uniform(0.02, 0.03), y)
             cv2.line(lines, tuple(int(v * c.size * 16) for v in p0), tuple(int(v * c.size * 16) for v in p1), 1.0,
                      max(1, round(0.003 * c.size)), cv2.LINE_AA, SHIFT)
-    upper = np.zeros((c.size, 1), np.float32)
-    upper[: int(0.4 * c.size)] = 1.0
-    c.chest.markings *= 1.0 + 0.8 * s * upper  # upper-lobe vascular redistribution
     c.chest.opacity += s * (layer + 0.2 * lines) * c.chest.lung_mask
 
 
@@ -340,34 +356,45 @@ def _emphysema(c: _Ctx) -> None:
             continue
         disc = _draw(c.size, add_ellipse, at[0], at[1], r, r, 1.0, 1.0)
         ring = _draw(c.size, add_ellipse, at[0], at[1], r + 1.5, r + 1.5, 1.0, 1.0) - disc
-        c.chest.markings *= 1.0 - disc
-        c.chest.air += 0.08 * s * disc
+        c.chest.air += disc * c.chest.lung_masks[side] * ((1.0 + 0.25 * s) * c.chest.anatomy.air - c.chest.air)
         c.chest.opacity += 0.12 * s * ring * c.chest.lung_masks[side]
 
 
+def _gas(chest: Chest, cx: float, cy: float, rx: float, ry: float, level: float, gas: float,
+         fluid: float = 0.0, rim: float = 0.0) -> None:
+    """A gas pocket outside the lungs with an air-fluid level at row ``level`` (pixels)."""
+    sy, sx, body = ellipse_patch(chest.air.shape, cx, cy, rx, ry, 1.5)
+    outside = 1.0 - chest.lung_mask[sy, sx]
+    above = (np.arange(sy.start, sy.stop, dtype=np.float32)[:, None] + 0.5) < level
+    chest.air[sy, sx] += gas * body * above * outside
+    if fluid or rim:
+        ry_, rx_ = sy, sx
+        grow = 0.006 * chest.size
+        sy2, sx2, outer = ellipse_patch(chest.air.shape, cx, cy, rx + grow, ry + grow, 1.5)
+        ring = outer.copy()
+        ring[ry_.start - sy2.start:ry_.stop - sy2.start, rx_.start - sx2.start:rx_.stop - sx2.start] -= body
+        chest.tissue[sy2, sx2] += rim * ring * (1.0 - chest.lung_mask[sy2, sx2])
+        chest.tissue[sy, sx] += fluid * body * ~above * outside
+
+
 def _hernia(c: _Ctx) -> None:
+    """Bowel/stomach herniated through the hiatus: a gas-filled, rimmed loop with an air-fluid
+    level just below the medial left hemidiaphragm, behind the lower heart."""
     s = c.strength["Hernia"]
     left = c.chest.anatomy.left
     cx = (0.5 + c.rng.uniform(0.0, 0.06)) * c.size
-    cy = (left.dome_y(cx / c.size) + c.rng.uniform(0.035, 0.06)) * c.size
+    cy = (left.dome_y(cx / c.size) + c.rng.uniform(0.07, 0.1)) * c.size
     rx, ry = c.rng.uniform(0.05, 0.075) * c.size, c.rng.uniform(0.04, 0.055) * c.size
-    body = _draw(c.size, add_ellipse, cx, cy, rx, ry, 1.0, 1.5)
-    ring = _draw(c.size, add_ellipse, cx, cy, rx + 0.006 * c.size, ry + 0.006 * c.size, 1.0, 1.5) - body
-    level = cy + c.rng.uniform(-0.2, 0.3) * ry  # air-fluid level
-    gas = body * (np.arange(c.size, dtype=np.float32)[:, None] < level)
-    outside = 1.0 - c.chest.lung_mask
-    c.chest.air += 0.3 * s * gas * outside
-    c.chest.tissue += (0.12 * s * ring + 0.05 * s * (body - gas)) * outside
+    level = cy + c.rng.uniform(-0.2, 0.3) * ry
+    _gas(c.chest, cx, cy, rx, ry, level, 0.3 * s, fluid=0.05 * s, rim=0.12 * s)
 
 
 def add_gastric_bubble(chest: Chest, rng: np.random.Generator) -> None:
     """A normal stomach gas bubble under the lateral left hemidiaphragm (a Hernia look-alike)."""
     x = 1.0 - rng.uniform(0.26, 0.32)
     y = chest.anatomy.left.dome_y(x) + rng.uniform(0.04, 0.06)
-    bubble = _draw(chest.size, add_ellipse, x * chest.size, y * chest.size, 0.04 * chest.size,
-                   0.022 * chest.size, 1.0, 1.5)
-    bubble[int((y + 0.004) * chest.size):] *= 0.3
-    chest.air += rng.uniform(0.1, 0.22) * bubble * (1.0 - chest.lung_mask)
+    size = chest.size
+    _gas(chest, x * size, y * size, 0.04 * size, 0.022 * size, (y + 0.004) * size, rng.uniform(0.1, 0.22))
 
 
 _RENDER = {
