@@ -11,6 +11,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from sdfn_bench import __version__
 from sdfn_bench.errors import SdfnError
@@ -49,6 +50,9 @@ def _register() -> None:
     from sdfn_bench.cli.compare import compare
 
     app.command("compare")(compare)
+    from sdfn_bench.cli.engines import build_engines_command
+
+    app.command("build-engines")(build_engines_command)
     pass
 
 
@@ -59,7 +63,7 @@ def main() -> None:
     try:
         app()
     except SdfnError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
