@@ -53,6 +53,9 @@ def _register() -> None:
     from sdfn_bench.cli.engines import build_engines_command
 
     app.command("build-engines")(build_engines_command)
+    from sdfn_bench.cli.score import score
+
+    app.command("score")(score)
     pass
 
 

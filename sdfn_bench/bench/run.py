@@ -1,0 +1,344 @@
+"""`sdfn-bench bench`: the same synthetic images scored two ways in one run.
+
+1. the reference (:mod:`sdfn_bench.bench.reference`): PyTorch eager, one image at a time, Pillow
+   and torchvision transforms;
+2. `sdfn-bench score`'s pipeline (:func:`sdfn_bench.score.run.score_manifest`) with the default
+   backend, on engines built from the same weights.
+
+Both are timed end to end from the image files to the probabilities (decoding included, model
+and engine loading excluded, one warm-up before each). The record also holds the convolution +
+linear FLOPs per image ``f`` (:mod:`sdfn_bench.bench.flops`), this machine's measured convolution
+peak ``p`` (:mod:`sdfn_bench.bench.peak`, measured before, between and after the two runs; the
+highest is kept), the roofline fraction ``b * f / p``, the largest probability difference between
+the two ways, and the Lung Region Generator's masks/s.
+
+Weights: the checkpoints given, else seeded random weights at the paper's geometry (segmenter 256,
+extractors 224, the Pazhitnykh-Petsiuk U-Net at base 32, DenseNet-121). Speed depends on the
+geometry, not on the values of the weights; the random DenseNets get their batch-norm statistics
+re-estimated on the synthetic images so that their activations and probabilities have realistic
+ranges (untouched random networks saturate, which would make the probability comparison empty).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sdfn_bench.bench.flops import sdfn_flops
+from sdfn_bench.bench.peak import PeakResult, measure_peak
+from sdfn_bench.bench.reference import ReferenceModels, run_reference
+from sdfn_bench.classes import CLASS_NAMES
+from sdfn_bench.errors import SdfnError
+from sdfn_bench.lrg import PAPER_MARGIN
+from sdfn_bench.preprocess import Preprocessing, prepare
+
+DEFAULT_OUT = Path("reports") / "bench"
+PAPER_SEG_SIZE = 256
+PAPER_EXT_SIZE = 224
+PAPER_SEG_ARCH: dict[str, Any] = {"name": "pazhitnykh_petsiuk", "base": 32, "norm": None}
+GOALS = {"speedup": 3.0, "roofline_fraction": 0.6, "max_abs_prob_diff": 1e-3}
+
+
+class BenchError(SdfnError):
+    """The benchmark cannot run (bad options, unusable checkpoints)."""
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What to benchmark.
+
+    Attributes:
+        images: synthetic images scored by both ways.
+        image_size: side of the synthetic images (NIH images are 1024).
+        checkpoints: a checkpoint folder, or None for seeded random weights at ``seg_size``/``ext_size``.
+        seg_size, ext_size, seg_arch: the geometry of the random weights (paper: 256, 224, base 32).
+        backend: engine backend of the pipeline (``auto``: the project's default choice).
+        batch_size, workers: the pipeline's settings (workers None: its default).
+        seed: synthetic images and random weights.
+    """
+
+    images: int = 32
+    image_size: int = 1024
+    checkpoints: Path | None = None
+    seg_size: int = PAPER_SEG_SIZE
+    ext_size: int = PAPER_EXT_SIZE
+    seg_arch: tuple[tuple[str, Any], ...] = tuple(PAPER_SEG_ARCH.items())
+    backend: str = "auto"
+    batch_size: int = 16
+    workers: int | None = None
+    seed: int = 0
+
+
+def _calibrate_batchnorm(module: torch.nn.Module, x: torch.Tensor) -> None:
+    """Re-estimate BatchNorm running statistics on ``x`` (cumulative average, one pass)."""
+    bns = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    module.train()
+    with torch.no_grad():
+        module(x)
+    module.eval()
+
+
+def seeded_checkpoints(
+    folder: Path,
+    calibration: np.ndarray,
+    *,
+    seed: int = 0,
+    seg_size: int = PAPER_SEG_SIZE,
+    ext_size: int = PAPER_EXT_SIZE,
+    seg_arch: dict[str, Any] | None = None,
+) -> Path:
+    """Write the four standard checkpoints with seeded random weights into ``folder``.
+
+    Args:
+        calibration: (N, 1, ext_size, ext_size) prepared images; the extractors' batch-norm
+            statistics are estimated on them.
+    """
+    from sdfn_bench.models.checkpoint import save_checkpoint
+    from sdfn_bench.models.extractor import build_extractor
+    from sdfn_bench.models.fusion import FusionHead
+    from sdfn_bench.models.segmenter import build_segmenter
+
+    arch = dict(seg_arch or PAPER_SEG_ARCH)
+    names = list(CLASS_NAMES)
+    ext_pre = Preprocessing(input_size=ext_size).to_dict()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        seg = build_segmenter(arch).eval()
+        x = torch.from_numpy(calibration)
+        extractors = {}
+        for view in ("entire", "lung"):
+            ext = build_extractor({"name": "densenet121", "in_channels": 1, "num_classes": len(names)})
+            _calibrate_batchnorm(ext, x)
+            extractors[view] = ext
+        fusion = FusionHead.from_heads(extractors["entire"].classifier, extractors["lung"].classifier).eval()
+    common = {"train_manifest_sha256": None, "epochs": 0, "best_metric": None, "weights": f"random seed {seed}"}
+    save_checkpoint(folder / "segmenter", seg, {
+        **common, "kind": "segmenter", "architecture": arch, "class_names": [], "mask_threshold": 0.5,
+        "lung_margin": PAPER_MARGIN.to_dict(),
+        "preprocessing": Preprocessing(input_size=seg_size, class_names=()).to_dict(),
+    })
+    for view, ext in extractors.items():
+        save_checkpoint(folder / f"extractor_{view}", ext, {
+            **common, "kind": "extractor", "view": view, "class_names": names, "preprocessing": ext_pre,
+            "architecture": {"name": "densenet121", "in_channels": 1, "num_classes": len(names)},
+        })
+    save_checkpoint(folder / "fusion", fusion, {
+        **common, "kind": "fusion", "class_names": names, "preprocessing": ext_pre,
+        "architecture": {"name": "concat_linear", "in_features": 2048, "num_classes": len(names)},
+    })
+    return folder
+
+
+def _synthetic_images(folder: Path, settings: BenchSettings) -> Path:
+    """A synthetic cohort of ``images`` images and a manifest ``bench.csv`` listing all of them."""
+    from sdfn_bench.synth import make_cohort
+
+    # One image per patient and even splits, so that small image counts still fill all three.
+    make_cohort(folder, n=settings.images, size=settings.image_size, seed=settings.seed,
+                max_images_per_patient=1, val_fraction=0.3, test_fraction=0.3)
+    parts = [pd.read_csv(folder / f"{split}.csv", dtype=str, keep_default_na=False) for split in ("train", "val", "test")]
+    manifest = pd.concat([p for p in parts if len(p)], ignore_index=True).sort_values("image", kind="stable")
+    path = folder / "bench.csv"
+    manifest.to_csv(path, index=False)
+    return path
+
+
+def _max_prob_diff(pred: pd.DataFrame, ref: Any, class_names: tuple[str, ...]) -> tuple[float, dict[str, float]]:
+    per_head = {}
+    for head in ("entire", "lung", "sdfn"):
+        cols = [f"{head}_{c}" for c in class_names]
+        per_head[head] = float(np.abs(pred[cols].to_numpy(np.float64) - getattr(ref, head).astype(np.float64)).max())
+    return max(per_head.values()), per_head
+
+
+def _box_agreement(pred: pd.DataFrame, ref: Any) -> float:
+    got = pred[["lung_x0", "lung_y0", "lung_x1", "lung_y1"]].to_numpy(np.int64)
+    want = np.array([(b.x0, b.y0, b.x1, b.y1) for b in ref.boxes], dtype=np.int64)
+    return float((got == want).all(axis=1).mean())
+
+
+def _lrg_speed() -> dict[str, Any]:
+    from sdfn_bench.bench.lrg_speed import measure_lrg_speed
+
+    result = measure_lrg_speed()
+    return result.to_dict() if hasattr(result, "to_dict") else dict(result)
+
+
+def run_bench(
+    settings: BenchSettings,
+    *,
+    out_dir: Path = DEFAULT_OUT,
+    work_dir: Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """Run the benchmark and write ``out_dir/latest.json`` and a timestamped copy.
+
+    Args:
+        settings: what to run.
+        out_dir: where the JSON records go.
+        work_dir: folder for the synthetic images, weights, engines and the pipeline's run
+            (default: a temporary folder, removed afterwards).
+        log: called with one line per step.
+
+    Returns:
+        The record and the path of the timestamped copy.
+    """
+    from sdfn_bench.engines import build_engines, load_engines
+    from sdfn_bench.score.run import hardware, score_manifest, utc_stamp, versions
+
+    say = log or (lambda _msg: None)
+    if settings.images < 1:
+        raise BenchError(f"images must be >= 1, got {settings.images}")
+    created = _dt.datetime.now(_dt.timezone.utc)
+    temp = work_dir is None
+    work = Path(tempfile.mkdtemp(prefix="sdfn-bench-")) if work_dir is None else Path(work_dir)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        stamp = utc_stamp(created)
+        say(f"synthetic images: {settings.images} x {settings.image_size}px")
+        manifest = _synthetic_images(work / f"cohort-{stamp}", settings)
+        rows = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+        paths = [manifest.parent / p for p in rows["image"]]
+
+        if settings.checkpoints is None:
+            say(f"seeded random weights (segmenter {settings.seg_size}, extractors {settings.ext_size})")
+            from sdfn_bench.decode.reader import read_image
+
+            pre = Preprocessing(input_size=settings.ext_size)
+            calib = np.stack([prepare(read_image(p), pre) for p in paths[:16]])
+            ckpt_dir = seeded_checkpoints(
+                work / f"checkpoints-{stamp}", calib, seed=settings.seed, seg_size=settings.seg_size,
+                ext_size=settings.ext_size, seg_arch=dict(settings.seg_arch),
+            )
+            weights = f"seeded random (seed {settings.seed}), extractor batch norm re-estimated on the synthetic images"
+        else:
+            ckpt_dir = Path(settings.checkpoints)
+            weights = str(ckpt_dir.resolve())
+        models = ReferenceModels.from_checkpoints(ckpt_dir)
+
+        say(f"building engines (backend {settings.backend})")
+        engines_dir = work / f"engines-{stamp}"
+        build_engines(ckpt_dir, engines_dir, backend=settings.backend, max_batch=max(16, settings.batch_size))
+        engines = load_engines(engines_dir)
+
+        flops = sdfn_flops(
+            models.segmenter, models.extractor_entire, models.extractor_lung, models.fusion,
+            seg_size=models.pre_segmenter.input_size, entire_size=models.pre_entire.input_size,
+            lung_size=models.pre_lung.input_size,
+        )
+        device = "cuda:0" if engines.device.startswith("cuda") else "cpu"
+        peaks: list[PeakResult] = []
+        load: list[tuple[float, float, float]] = []
+
+        def checkpoint_peak() -> None:
+            load.append(os.getloadavg())
+            peaks.append(measure_peak(device=device))
+            say(f"peak {peaks[-1].gflop_s:.1f} GFLOP/s (load average {load[-1][0]:.2f})")
+
+        checkpoint_peak()
+        say("reference: warm-up, then one image at a time")
+        run_reference(paths[:2], models)
+        ref = run_reference(paths, models)
+        say(f"reference: {ref.images_per_s:.3f} images/s")
+        checkpoint_peak()
+
+        say("pipeline: warm-up, then `score`")
+        score_manifest(manifest, engines=engines, out=work / f"warmup-{stamp}", batch_size=settings.batch_size,
+                       workers=settings.workers, decoder="auto", limit=min(len(rows), settings.batch_size))
+        t0 = time.perf_counter()
+        result = score_manifest(manifest, engines=engines, out=work / f"run-{stamp}", batch_size=settings.batch_size,
+                                workers=settings.workers, decoder="auto")
+        pipeline_wall = time.perf_counter() - t0
+        pred = pd.read_parquet(result.predictions)
+        pipeline_rate = len(pred) / pipeline_wall
+        say(f"pipeline: {pipeline_rate:.3f} images/s")
+        checkpoint_peak()
+        run_record = json.loads(result.run_json.read_text())
+
+        if result.error:
+            raise BenchError(f"the pipeline could not read {result.error} synthetic image(s): {result.errors}")
+        max_diff, per_head = _max_prob_diff(pred, ref, engines.class_names)
+        peak = max(peaks, key=lambda p: p.gflop_s)
+        gflop = flops.total / 1e9
+        say("LRG speed")
+        lrg = _lrg_speed()
+        record: dict[str, Any] = {
+            "images": len(pred),
+            "reference_images_per_s": round(ref.images_per_s, 4),
+            "pipeline_images_per_s": round(pipeline_rate, 4),
+            "speedup": round(pipeline_rate / ref.images_per_s, 3),
+            "max_abs_prob_diff": max_diff,
+            "gflop_per_image": round(gflop, 4),
+            "peak_gflop_s": round(peak.gflop_s, 2),
+            "roofline_fraction": round(pipeline_rate * gflop / peak.gflop_s, 4),
+            "reference_roofline_fraction": round(ref.images_per_s * gflop / peak.gflop_s, 4),
+            "backend": engines.backend,
+            "device": engines.device,
+            "precision": engines.precision,
+            "goals": {
+                "speedup": GOALS["speedup"],
+                "roofline_fraction": GOALS["roofline_fraction"],
+                "max_abs_prob_diff": GOALS["max_abs_prob_diff"],
+                "met": bool(
+                    pipeline_rate / ref.images_per_s >= GOALS["speedup"]
+                    and pipeline_rate * gflop / peak.gflop_s >= GOALS["roofline_fraction"]
+                    and max_diff <= GOALS["max_abs_prob_diff"]
+                ),
+            },
+            "max_abs_prob_diff_per_head": per_head,
+            "lung_box_agreement": _box_agreement(pred, ref),
+            "lrg_status_counts": {str(k): int(v) for k, v in pred["lrg_status"].value_counts().items()},
+            "flops": flops.to_dict(),
+            "peak": {"kept": peak.to_dict(), "all_gflop_s": [round(p.gflop_s, 2) for p in peaks]},
+            "load_average_1min": [round(v[0], 2) for v in load],
+            "reference_stages": ref.stage_summary(),
+            "pipeline_stages": run_record["stages"],
+            "pipeline": {
+                "batch_size": run_record["batch_size"],
+                "workers": run_record["workers"],
+                "decoder": run_record["decoder"],
+                "wall_s": round(pipeline_wall, 3),
+                "pipeline_wall_s": run_record["wall_s"],
+            },
+            "reference": {"wall_s": round(ref.wall_s, 3), "torch_threads": torch.get_num_threads(), "batch_size": 1},
+            "lrg": lrg,
+            "geometry": {
+                "image_size": settings.image_size,
+                "segmenter_input": models.pre_segmenter.input_size,
+                "extractor_input": models.pre_entire.input_size,
+                "lung_input": models.pre_lung.input_size,
+            },
+            "weights": weights,
+            "versions": versions(run_record["decoder"]),
+            "hardware": hardware(),
+            "created": created.isoformat(),
+        }
+    finally:
+        if temp:
+            shutil.rmtree(work, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamped = out_dir / f"bench-{stamp}.json"
+    text = json.dumps(record, indent=2, default=str) + "\n"
+    stamped.write_text(text)
+    latest = out_dir / "latest.json"
+    tmp = latest.with_name(f".latest.json.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, latest)
+    return record, stamped

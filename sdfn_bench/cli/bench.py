@@ -1,0 +1,51 @@
+"""`sdfn-bench bench`: reference vs pipeline on synthetic images (logic in :mod:`sdfn_bench.bench.run`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sdfn_bench.bench.run import DEFAULT_OUT, GOALS, PAPER_EXT_SIZE, PAPER_SEG_SIZE, BenchSettings, run_bench
+
+console = Console()
+
+
+def bench(
+    images: int = typer.Option(32, "--images", "-n", min=10, help="Synthetic images scored by both ways."),
+    image_size: int = typer.Option(1024, "--image-size", min=64, help="Side of the synthetic images (NIH: 1024)."),
+    checkpoints: Path | None = typer.Option(
+        None, "--checkpoints", help="Checkpoint folder (default: seeded random weights at the paper's geometry)."
+    ),
+    backend: str = typer.Option("auto", "--backend", help="Engine backend of the pipeline (auto: the default)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="The pipeline's batch size."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="The pipeline's decode threads."),
+    seg_size: int = typer.Option(PAPER_SEG_SIZE, "--seg-size", help="Segmenter input of the random weights."),
+    ext_size: int = typer.Option(PAPER_EXT_SIZE, "--ext-size", help="Extractor input of the random weights."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the images and random weights."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Folder of latest.json and the timestamped copies."),
+    work_dir: Path | None = typer.Option(None, "--work-dir", help="Keep images, weights and engines here."),
+) -> None:
+    """Score the same synthetic images the CheXNet-script way and with `score`; write reports/bench/latest.json."""
+    settings = BenchSettings(
+        images=images, image_size=image_size, checkpoints=checkpoints, seg_size=seg_size, ext_size=ext_size,
+        backend=backend, batch_size=batch_size, workers=workers, seed=seed,
+    )
+    with console.status("benchmarking") as status:
+        record, stamped = run_bench(settings, out_dir=out, work_dir=work_dir, log=lambda m: status.update(m))
+    table = Table(title=f"sdfn-bench bench: {record['images']} images, {record['backend']} on {record['device']}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("goal", justify="right")
+    table.add_row("reference images/s", f"{record['reference_images_per_s']:.3f}", "")
+    table.add_row("pipeline images/s", f"{record['pipeline_images_per_s']:.3f}", "")
+    table.add_row("speedup", f"{record['speedup']:.2f}", f">= {GOALS['speedup']}")
+    table.add_row("GFLOP / image", f"{record['gflop_per_image']:.2f}", "")
+    table.add_row("peak GFLOP/s", f"{record['peak_gflop_s']:.1f}", "")
+    table.add_row("roofline fraction", f"{record['roofline_fraction']:.3f}", f">= {GOALS['roofline_fraction']}")
+    table.add_row("max |prob diff|", f"{record['max_abs_prob_diff']:.2e}", f"<= {GOALS['max_abs_prob_diff']}")
+    console.print(table)
+    verdict = "[green]goals met[/]" if record["goals"]["met"] else "[yellow]goals not met[/]"
+    console.print(f"{verdict}; record: {stamped} (and {out / 'latest.json'})", highlight=False)
