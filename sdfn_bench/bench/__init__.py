@@ -1,0 +1,7 @@
+"""`sdfn-bench bench`: the CheXNet-style reference vs the scoring pipeline on synthetic images.
+
+- :mod:`sdfn_bench.bench.reference`: PyTorch eager, one image at a time, Pillow + torchvision.
+- :mod:`sdfn_bench.bench.flops`: convolution + linear FLOPs per image.
+- :mod:`sdfn_bench.bench.peak`: this machine's measured convolution peak.
+- :mod:`sdfn_bench.bench.run`: both runs, the comparison and ``reports/bench/latest.json``.
+"""
