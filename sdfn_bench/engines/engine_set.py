@@ -110,7 +110,7 @@ def load_engines(engines_dir: str | Path, *, backend: str | None = None, device:
     checkpoint_paths = {n: resolve_checkpoint(e, folder) for n, e in record["engines"].items()}
     check_record(
         record, folder, backend_version=backend_version, device=now_device,
-        checkpoint_sha256={n: file_sha256(p) if p.is_file() else None for n, p in checkpoint_paths.items()},
+        checkpoint_sha256={n: file_sha256(p) if p and p.is_file() else None for n, p in checkpoint_paths.items()},
         file_sha256={
             n: {role: file_sha256(folder / f) if (folder / f).is_file() else None for role, f in e.get("files", {}).items()}
             for n, e in record["engines"].items()
@@ -143,7 +143,7 @@ def load_engines(engines_dir: str | Path, *, backend: str | None = None, device:
         cams=bool(record.get("cams", False)),
         max_batch=int(record["max_batch"]),
         digest=digest,
-        checkpoints={n: {"path": str(checkpoint_paths[n]), "sha256": e["checkpoint"]["sha256"]} for n, e in engines.items()},
+        checkpoints={n: {"path": str(checkpoint_paths[n] or ""), "sha256": e["checkpoint"]["sha256"]} for n, e in engines.items()},
         engines_dir=folder,
         record=record,
     )

@@ -161,9 +161,11 @@ def rebuild_command(record: Mapping[str, Any], engines_dir: str | Path) -> str:
     return shlex.join(parts)
 
 
-def resolve_checkpoint(entry: Mapping[str, Any], engines_dir: Path) -> Path:
+def resolve_checkpoint(entry: Mapping[str, Any], engines_dir: Path) -> Path | None:
     """The recorded checkpoint path, or its path relative to the engines folder if that moved."""
     ck = entry["checkpoint"]
+    if not ck.get("path"):
+        return None
     path = Path(ck["path"])
     if not path.exists() and ck.get("relpath"):
         moved = (engines_dir / ck["relpath"]).resolve()
