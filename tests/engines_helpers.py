@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from sdfn_bench.classes import CLASS_NAMES
+from sdfn_bench.engines.build import Source
 from sdfn_bench.models.checkpoint import save_checkpoint
 from sdfn_bench.models.extractor import build_extractor
 from sdfn_bench.models.fusion import build_fusion
@@ -53,3 +55,52 @@ def make_checkpoints(folder: Path, *, seg_size: int = 32, ext_size: int = 32, se
         "preprocessing": Preprocessing(input_size=ext_size).to_dict(), "class_names": names,
     })
     return folder
+
+
+# Tiny stand-ins with the real networks' I/O contract (fast tests of every backend path).
+FEATURES = 8
+
+
+class TinySegmenter(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class TinyExtractor(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, FEATURES, 3, stride=2, padding=1), nn.BatchNorm2d(FEATURES))
+        self.classifier = nn.Linear(FEATURES, len(CLASS_NAMES))
+
+    def forward_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        maps = torch.relu(self.features(x))
+        pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(maps, 1), 1)
+        return pooled, self.classifier(pooled), maps
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled, logits, _ = self.forward_with_maps(x)
+        return pooled, logits
+
+
+def tiny_sources(size: int = 16) -> dict[str, Source]:
+    torch.manual_seed(0)
+    pre = Preprocessing(input_size=size).to_dict()
+    classes = list(CLASS_NAMES)
+    modules = {"segmenter": TinySegmenter(), "extractor_entire": TinyExtractor(), "extractor_lung": TinyExtractor(),
+               "fusion": build_fusion({"num_classes": 14, "in_features": 2 * FEATURES})}
+    out = {}
+    for name, module in modules.items():
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+        meta = {"kind": name.split("_")[0], "preprocessing": pre, "class_names": classes if name != "segmenter" else [],
+                "mask_threshold": 0.4}
+        out[name] = Source(name=name, module=module.eval(), meta=meta, path=None, sha256="0" * 64)
+    return out
+
+
