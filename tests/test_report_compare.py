@@ -181,7 +181,7 @@ def test_compare_newest_run_via_cli(tmp_path, monkeypatch) -> None:
     result = CliRunner().invoke(app, ["compare", "--baseline", "entire", "--baseline", "lung", "--bootstrap", "50",
                                       "--seed", "3"])
     assert result.exit_code == 0, result.output
-    assert "PATIENT LEAKAGE" in result.output and "SDFN − Lung" in result.output
+    assert "PATIENT LEAKAGE" in result.output and "Model vs baseline" in result.output
     record = json.loads((run_dir / "comparison.json").read_text())
     assert record["baselines"] == ["entire", "lung"] and record["analysis"]["seed"] == 3
     assert record["analysis"]["n_bootstrap"] == 50

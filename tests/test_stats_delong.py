@@ -122,3 +122,42 @@ def test_size_under_the_null_is_five_percent() -> None:
     lo, hi = stats.binom.ppf([0.0005, 0.9995], sims, 0.05) / sims
     assert lo <= share <= hi, share
     assert lo <= mean_share <= hi, mean_share
+
+
+def test_clustered_equals_plain_with_one_image_per_cluster_and_reference() -> None:
+    rng = np.random.default_rng(13)
+    y, scores = _data(rng, 120, 2, 2, ties=True)
+    plain = delong_aucs(y, scores)
+    singletons = delong_aucs(y, scores, clusters=[f"p{i}" for i in range(120)])
+    np.testing.assert_allclose(singletons.cov, plain.cov, atol=1e-15)
+    clusters = rng.integers(0, 30, 120)
+    clustered = delong_aucs(y, scores, clusters=clusters)
+    comps = {(r, c): slow_components(y[:, c].astype(bool), scores[r][:, c])[1] for r in range(2) for c in range(2)}
+    for (r1, c1), a1 in comps.items():
+        for (r2, c2), a2 in comps.items():
+            want = np.bincount(clusters, a1, 30) @ np.bincount(clusters, a2, 30)
+            assert clustered.cov[r1, c1, r2, c2] == pytest.approx(want, abs=1e-12)
+
+
+def _clustered_null(rng: np.random.Generator, sims: int) -> tuple[float, float]:
+    """Patient-level labels and scorer-specific patient effects: images of a patient are not
+    independent, and equally good scorers differ per patient."""
+    n_pat, per, k = 150, 3, 2
+    patients = np.repeat(np.arange(n_pat), per)
+    plain = clustered = 0
+    for _ in range(sims):
+        y = np.repeat((rng.random((n_pat, k)) < 0.3).astype(int), per, axis=0)
+        s1 = y + np.repeat(rng.normal(size=(n_pat, k)), per, axis=0) + 0.5 * rng.normal(size=y.shape)
+        s2 = y + np.repeat(rng.normal(size=(n_pat, k)), per, axis=0) + 0.5 * rng.normal(size=y.shape)
+        plain += delong_test(y, s1, s2).p_value[0] < 0.05
+        clustered += delong_test(y, s1, s2, clusters=patients).p_value[0] < 0.05
+    return plain / sims, clustered / sims
+
+
+@pytest.mark.slow
+def test_clustered_delong_keeps_its_size_where_plain_delong_does_not() -> None:
+    sims = 500
+    plain, clustered = _clustered_null(np.random.default_rng(15), sims)
+    lo, hi = stats.binom.ppf([0.0005, 0.9995], sims, 0.05) / sims
+    assert lo <= clustered <= hi, clustered
+    assert plain > 0.15, plain  # plain DeLong is far too liberal on clustered images

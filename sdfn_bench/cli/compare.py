@@ -28,15 +28,20 @@ def _summary(result: ComparisonResult) -> Table:
     for s in a.scorers:
         ci = s.mean_bootstrap_ci if a.n_bootstrap > 0 else s.mean_delong_ci
         table.add_row(display_name(s.name), f"{s.mean_auc:.4f}", f"[{ci[0]:.4f}, {ci[1]:.4f}]")
-    tests = Table(title="Model vs baseline")
-    for col in ("Comparison", "Δ mean AUC", "DeLong p", "bootstrap p", "t across classes p", "Holm p<0.01 classes"):
-        tests.add_column(col, justify="right" if col != "Comparison" else "left")
+    tests = Table(
+        title="Model vs baseline: Δ mean AUC and two-sided p-values",
+        caption="pt: DeLong clustered by patient; boot: paired patient bootstrap; t: paired t over the classes; "
+        "Holm: classes with Holm-adjusted DeLong p < 0.01",
+    )
+    tests.add_column("Comparison", no_wrap=True)
+    for col in ("Δ mean", "DeLong", "pt", "boot", "t", "Holm"):
+        tests.add_column(col, justify="right")
     for c in a.comparisons:
         n_sig = int((c.delong_p_holm < 0.01).sum())
         tests.add_row(
-            f"{display_name(c.model)} − {display_name(c.baseline)}", f"{c.mean_difference:+.4f}",
-            format_p(c.delong.mean_p_value), format_p(c.mean_bootstrap_p), format_p(c.t_across_classes.p_value),
-            f"{n_sig}/{int((~np.isnan(c.delong_p_holm)).sum())}",
+            f"{display_name(c.model)}−{display_name(c.baseline)}", f"{c.mean_difference:+.4f}",
+            format_p(c.delong.mean_p_value), format_p(c.delong_clustered.mean_p_value), format_p(c.mean_bootstrap_p),
+            format_p(c.t_across_classes.p_value), f"{n_sig}/{int((~np.isnan(c.delong_p_holm)).sum())}",
         )
     grid = Table.grid(padding=1)
     grid.add_row(table)

@@ -245,6 +245,8 @@ def compare_run(
             "delong": "DeLong et al. 1988 covariance via Sun & Xu 2014 midranks; two-sided normal test; "
                       "mean AUC: linear contrast over the joint covariance of the per-class AUCs",
             "delong_p_holm": "Holm 1979 across the classes (statsmodels multipletests method='holm')",
+            "delong_clustered": "the same components summed per patient before the outer product "
+                                "(cluster-robust, cf. Obuchowski 1997); equals DeLong with one image per patient",
             "bootstrap": "patients resampled with replacement (all images of a patient together), percentile CI; "
                          "p = min(1, 2 min((#d*<=0 + 1)/(B+1), (#d*>=0 + 1)/(B+1)))",
             "t_across_classes": "scipy.stats.ttest_rel over the per-class AUC pairs (model, baseline)",

@@ -152,6 +152,10 @@ def build_table1(
                 cmp.delong.mean_p_value if is_mean else float(cmp.delong.p_value[i]))
             numeric.setdefault(f"{tag}_delong_p_holm", []).append(
                 float("nan") if is_mean else float(cmp.delong_p_holm[i]))
+            numeric.setdefault(f"{tag}_delong_clustered_p", []).append(
+                cmp.delong_clustered.mean_p_value if is_mean else float(cmp.delong_clustered.p_value[i]))
+            numeric.setdefault(f"{tag}_delong_clustered_p_holm", []).append(
+                float("nan") if is_mean else float(cmp.delong_clustered_p_holm[i]))
             numeric.setdefault(f"{tag}_bootstrap_p", []).append(
                 cmp.mean_bootstrap_p if is_mean else float(cmp.bootstrap_p[i]))
             numeric.setdefault(f"{tag}_significant", []).append(bool(marked))
@@ -175,7 +179,9 @@ def build_table1(
          f"This run: AUC [{analysis.level:.0%} CI]; CI = DeLong normal-theory interval (no bootstrap)") + ".",
         f"Differences: model − baseline AUC; {MARK} = two-sided DeLong test (DeLong et al. 1988, fast algorithm of "
         f"Sun & Xu 2014), p Holm-adjusted across the classes (Holm 1979) < {SIGNIFICANCE}; on the Mean row, DeLong's "
-        f"test of the mean AUC (a linear contrast of the correlated per-class AUCs) p < {SIGNIFICANCE}.",
+        f"test of the mean AUC (a linear contrast of the correlated per-class AUCs) p < {SIGNIFICANCE}. DeLong "
+        f"assumes independent images; the patient-clustered DeLong p (components summed per patient) and the "
+        f"patient bootstrap p account for several images per patient and are given below and in table1.csv.",
     ]
     if leakage is not None:
         notes.append("Leakage guard: " + leakage.summary())
@@ -187,6 +193,8 @@ def build_table1(
             f"{m} vs {b}, mean AUC: Δ {cmp.mean_difference:+.4f} "
             f"(bootstrap {analysis.level:.0%} CI [{cmp.mean_bootstrap_diff_ci[0]:+.4f}, {cmp.mean_bootstrap_diff_ci[1]:+.4f}]); "
             f"DeLong z = {cmp.delong.mean_z:.2f}, p = {format_p(cmp.delong.mean_p_value)}; "
+            f"DeLong clustered by patient z = {cmp.delong_clustered.mean_z:.2f}, "
+            f"p = {format_p(cmp.delong_clustered.mean_p_value)}; "
             f"paired bootstrap p = {format_p(cmp.mean_bootstrap_p)}."
         )
         notes.append(
@@ -196,7 +204,7 @@ def build_table1(
             f"p = {format_p(tb.p_value)} (descriptive only: this p shrinks as the number of replicates grows)."
         )
         header = ("Finding", "Δ AUC", f"Δ {analysis.level:.0%} CI (bootstrap)", "DeLong p", "Holm p",
-                  "bootstrap p", "t over replicates p")
+                  "clustered DeLong p", "clustered Holm p", "bootstrap p", "t over replicates p")
         trows = []
         for i, key in enumerate(names):
             ci = cmp.bootstrap_diff_ci[i]
@@ -204,6 +212,7 @@ def build_table1(
                 key.replace("_", " "), _diff(float(cmp.difference[i]), False),
                 "n/a" if np.isnan(ci).any() else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]",
                 format_p(float(cmp.delong.p_value[i])), format_p(float(cmp.delong_p_holm[i])),
+                format_p(float(cmp.delong_clustered.p_value[i])), format_p(float(cmp.delong_clustered_p_holm[i])),
                 format_p(float(cmp.bootstrap_p[i])), format_p(cmp.t_over_bootstrap[i].p_value),
             ))
         tests.append((f"{m} vs {b}: per-class tests", header, tuple(trows)))

@@ -23,9 +23,10 @@ but not the positive/negative split. We write each AUC's centred placement value
 size of image k's label group in that class, so that DeLong's matrix is ``S = A A^T``. For two AUCs
 of the same class this is DeLong's S exactly; for two classes it is the same influence-function
 (Hoeffding) covariance, each image contributing its placement deviation in both classes. The
-variance of a contrast ``w`` is ``w^T S w``. Images are treated as independent (DeLong's
-assumption); the patient-level bootstrap (:mod:`sdfn_bench.stats.bootstrap`) accounts for
-several images per patient.
+variance of a contrast ``w`` is ``w^T S w``. DeLong treats images as independent; with
+``clusters`` (patients) the components are summed per patient first (cluster-robust form), and
+the patient-level bootstrap (:mod:`sdfn_bench.stats.bootstrap`) is the other answer to several
+images per patient.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 from scipy import stats
 
+from sdfn_bench.errors import StatsError
 from sdfn_bench.stats.auc import check_labels_scores, defined_classes, midrank
 
 
@@ -120,7 +123,11 @@ def placement_components(positive: np.ndarray, score: np.ndarray) -> tuple[float
 
 
 def delong_aucs(
-    y_true: np.ndarray, y_scores: Sequence[np.ndarray], class_names: Sequence[str] | None = None
+    y_true: np.ndarray,
+    y_scores: Sequence[np.ndarray],
+    class_names: Sequence[str] | None = None,
+    *,
+    clusters: Sequence[object] | np.ndarray | None = None,
 ) -> DelongAUCs:
     """AUCs of several scorers on every class with their joint DeLong covariance.
 
@@ -128,6 +135,12 @@ def delong_aucs(
         y_true: (n_images, n_classes) 0/1 labels.
         y_scores: n_scorers arrays of shape (n_images, n_classes), scored on the same images.
         class_names: used in warnings.
+        clusters: optional (n_images,) cluster (patient) of each image. Given, the component
+            vectors are summed within each cluster before the outer product,
+            ``S = sum_g (sum_{k in g} a_k)(sum_{k in g} a_k)^T``: the cluster-robust (sandwich)
+            form of the same influence-function variance, in the spirit of Obuchowski (1997),
+            "Nonparametric analysis of clustered ROC curve data", Biometrics 53:567-578. With one
+            image per cluster it equals DeLong's covariance exactly.
 
     Returns:
         :class:`DelongAUCs`; a class with one label value gives NaN (with an
@@ -162,6 +175,14 @@ def delong_aucs(
     finite = np.isfinite(flat).all(axis=1)
     cov = np.full((m * k, m * k), np.nan)
     clean = flat[finite]
+    if clusters is not None:
+        clusters = np.asarray(clusters)
+        if clusters.shape != (n,):
+            raise StatsError(f"clusters has shape {clusters.shape}, expected ({n},)")
+        _, group = np.unique(clusters.astype(str), return_inverse=True)
+        # Sum each component row within clusters: (rows, n) @ (n, n_clusters) one-hot, sparse.
+        onehot = sp.csr_matrix((np.ones(n), (np.arange(n), group)), shape=(n, int(group.max()) + 1))
+        clean = np.asarray((onehot.T @ clean.T).T)
     cov[np.ix_(finite, finite)] = clean @ clean.T
     return DelongAUCs(auc=auc, cov=cov.reshape(m, k, m, k))
 
@@ -231,7 +252,12 @@ def delong_test_from(aucs: DelongAUCs, model: int, baseline: int) -> DelongTest:
 
 
 def delong_test(
-    y_true: np.ndarray, score_model: np.ndarray, score_baseline: np.ndarray, class_names: Sequence[str] | None = None
+    y_true: np.ndarray,
+    score_model: np.ndarray,
+    score_baseline: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    *,
+    clusters: Sequence[object] | np.ndarray | None = None,
 ) -> DelongTest:
     """DeLong's test for two correlated ROC curves (DeLong et al. 1988; Sun & Xu 2014).
 
@@ -240,8 +266,10 @@ def delong_test(
         score_model: (n_images, n_classes) scores of the model.
         score_baseline: (n_images, n_classes) scores of the baseline on the same images.
         class_names: used in warnings.
+        clusters: optional (n_images,) patients for the cluster-robust variance (see
+            :func:`delong_aucs`).
 
     Returns:
         :class:`DelongTest` with two-sided p-values per class and for the mean AUC.
     """
-    return delong_test_from(delong_aucs(y_true, [score_model, score_baseline], class_names), 0, 1)
+    return delong_test_from(delong_aucs(y_true, [score_model, score_baseline], class_names, clusters=clusters), 0, 1)

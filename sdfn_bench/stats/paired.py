@@ -6,15 +6,23 @@ This is the pure core behind ``sdfn-bench compare``: arrays in, frozen dataclass
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from sdfn_bench.errors import StatsError
-from sdfn_bench.stats.auc import check_labels_scores, defined_classes
+from sdfn_bench.stats.auc import UndefinedAUCWarning, check_labels_scores, defined_classes
 from sdfn_bench.stats.bootstrap import BootstrapAUCs, bootstrap_p_value, patient_bootstrap, percentile_ci
-from sdfn_bench.stats.delong import DelongAUCs, DelongTest, delong_aucs, delong_test_from, normal_ci
+from sdfn_bench.stats.delong import (
+    DelongAUCs,
+    DelongTest,
+    UndefinedVarianceWarning,
+    delong_aucs,
+    delong_test_from,
+    normal_ci,
+)
 from sdfn_bench.stats.multiple import holm
 from sdfn_bench.stats.ttest import TTestResult, paired_t_across_classes, paired_t_over_bootstrap
 
@@ -52,6 +60,8 @@ class PairedComparison:
         mean_difference: difference of the mean AUCs.
         delong: DeLong's test per class and for the mean (two-sided).
         delong_p_holm: (n_classes,) DeLong p-values, Holm-adjusted across the classes.
+        delong_clustered: DeLong's test with the patient-clustered (cluster-robust) covariance.
+        delong_clustered_p_holm: (n_classes,) its p-values, Holm-adjusted.
         bootstrap_diff_ci: (n_classes, 2) percentile CI of the paired bootstrap difference.
         bootstrap_p: (n_classes,) two-sided paired bootstrap p-values.
         mean_bootstrap_diff_ci: (2,), mean_bootstrap_p: the same for the mean AUC.
@@ -66,6 +76,8 @@ class PairedComparison:
     mean_difference: float
     delong: DelongTest
     delong_p_holm: np.ndarray
+    delong_clustered: DelongTest
+    delong_clustered_p_holm: np.ndarray
     bootstrap_diff_ci: np.ndarray
     bootstrap_p: np.ndarray
     mean_bootstrap_diff_ci: np.ndarray
@@ -130,7 +142,8 @@ def analyze_aucs(
     Args:
         y_true: (n_images, n_classes) 0/1 labels.
         scores: scorer name -> (n_images, n_classes) scores.
-        patient_ids: (n_images,) patients, resampled as clusters by the bootstrap.
+        patient_ids: (n_images,) patients: the bootstrap's resampling unit and the clusters of the
+            cluster-robust DeLong test.
         pairs: (model, baseline) names to compare.
         class_names: n_classes names.
         n_bootstrap: patient-bootstrap replicates; 0 skips the bootstrap (its fields become NaN).
@@ -158,6 +171,11 @@ def analyze_aucs(
     t0 = time.perf_counter()
     dl: DelongAUCs = delong_aucs(labels, arrays, class_names)
     delong_seconds = time.perf_counter() - t0
+    with warnings.catch_warnings():
+        # The same undefined classes were just reported once.
+        warnings.simplefilter("ignore", UndefinedAUCWarning)
+        warnings.simplefilter("ignore", UndefinedVarianceWarning)
+        dl_clustered = delong_aucs(labels, arrays, class_names, clusters=np.asarray(patient_ids))
 
     boot: BootstrapAUCs | None = None
     t0 = time.perf_counter()
@@ -188,6 +206,7 @@ def analyze_aucs(
     for model, baseline in pairs:
         i, j = names.index(model), names.index(baseline)
         test = delong_test_from(dl, i, j)
+        test_clustered = delong_test_from(dl_clustered, i, j)
         if boot is not None:
             d = boot.replicates[:, i] - boot.replicates[:, j]
             diff_ci, diff_p = percentile_ci(d, level), bootstrap_p_value(d)
@@ -211,6 +230,8 @@ def analyze_aucs(
             mean_difference=test.mean_difference,
             delong=test,
             delong_p_holm=holm(test.p_value),
+            delong_clustered=test_clustered,
+            delong_clustered_p_holm=holm(test_clustered.p_value),
             bootstrap_diff_ci=diff_ci,
             bootstrap_p=diff_p,
             mean_bootstrap_diff_ci=mean_ci,
