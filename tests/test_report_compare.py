@@ -175,6 +175,19 @@ def test_latest_run_and_errors(tmp_path) -> None:
         compare_run(run_dir, n_bootstrap=0)
 
 
+def test_limited_run_scores_the_manifest_prefix(tmp_path) -> None:
+    run_dir, manifest, pred = make_run(tmp_path, n_patients=30)
+    pred.iloc[:40].to_parquet(run_dir / "predictions.parquet")
+    run = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**run, "limit": 40}))
+    result = compare_run(run_dir, n_bootstrap=0)
+    assert result.n_scored == 38 and result.n_excluded == 2
+    assert "first 40 rows" in result.table1_markdown.splitlines()[0]
+    ok = (pred["status"].iloc[:40] == "ok").to_numpy()
+    want = roc_auc_score(manifest["Mass"].iloc[:40][ok], pred["sdfn_Mass"].iloc[:40][ok])
+    assert result.analysis.scorer("sdfn").auc[CLASS_NAMES.index("Mass")] == pytest.approx(want, abs=1e-7)
+
+
 def test_compare_newest_run_via_cli(tmp_path, monkeypatch) -> None:
     run_dir, _, _ = make_run(tmp_path, leak=True, n_patients=40)
     monkeypatch.chdir(tmp_path)

@@ -85,6 +85,7 @@ class _Inputs:
     scores: dict[str, np.ndarray]
     n_excluded: int
     manifest_path: Path
+    limit: int | None
 
 
 def _load(run_dir: Path) -> _Inputs:
@@ -104,6 +105,12 @@ def _load(run_dir: Path) -> _Inputs:
         manifest = read_manifest(manifest_path, require_labels=True)
     except ManifestError as exc:
         raise StatsError(f"{run_json}: the run's manifest cannot be used for comparison: {exc}") from exc
+    limit = run.get("limit")
+    if limit is not None:
+        # `sdfn-bench score --limit N` scores the manifest's first N rows only.
+        if not isinstance(limit, int) or limit < 1:
+            raise StatsError(f"{run_json}: 'limit' must be a positive integer or null, found {limit!r}")
+        manifest = manifest.iloc[:limit]
     try:
         pred = pd.read_parquet(pred_path)
     except Exception as exc:  # pyarrow raises several unrelated types for a corrupt file
@@ -142,7 +149,7 @@ def _load(run_dir: Path) -> _Inputs:
         scores[s] = arr
     scored = manifest.loc[ok].reset_index(drop=True)
     labels = scored[list(CLASS_NAMES)].to_numpy(dtype=np.int8)
-    return _Inputs(run, scored, labels, scores, int((~ok).sum()), manifest_path)
+    return _Inputs(run, scored, labels, scores, int((~ok).sum()), manifest_path, limit)
 
 
 def _jsonable(obj: object) -> object:
@@ -214,7 +221,10 @@ def compare_run(
     leakage = check_leakage(checkpoints if isinstance(checkpoints, dict) else {}, set(patients))
     subgroups = subgroup_aucs(inputs.manifest, inputs.labels, inputs.scores, CLASS_NAMES)
     synthetic = bool(inputs.run.get("synthetic", False))
-    table = build_table1(analysis, analysis.comparisons, source=inputs.manifest_path.name, synthetic=synthetic,
+    source = inputs.manifest_path.name
+    if inputs.limit is not None:
+        source += f" (first {inputs.limit} rows, score --limit)"
+    table = build_table1(analysis, analysis.comparisons, source=source, synthetic=synthetic,
                          n_excluded=inputs.n_excluded, leakage=leakage, subgroups=subgroups)
     markdown = to_markdown(table)
 
@@ -239,6 +249,7 @@ def compare_run(
         "model": model,
         "baselines": list(baselines),
         "counts": {"scored": len(inputs.labels), "excluded_not_ok": inputs.n_excluded},
+        "limit": inputs.limit,
         "significance_level": 0.01,
         "definitions": {
             "auc": "Mann-Whitney AUC from midranks (ties count 1/2), equal to sklearn roc_auc_score",

@@ -163,7 +163,7 @@ def build_table1(
     frame = pd.DataFrame({"finding": row_keys, **numeric})
     frame.insert(1, "n_positive", [*(int(v) for v in analysis.n_positive), int(analysis.n_positive.sum())])
 
-    cohort = "SYNTHETIC cohort (not ChestX-ray14)" if synthetic else source
+    cohort = f"SYNTHETIC cohort {source} (not ChestX-ray14)" if synthetic else source
     title = f"Table 1 — ROC AUC on {cohort}: {analysis.n_images} images, {analysis.n_patients} patients"
     if synthetic:
         title += " — synthetic data: the paper's columns are shown for layout, not comparable"
