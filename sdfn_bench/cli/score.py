@@ -94,13 +94,17 @@ def score(
     ),
     backend: str | None = typer.Option(None, "--backend", help="Engine backend (default: the one built)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; a one-line summary."),
+    shard_rows: int | None = typer.Option(
+        None, "--shard-rows", min=1, hidden=True, help="Rows per result shard (default 16 batches)."
+    ),
 ) -> None:
     """Score every image of MANIFEST: entire-image, lung and SDFN probabilities, lung boxes, errors."""
+    options = dict(
+        engines_dir=engines, image_root=image_root, out=out, batch_size=batch_size, decoder=decoder, workers=workers,
+        resume=resume, limit=limit, max_errors=max_errors, backend=backend, shard_rows=shard_rows,
+    )
     if quiet:
-        result = score_manifest(
-            manifest, engines_dir=engines, image_root=image_root, out=out, batch_size=batch_size, decoder=decoder,
-            workers=workers, resume=resume, limit=limit, max_errors=max_errors, backend=backend,
-        )
+        result = score_manifest(manifest, **options)
         console.print(
             f"scored {result.total} images ({result.ok} ok, {result.error} error) in {result.wall_s:.1f} s "
             f"({result.images_per_s:.2f} images/s) -> {result.run_dir}",
@@ -108,9 +112,5 @@ def score(
         )
         return
     with _bar() as bar:
-        result = score_manifest(
-            manifest, engines_dir=engines, image_root=image_root, out=out, batch_size=batch_size, decoder=decoder,
-            workers=workers, resume=resume, limit=limit, max_errors=max_errors, backend=backend,
-            progress=_RateProgress(bar),
-        )
+        result = score_manifest(manifest, progress=_RateProgress(bar), **options)
     _summary(result)
