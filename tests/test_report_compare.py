@@ -208,3 +208,14 @@ def test_missing_run_exits_1(tmp_path, monkeypatch, capsys) -> None:
         main()
     assert exc.value.code == 1
     assert "no run folder with a run.json" in " ".join(capsys.readouterr().err.split())
+
+
+def test_columns_and_rows_are_matched_by_name(tmp_path) -> None:
+    run_dir, _, pred = make_run(tmp_path, n_patients=30)
+    first = compare_run(run_dir, n_bootstrap=0).analysis
+    shuffled = pred.sample(frac=1.0, random_state=0)  # rows out of manifest order
+    shuffled = shuffled[list(shuffled.columns[::-1])]  # columns reversed
+    shuffled.to_parquet(run_dir / "predictions.parquet", index=False)
+    second = compare_run(run_dir, n_bootstrap=0).analysis
+    for name in ("entire", "lung", "sdfn"):
+        np.testing.assert_allclose(second.scorer(name).auc, first.scorer(name).auc, atol=1e-12)
