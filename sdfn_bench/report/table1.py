@@ -181,8 +181,9 @@ def build_table1(
         f"Sun & Xu 2014), p Holm-adjusted across the classes (Holm 1979) < {SIGNIFICANCE}; on the Mean row, DeLong's "
         f"test of the mean AUC (a linear contrast of the correlated per-class AUCs) p < {SIGNIFICANCE}. DeLong "
         f"assumes independent images; the patient-clustered DeLong p (components summed per patient) and the "
-        f"patient bootstrap p account for several images per patient and are given below and in table1.csv "
-        f"(a bootstrap p cannot go below 2/(B+1) = {2 / (analysis.n_bootstrap + 1):.4f}).",
+        f"patient bootstrap p account for several images per patient and are given below and in table1.csv"
+        + (f" (a bootstrap p cannot go below 2/(B+1) = {2 / (analysis.n_bootstrap + 1):.4f})."
+           if analysis.n_bootstrap > 0 else "; no bootstrap in this run."),
     ]
     if leakage is not None:
         notes.append("Leakage guard: " + leakage.summary())
