@@ -258,11 +258,11 @@ def _patchy(c: _Ctx, finding: str, sides: tuple[str, ...], y_range: tuple[float,
 
 
 def _infiltration(c: _Ctx) -> None:
-    _patchy(c, "Infiltration", _sides(c.rng, 0.3), (0.15, 0.85), (3, 6), (0.02, 0.035), 0.2, 0.04)
+    _patchy(c, "Infiltration", _sides(c.rng, 0.3), (0.15, 0.85), (3, 6), (0.02, 0.035), 0.24, 0.04)
 
 
 def _pneumonia(c: _Ctx) -> None:
-    _patchy(c, "Pneumonia", _sides(c.rng, 0.25), (0.55, 0.9), (10, 18), (0.007, 0.013), 0.14, 0.03, haze=0.07)
+    _patchy(c, "Pneumonia", _sides(c.rng, 0.25), (0.55, 0.9), (10, 18), (0.007, 0.013), 0.17, 0.03, haze=0.09)
 
 
 def _consolidation(c: _Ctx) -> None:
@@ -310,7 +310,7 @@ def _edema(c: _Ctx) -> None:
 def _fibrosis(c: _Ctx) -> None:
     s = c.strength["Fibrosis"]
     lines = np.zeros_like(c.chest.opacity)
-    width = max(1, round(0.0025 * c.size))
+    width = max(1, round(0.003 * c.size))
     for side in SIDES:
         arc = c.shape(side).lateral_arc(64)
         inward = 1.0 if not c.shape(side).mirrored else -1.0
@@ -324,7 +324,7 @@ def _fibrosis(c: _Ctx) -> None:
         p1 = to_px(np.stack([x + length * np.cos(ang), y + length * np.sin(ang)], 1), c.size)
         for a, b in zip(p0, p1, strict=True):
             cv2.line(lines, (int(a[0]), int(a[1])), (int(b[0]), int(b[1])), 1.0, width, cv2.LINE_AA, SHIFT)
-    c.chest.opacity += 0.17 * s * lines * c.chest.lung_mask
+    c.chest.opacity += 0.22 * s * lines * c.chest.lung_mask
 
 
 def _atelectasis(c: _Ctx, side: str) -> None:
@@ -378,13 +378,14 @@ def _gas(chest: Chest, cx: float, cy: float, rx: float, ry: float, level: float,
 
 
 def _hernia(c: _Ctx) -> None:
-    """Bowel/stomach herniated through the hiatus: a gas-filled, rimmed loop with an air-fluid
-    level just below the medial left hemidiaphragm, behind the lower heart."""
+    """Herniated bowel: a gas-filled, rimmed loop with an air-fluid level, medially below the
+    diaphragm and below the lowest point of the lungs, so a tight lung crop misses most of it."""
     s = c.strength["Hernia"]
-    left = c.chest.anatomy.left
+    anat = c.chest.anatomy
     cx = (0.5 + c.rng.uniform(0.0, 0.06)) * c.size
-    cy = (left.dome_y(cx / c.size) + c.rng.uniform(0.07, 0.1)) * c.size
     rx, ry = c.rng.uniform(0.05, 0.075) * c.size, c.rng.uniform(0.04, 0.055) * c.size
+    lowest_lung = max(anat.right.cp_y, anat.left.cp_y, anat.right.mb_y, anat.left.mb_y) * c.size
+    cy = lowest_lung + 0.4 * ry + c.rng.uniform(0.0, 0.03) * c.size
     level = cy + c.rng.uniform(-0.2, 0.3) * ry
     _gas(c.chest, cx, cy, rx, ry, level, 0.3 * s, fluid=0.05 * s, rim=0.12 * s)
 
