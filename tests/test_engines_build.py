@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from engines_helpers import make_checkpoints
 
 from sdfn_bench.engines import ENGINE_NAMES, build_engines, load_engines
@@ -87,7 +88,12 @@ def test_loaded_engines_match_pytorch(built):
 
 
 def test_run_checks_names_and_shapes(built):
-    engines = load_engines(built[0] / "engines")
+    engines = load_engines(built[0] / "engines", threads=1)
+    assert engines.segmenter.describe()["intra_op_threads"] == 1
+    assert engines.segmenter.describe()["providers"] == ["CPUExecutionProvider"]
+    features = np.ones((2, 1024), np.float32)
+    tensors = engines.fusion.run_tensors({"features_entire": features, "features_lung": features})
+    assert isinstance(tensors["logits"], torch.Tensor) and tuple(tensors["logits"].shape) == (2, 14)
     with pytest.raises(EngineError, match="expected inputs"):
         engines.segmenter.run({"x": np.zeros((1, 1, 32, 32), np.float32)})
     with pytest.raises(EngineError, match="shape"):

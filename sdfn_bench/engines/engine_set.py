@@ -76,13 +76,17 @@ def spec_from_entry(name: str, entry: dict[str, Any]) -> EngineSpec:
     )
 
 
-def load_engines(engines_dir: str | Path, *, backend: str | None = None, device: str | None = None) -> EngineSet:
+def load_engines(
+    engines_dir: str | Path, *, backend: str | None = None, device: str | None = None, threads: int | None = None
+) -> EngineSet:
     """Load the engines of ``engines_dir`` after checking they still match this machine.
 
     Args:
         engines_dir: folder holding engines.json and the engine files.
         backend: if given, must equal the recorded backend (engines are backend-specific).
         device: ``cpu`` / ``cuda[:N]``; default: the device they were built on.
+        threads: onnxruntime CPU only: intra-op threads per session (default: physical cores;
+            on a CPU shared with other busy processes 1 can be faster, see docs/engines.md).
 
     Raises:
         EngineError: engines.json missing or malformed; a checkpoint changed or missing; the
@@ -125,7 +129,8 @@ def load_engines(engines_dir: str | Path, *, backend: str | None = None, device:
         ctx = LoadContext(
             spec=spec_from_entry(name, entry), engines_dir=folder, entry=entry, device=device,
             options={"checkpoint_path": checkpoint_paths[name],
-                     "torch_compile": bool(record.get("build_options", {}).get("torch_compile", False))},
+                     "torch_compile": bool(record.get("build_options", {}).get("torch_compile", False)),
+                     "threads": threads},
         )
         loaded[name] = be.load(ctx)
     engines = record["engines"]

@@ -185,6 +185,14 @@ class Engine(ABC):
     def _run(self, inputs: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, np.ndarray]:
         """Run a validated batch of 1..max_batch rows."""
 
+    def run_tensors(self, inputs: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Like :meth:`run` but returns float32 torch tensors; GPU backends (torch, tensorrt) leave
+        them on the device (batch <= max_batch there), so one engine's output can feed the next
+        without a host round trip. Here: host tensors sharing memory with :meth:`run`'s arrays."""
+        import torch
+
+        return {name: torch.from_numpy(array) for name, array in self.run(inputs).items()}
+
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly description (backend, precision, device, tensor specs)."""
         return {

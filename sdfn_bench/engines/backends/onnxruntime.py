@@ -159,7 +159,8 @@ class OnnxRuntimeBackend(Backend):
         path = ctx.file("optimized") if optimized else ctx.file("onnx")
         try:
             session = ort.InferenceSession(
-                str(path), sess_options=session_options(optimize=not optimized), providers=providers_for(ctx.device)
+                str(path), sess_options=session_options(optimize=not optimized, threads=ctx.options.get("threads")),
+                providers=providers_for(ctx.device),
             )
         except (RuntimeError, ValueError) as exc:
             raise EngineError(f"{ctx.spec.name}: onnxruntime cannot load {path}: {exc}") from exc
