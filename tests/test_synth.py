@@ -245,3 +245,43 @@ def test_no_class_is_separable_by_a_global_statistic() -> None:
         for j in range(2):
             auc = roc_auc_score(y, stats[:, j])
             assert max(auc, 1 - auc) < 0.75, (name, "mean std".split()[j], auc)
+
+
+# ---------------------------------------------------------------- CLI and parameters
+def test_cli_writes_a_cohort(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sdfn_bench.cli.main import app
+
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, ["synth", "-o", str(out), "--n", "40", "--size", "64", "--seed", "4",
+                                      "--workers", "1", "--finding-strength", "Nodule=2", "--min-prevalence", "0.05"])
+    assert result.exit_code == 0, result.output
+    assert len(list((out / "images").glob("*.png"))) == 40
+    meta = json.loads((out / "cohort.json").read_text())
+    assert meta["render"]["strength"]["Nodule"] == 2.0 and meta["params"]["min_prevalence"] == 0.05
+    assert "40 images" in result.output
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"finding_strength": {"Nodules": 1.0}}, "unknown class"),
+    ({"size": 32}, "size"),
+    ({"n": 0}, "n must be"),
+    ({"val_fraction": 0.5, "test_fraction": 0.5}, "fraction"),
+    ({"label_noise": 0.6}, "label_noise"),
+    ({"n": 2}, "too small"),
+])
+def test_invalid_parameters_raise(tmp_path: Path, kwargs: dict, message: str) -> None:
+    args = {"n": 10, "size": 64, "seed": 0, "workers": 1, **kwargs}
+    with pytest.raises(SynthError, match=message):
+        make_cohort(tmp_path / "bad", **args)
+
+
+def test_bbox_file_is_in_image_pixels(small_cohort: Path) -> None:
+    bbox = pd.read_csv(small_cohort / "bbox.csv")
+    assert list(bbox.columns) == ["image", "finding", "x", "y", "w", "h"]
+    assert set(bbox["finding"]) <= set(CLASS_NAMES)
+    assert (bbox[["x", "y"]] >= 0).all().all() and (bbox["x"] + bbox["w"] <= 96 + 1e-6).all()
+    assert (bbox["y"] + bbox["h"] <= 96 + 1e-6).all() and (bbox[["w", "h"]] >= 1).all().all()
+    images = set(pd.concat([pd.read_csv(small_cohort / f"{s}.csv") for s in ("train", "val", "test")])["image"])
+    assert set(bbox["image"]) <= images

@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -147,19 +148,13 @@ def _split_patients(rng: np.random.Generator, sizes: np.ndarray, params: SynthPa
     return out
 
 
-_WORKER: dict[str, object] = {}
-
-
-def _init_worker(out_dir: str, params: RenderParams) -> None:
+def _init_worker() -> None:
     cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would oversubscribe
-    _WORKER["out"] = out_dir
-    _WORKER["params"] = params
 
 
-def _render_and_write(job: tuple[ImageSpec, str]) -> tuple[int, tuple]:
+def _render_and_write(job: tuple[ImageSpec, str], out: Path, params: RenderParams) -> tuple[int, tuple]:
     spec, name = job
-    out = Path(str(_WORKER["out"]))
-    result: RenderedImage = render_image(spec, _WORKER["params"])  # type: ignore[arg-type]
+    result: RenderedImage = render_image(spec, params)
     for folder, array in (("images", result.image), ("masks", result.mask)):
         ok, buf = cv2.imencode(".png", array)
         if not ok:
@@ -221,13 +216,13 @@ def make_cohort(out_dir: str | Path, n: int = 1000, size: int = 512, seed: int =
     workers = max(1, min(workers or os.cpu_count() or 1, n))
     jobs = list(zip(plan.specs, plan.names, strict=True))
     boxes: list[tuple] = [()] * n
+    work = partial(_render_and_write, out=out, params=render)
     if workers == 1:
-        _init_worker(str(out), render)
-        results = map(_render_and_write, jobs)
-        _consume(results, boxes, n, progress)
+        _consume(map(work, jobs), boxes, n, progress)
     else:
-        with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(str(out), render)) as pool:
-            _consume(pool.imap_unordered(_render_and_write, jobs, chunksize=4), boxes, n, progress)
+        # spawn, not fork: the caller may hold threads (torch, OpenCV) that fork would copy mid-state
+        with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+            _consume(pool.imap_unordered(work, jobs, chunksize=4), boxes, n, progress)
 
     summary = _write_tables(out, plan, boxes, params, render, seed)
     wall = time.perf_counter() - t0
