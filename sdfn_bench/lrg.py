@@ -132,12 +132,12 @@ def lung_box(mask: np.ndarray, margin: LungMargin = PAPER_MARGIN) -> LungBox:
     if n == 0:
         return LungBox(0, 0, w, h, "fallback_full_image", 0)
 
-    idx = np.arange(1, n + 1)
-    areas = ndimage.sum_labels(m, labels, idx)
-    centroids = np.asarray(ndimage.center_of_mass(m, labels, idx), dtype=np.float64).reshape(n, 2)
+    # One pass over the labels gives every area; centroids are only needed with > 2 regions.
+    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     keep = np.arange(n)
     status = "clean"
     if n > 2:
+        centroids = np.asarray(ndimage.center_of_mass(m, labels, np.arange(1, n + 1)), dtype=np.float64).reshape(n, 2)
         dist = np.hypot(centroids[:, 0] - (h - 1) / 2, centroids[:, 1] - (w - 1) / 2)
         keep = np.argsort(dist, kind="stable")[:2]
         status = "removed_false_positive"

@@ -56,6 +56,12 @@ def _register() -> None:
     from sdfn_bench.cli.score import score
 
     app.command("score")(score)
+    from sdfn_bench.cli import train as train_cli
+
+    app.add_typer(train_cli.train_app, name="train")
+    app.command("seg-eval")(train_cli.seg_eval_cmd)
+    app.command("lung-boxes")(train_cli.lung_boxes_cmd)
+    app.command("import-weights")(train_cli.import_weights_cmd)
     pass
 
 

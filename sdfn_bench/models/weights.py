@@ -138,3 +138,41 @@ def import_extractor_weights(path: str | Path, fmt: str) -> tuple[Extractor, str
     load_state_strict(model, state, source=f"{path} ({fmt})")
     model.eval()
     return model, note
+
+
+def import_weights(src: str | Path, fmt: str, view: str, out: str | Path, *, input_size: int = 224,
+                   overwrite: bool = False) -> tuple[Path, str]:
+    """Import published weights as a project extractor checkpoint (``OUT.safetensors`` + ``OUT.json``).
+
+    The metadata records the source file's sha256 and format; the training fields
+    (``train_manifest_sha256``...) are None because nothing was trained on a project manifest.
+
+    Returns:
+        (the ``.safetensors`` path, the import note).
+    """
+    from sdfn_bench.classes import CLASS_NAMES
+    from sdfn_bench.manifest.schema import file_sha256
+    from sdfn_bench.models.checkpoint import checkpoint_paths, save_checkpoint
+    from sdfn_bench.models.extractor import DEFAULT_ARCH
+    from sdfn_bench.preprocess import Preprocessing
+
+    if view not in ("entire", "lung"):
+        raise CheckpointError(f"view must be 'entire' or 'lung', got {view!r}")
+    weights, _ = checkpoint_paths(out)
+    if weights.exists() and not overwrite:
+        raise CheckpointError(f"{weights}: exists; pass --overwrite to replace it")
+    model, note = import_extractor_weights(src, fmt)
+    meta = {
+        "kind": "extractor",
+        "view": view,
+        "architecture": dict(DEFAULT_ARCH),
+        "preprocessing": Preprocessing(input_size=input_size).to_dict(),
+        "class_names": list(CLASS_NAMES),
+        "source": {"path": str(Path(src).resolve()), "sha256": file_sha256(src), "format": fmt, "note": note},
+        "train_manifest_sha256": None,
+        "train_patient_ids": [],
+        "train_patients_sha256": None,
+        "epochs": 0,
+        "best_metric": None,
+    }
+    return save_checkpoint(out, model, meta), note

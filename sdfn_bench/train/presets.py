@@ -9,7 +9,7 @@ validation loss kept. Extractors at 224 px, Adam 1e-4 with Keras-style decay 1e-
 batch 16, random horizontal flip, learning rate /10 when the validation loss has not fallen for 5
 epochs, 100 epochs, highest validation mean AUC kept. Fusion: the same settings.
 
-``demo``: small inputs (segmenter 128 px, base width 16 with BatchNorm; extractors 64 px), few
+``demo``: small inputs (segmenter 96 px, base width 8 with BatchNorm; extractors 64 px), few
 epochs and a larger learning rate, all images decoded and resized once into memory. Designed for
 the synthetic cohort on 2 CPU cores; the DenseNet-121 trains from scratch (no ImageNet weights).
 """
@@ -80,14 +80,14 @@ def get_preset(name: str) -> Preset:
         return Preset(
             "demo",
             SegmenterPreset(
-                input_size=128,
-                arch={"name": "pazhitnykh_petsiuk", "base": 16, "norm": "batch"},
+                input_size=96,
+                arch={"name": "pazhitnykh_petsiuk", "base": 8, "norm": "batch"},
                 batch_size=8,
-                epochs=4,
+                epochs=3,
                 lr=2e-3,
                 preload=True,
             ),
-            ExtractorPreset(input_size=64, batch_size=16, epochs=6, lr=1e-3, decay=0.0, preload=True),
+            ExtractorPreset(input_size=64, batch_size=16, epochs=4, lr=1e-3, decay=0.0, preload=True),
             FusionPreset(batch_size=16, epochs=30, lr=1e-3, decay=0.0),
         )
     raise SdfnError(f"unknown preset {name!r}; expected one of {list(PRESETS)}")
