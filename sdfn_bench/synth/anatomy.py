@@ -90,8 +90,13 @@ class LungShape:
         return pts
 
     def polygon(self) -> np.ndarray:
-        """(N, 2) closed outline of the lung field, fractions of the image side."""
-        return np.concatenate([self.lateral_arc(), self.diaphragm()[1:], self.medial_border()[1:]])
+        """(N, 2) closed outline of the lung field, fractions of the image side (computed once;
+        treat as read-only)."""
+        cached = self.__dict__.get("_polygon")
+        if cached is None:
+            cached = np.concatenate([self.lateral_arc(), self.diaphragm()[1:], self.medial_border()[1:]])
+            self.__dict__["_polygon"] = cached  # frozen dataclass: cache outside the fields
+        return cached
 
     def dome_y(self, x: float) -> float:
         """y of this hemidiaphragm at image x (clamped to its extent)."""
@@ -192,7 +197,7 @@ def lung_mask_warped(anat: Anatomy, size: int, m: np.ndarray) -> np.ndarray:
     heart ellipse stays an ellipse.
     """
     mask = np.zeros((size, size), np.uint8)
-    polys = [np.c_[s.polygon() * size, np.ones(len(s.polygon()))] @ m.T for s in (anat.right, anat.left)]
+    polys = [np.c_[p * size, np.ones(len(p))] @ m.T for p in (anat.right.polygon(), anat.left.polygon())]
     cv2.fillPoly(mask, [np.round(p * _ONE).astype(np.int32) for p in polys], 255, cv2.LINE_8, SHIFT)
     scale = float(np.hypot(m[0, 0], m[1, 0]))
     angle = float(np.degrees(np.arctan2(m[1, 0], m[0, 0])))
