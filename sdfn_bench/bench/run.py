@@ -67,6 +67,7 @@ class BenchSettings:
         backend: engine backend of the pipeline (``auto``: the project's default choice).
         batch_size, workers: the pipeline's settings (workers None: its default).
         seed: synthetic images and random weights.
+        lrg_masks: masks timed by the LRG speed measurement.
     """
 
     images: int = 32
@@ -79,6 +80,7 @@ class BenchSettings:
     batch_size: int = 16
     workers: int | None = None
     seed: int = 0
+    lrg_masks: int = 500
 
 
 def _calibrate_batchnorm(module: torch.nn.Module, x: torch.Tensor) -> None:
@@ -174,11 +176,10 @@ def _box_agreement(pred: pd.DataFrame, ref: Any) -> float:
     return float((got == want).all(axis=1).mean())
 
 
-def _lrg_speed() -> dict[str, Any]:
+def _lrg_speed(n_masks: int) -> dict[str, Any]:
     from sdfn_bench.bench.lrg_speed import measure_lrg_speed
 
-    result = measure_lrg_speed()
-    return result.to_dict() if hasattr(result, "to_dict") else dict(result)
+    return dict(measure_lrg_speed(n=n_masks))
 
 
 def run_bench(
@@ -278,7 +279,7 @@ def run_bench(
         peak = max(peaks, key=lambda p: p.gflop_s)
         gflop = flops.total / 1e9
         say("LRG speed")
-        lrg = _lrg_speed()
+        lrg = _lrg_speed(settings.lrg_masks)
         record: dict[str, Any] = {
             "images": len(pred),
             "reference_images_per_s": round(ref.images_per_s, 4),

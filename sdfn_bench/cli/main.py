@@ -56,6 +56,9 @@ def _register() -> None:
     from sdfn_bench.cli.score import score
 
     app.command("score")(score)
+    from sdfn_bench.cli.bench import bench
+
+    app.command("bench")(bench)
     from sdfn_bench.cli import train as train_cli
 
     app.add_typer(train_cli.train_app, name="train")
