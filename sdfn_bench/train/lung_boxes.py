@@ -27,11 +27,10 @@ from sdfn_bench.errors import SdfnError
 from sdfn_bench.lrg import STATUSES, LungMargin, box_coverage, box_to_image, lung_box
 from sdfn_bench.manifest.image_root import ImageResolver
 from sdfn_bench.manifest.schema import read_manifest
-from sdfn_bench.models.checkpoint import load_checkpoint
 from sdfn_bench.preprocess import Preprocessing, prepare
 from sdfn_bench.train.common import pick_device
 from sdfn_bench.train.data import load_image, read_boxes, read_seg_manifest, resolve_path
-from sdfn_bench.train.seg_eval import lung_probabilities
+from sdfn_bench.train.seg_eval import load_segmenter, lung_probabilities
 
 
 def read_images_column(path: str | Path) -> list[str]:
@@ -80,13 +79,9 @@ def compute_lung_boxes(manifest: str | Path, segmenter: str | Path, out: str | P
     if out.exists() and not overwrite:
         raise SdfnError(f"{out}: exists; pass --overwrite to replace it")
     t0 = time.perf_counter()
-    ck = load_checkpoint(segmenter)
-    if ck.meta["kind"] != "segmenter":
-        raise SdfnError(f"{segmenter}: not a segmenter checkpoint (kind {ck.meta['kind']!r})")
     dev = pick_device(device)
-    model = ck.module.to(dev)
-    pre = Preprocessing.from_dict(ck.meta["preprocessing"])
-    threshold = float(ck.meta["mask_threshold"])
+    seg = load_segmenter(segmenter, dev)
+    ck, model, pre, threshold = seg.checkpoint, seg.model, seg.pre, seg.threshold
     margin = LungMargin.from_dict(ck.meta["lung_margin"]) if ck.meta.get("lung_margin") else LungMargin()
     images = read_images_column(manifest)
     items = _SegInputs(images, ImageResolver.for_manifest(manifest, image_root), pre)

@@ -83,7 +83,7 @@ def get_preset(name: str) -> Preset:
                 input_size=96,
                 arch={"name": "pazhitnykh_petsiuk", "base": 8, "norm": "batch"},
                 batch_size=8,
-                epochs=3,
+                epochs=2,
                 lr=2e-3,
                 preload=True,
             ),

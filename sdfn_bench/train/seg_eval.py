@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from sdfn_bench.decode.reader import read_mask
 from sdfn_bench.errors import SdfnError
 from sdfn_bench.manifest.image_root import ImageResolver
-from sdfn_bench.models.checkpoint import load_checkpoint
+from sdfn_bench.models.checkpoint import Checkpoint, load_checkpoint
 from sdfn_bench.preprocess import Preprocessing, prepare
 from sdfn_bench.train.common import TrainResult, pick_device
 from sdfn_bench.train.data import load_image, read_seg_manifest, resolve_path
@@ -32,6 +32,25 @@ from sdfn_bench.train.segmenter import RunOptions, dice_iou, train_segmenter
 def lung_probabilities(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(B, 1, S, S) normalized inputs -> (B, S, S) float32 lung probabilities."""
     return torch.sigmoid(model(x).float())[:, 0]
+
+
+@dataclass(frozen=True)
+class LoadedSegmenter:
+    """A segmenter checkpoint ready to run: module on ``device``, its preprocessing and threshold."""
+
+    checkpoint: Checkpoint
+    model: torch.nn.Module
+    pre: Preprocessing
+    threshold: float
+
+
+def load_segmenter(path: str | Path, device: torch.device) -> LoadedSegmenter:
+    """Load a segmenter checkpoint (strict) onto ``device``; SdfnError if it is another kind."""
+    ck = load_checkpoint(path)
+    if ck.meta["kind"] != "segmenter":
+        raise SdfnError(f"{path}: not a segmenter checkpoint (kind {ck.meta['kind']!r})")
+    return LoadedSegmenter(ck, ck.module.to(device), Preprocessing.from_dict(ck.meta["preprocessing"]),
+                           float(ck.meta["mask_threshold"]))
 
 
 @dataclass(frozen=True)
@@ -66,15 +85,11 @@ class _EvalItems(Dataset):
 def evaluate_segmenter(checkpoint: str | Path, manifest: str | Path, *, image_root: str | Path | None = None,
                        device: str | None = None, workers: int = 0) -> SegScores:
     """Dice and IoU of a segmenter checkpoint on every image of a segmentation manifest."""
-    ck = load_checkpoint(checkpoint)
-    if ck.meta["kind"] != "segmenter":
-        raise SdfnError(f"{checkpoint}: not a segmenter checkpoint (kind {ck.meta['kind']!r})")
     dev = pick_device(device)
-    model = ck.module.to(dev)
-    pre = Preprocessing.from_dict(ck.meta["preprocessing"])
-    threshold = float(ck.meta["mask_threshold"])
+    seg = load_segmenter(checkpoint, dev)
+    model, threshold = seg.model, seg.threshold
     df = read_seg_manifest(manifest)
-    items = _EvalItems(df, ImageResolver.for_manifest(manifest, image_root), pre)
+    items = _EvalItems(df, ImageResolver.for_manifest(manifest, image_root), seg.pre)
     dice, iou = [], []
     # batch_size=None: masks may differ in size, so each image is its own batch.
     for x, mask in DataLoader(items, batch_size=None, num_workers=workers):
