@@ -385,7 +385,7 @@ def _hernia(c: _Ctx) -> None:
     cx = (0.5 + c.rng.uniform(0.0, 0.06)) * c.size
     rx, ry = c.rng.uniform(0.05, 0.075) * c.size, c.rng.uniform(0.04, 0.055) * c.size
     lowest_lung = max(anat.right.cp_y, anat.left.cp_y, anat.right.mb_y, anat.left.mb_y) * c.size
-    cy = lowest_lung + 0.4 * ry + c.rng.uniform(0.0, 0.03) * c.size
+    cy = lowest_lung + ry + c.rng.uniform(0.005, 0.03) * c.size  # top just below the lungs
     level = cy + c.rng.uniform(-0.2, 0.3) * ry
     _gas(c.chest, cx, cy, rx, ry, level, 0.3 * s, fluid=0.05 * s, rim=0.12 * s)
 
