@@ -223,3 +223,19 @@ def test_tensorrt_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_tensorrt)
     with pytest.raises(BackendUnavailableError, match="tensorrt package"):
         trt_backend.import_tensorrt()
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager():
+    from sdfn_bench.engines.backends.torch import TorchEngine
+    from sdfn_bench.engines.export import engine_spec, io_module
+
+    wrapper = io_module("segmenter", tiny_sources()["segmenter"].module)
+    spec = engine_spec("segmenter", "segmenter", wrapper, input_size=16, feature_dim=0, cams=False, max_batch=4)
+    image = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        expected = wrapper(image).numpy()
+    engine = TorchEngine(spec, io_module("segmenter", tiny_sources()["segmenter"].module), precision="fp32",
+                         device="cpu", compiled=True)
+    assert engine.describe()["compiled"] is True
+    np.testing.assert_allclose(engine.run({"image": image})["mask_logits"], expected, atol=1e-5)

@@ -154,13 +154,15 @@ class TensorRTEngine(Engine):
                 for n in self.input_names
             }
             for name, tensor in feeds.items():
-                self._context.set_input_shape(name, tuple(tensor.shape))
-                self._context.set_tensor_address(name, tensor.data_ptr())
+                if not self._context.set_input_shape(name, tuple(tensor.shape)):
+                    raise EngineError(f"{self.name}: TensorRT rejected input shape {tuple(tensor.shape)} for "
+                                      f"{name!r} (outside the optimization profile?)")
+                self._set_address(name, tensor)
             outs = {}
             for name in self.output_names:
                 shape = tuple(self._context.get_tensor_shape(name))
                 outs[name] = torch.empty(shape, dtype=self._dtypes[name], device=self._device)
-                self._context.set_tensor_address(name, outs[name].data_ptr())
+                self._set_address(name, outs[name])
             current = torch.cuda.current_stream(self._device)
             self._stream.wait_stream(current)  # the inputs were copied on the current stream
             if not self._context.execute_async_v3(self._stream.cuda_stream):
@@ -169,6 +171,10 @@ class TensorRTEngine(Engine):
             # caching allocator cannot hand them out again before the engine is done with them.
             current.wait_stream(self._stream)
         return {n: t.float() for n, t in outs.items()}
+
+    def _set_address(self, name: str, tensor: torch.Tensor) -> None:
+        if not self._context.set_tensor_address(name, tensor.data_ptr()):
+            raise EngineError(f"{self.name}: TensorRT rejected the buffer address of {name!r}")
 
     def _run(self, inputs: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, np.ndarray]:
         return {n: t.cpu().numpy() for n, t in self.run_tensors(inputs).items()}
