@@ -136,6 +136,15 @@ def test_torch_backend_runs_tensors_and_numpy(tmp_path, monkeypatch):
     np.testing.assert_allclose(engine.run({"image": image.numpy()})["mask_logits"], out, atol=1e-6)
 
 
+def test_tolerance_per_precision_and_device():
+    from sdfn_bench.engines.parity import TOLERANCES, tolerance_key
+
+    assert tolerance_key("fp32", "cpu") == "fp32" and tolerance_key("fp32", "cuda:0") == "fp32-cuda"
+    assert tolerance_key("fp16", "cuda:0") == "fp16" and tolerance_key("int8", "cpu") == "int8"
+    limits = [TOLERANCES[k].limit(5.0) for k in ("fp32", "fp32-cuda", "fp16", "int8")]
+    assert limits == sorted(limits) and TOLERANCES["fp32"].limit(0.0) == 1e-4
+
+
 # --- TensorRT: pure helpers and the build against a fake of the TensorRT 11 Python API -----------
 
 def test_profile_shapes():
@@ -198,6 +207,7 @@ def test_build_plan_uses_strong_typing_profile_and_timing_cache(tmp_path, monkey
     assert (tmp_path / "m.plan").read_bytes() == b"PLAN"
     assert (tmp_path / "trt_timing.cache").read_bytes() == b"CACHE"
     assert facts["timing_cache"] == "reused" and facts["profile"]["image"]["max"] == [16, 1, 64, 64]
+    assert facts["tf32_disabled"] is False  # the fake, like TRT 11 may, has no BuilderFlag.TF32
 
 
 def test_build_plan_lists_parser_errors_and_build_failure(tmp_path, monkeypatch):

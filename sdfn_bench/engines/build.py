@@ -30,7 +30,7 @@ from sdfn_bench.engines.backends.base import (
     LoadContext,
 )
 from sdfn_bench.engines.export import engine_spec, export_onnx, io_module, torch_outputs
-from sdfn_bench.engines.parity import TOLERANCES, ParityResult, check_parity, summary_value
+from sdfn_bench.engines.parity import TOLERANCES, ParityResult, check_parity, summary_value, tolerance_key
 from sdfn_bench.engines.registry import (
     FORMAT,
     device_info,
@@ -343,7 +343,7 @@ def _build_one(
     }
     engine = be.load(LoadContext(spec=spec, engines_dir=staging, entry=entry, device=device,
                                  options={"module": job.module, "torch_compile": torch_compile}))
-    parity = check_parity(engine, wrapper, spec, engine_precision, images=images)
+    parity = check_parity(engine, wrapper, spec, tolerance_key(engine_precision, device), images=images)
     if not parity.passed:
         raise EngineError(parity.message(source.name) + "; nothing was written to the engines folder")
     entry["file_sha256"] = {role: file_sha256(staging / f) for role, f in files.items()}

@@ -79,6 +79,11 @@ def build_plan(onnx_path: Path, plan_path: Path, *, max_batch: int, opt_batch: i
         raise EngineError(f"TensorRT cannot parse {onnx_path} ({len(errors)} error(s)):\n  " + "\n  ".join(errors))
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    # TF32 is on by default; an fp32 engine should compute in fp32 (fp16/int8 graphs are unaffected).
+    # TRT 11 may no longer have the flag, hence the guard; the parity tolerance allows TF32 anyway.
+    tf32_flag = getattr(getattr(trt, "BuilderFlag", None), "TF32", None)
+    if tf32_flag is not None:
+        config.clear_flag(tf32_flag)
     profile = builder.create_optimization_profile()
     shapes = {}
     for i in range(network.num_inputs):
@@ -104,7 +109,7 @@ def build_plan(onnx_path: Path, plan_path: Path, *, max_batch: int, opt_batch: i
     if timing_cache is not None:
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     return {"tensorrt": trt.__version__, "profile": shapes, "timing_cache": cache_state,
-            "strongly_typed": True, "workspace_bytes": workspace_bytes}
+            "strongly_typed": True, "workspace_bytes": workspace_bytes, "tf32_disabled": tf32_flag is not None}
 
 
 def torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
