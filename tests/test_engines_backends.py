@@ -249,3 +249,27 @@ def test_torch_compile_matches_eager():
                          device="cpu", compiled=True)
     assert engine.describe()["compiled"] is True
     np.testing.assert_allclose(engine.run({"image": image})["mask_logits"], expected, atol=1e-5)
+
+
+def test_calibration_images_from_a_manifest(tmp_path):
+    import cv2
+
+    from sdfn_bench.engines.quantize import calibration_batch, read_calibration_images
+    from sdfn_bench.preprocess import Preprocessing
+
+    rows = ["image,patient_id,view,age,sex"]
+    for i in range(4):
+        if i != 1:  # row 1 is missing on disk and must be skipped
+            cv2.imwrite(str(tmp_path / f"im{i}.png"), np.full((20, 30), 60 * i, np.uint8))
+        rows.append(f"im{i}.png,p{i},PA,50,M")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    images = read_calibration_images(tmp_path / "m.csv", None, count=2)
+    assert [int(im.max()) for im in images] == [0, 120]  # manifest order, missing row skipped
+    batch = calibration_batch(images, Preprocessing(input_size=16))
+    assert batch.shape == (2, 1, 16, 16) and batch.dtype == np.float32
+    np.testing.assert_allclose(batch[1].mean(), (120 / 255 - 0.449) / 0.226, rtol=1e-5)
+    (tmp_path / "im0.png").unlink()
+    (tmp_path / "im2.png").unlink()
+    (tmp_path / "im3.png").unlink()
+    with pytest.raises(EngineError, match="no readable calibration image"):
+        read_calibration_images(tmp_path / "m.csv", None, count=2)
