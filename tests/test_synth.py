@@ -285,3 +285,31 @@ def test_bbox_file_is_in_image_pixels(small_cohort: Path) -> None:
     assert (bbox["y"] + bbox["h"] <= 96 + 1e-6).all() and (bbox[["w", "h"]] >= 1).all().all()
     images = set(pd.concat([pd.read_csv(small_cohort / f"{s}.csv") for s in ("train", "val", "test")])["image"])
     assert set(bbox["image"]) <= images
+
+
+# ---------------------------------------------------------------- drawing primitives
+def test_ellipse_patch_matches_a_full_grid_reference() -> None:
+    from sdfn_bench.synth.draw import add_ellipse
+
+    layer = np.zeros((40, 50), np.float32)
+    cx, cy, rx, ry, angle, edge = 21.3, 17.8, 9.0, 5.0, 0.6, 1.5
+    add_ellipse(layer, cx, cy, rx, ry, 2.0, edge, angle)
+    ys, xs = np.mgrid[0:40, 0:50] + 0.5
+    dx, dy = xs - cx, ys - cy
+    u = (dx * np.cos(angle) + dy * np.sin(angle)) / rx
+    v = (-dx * np.sin(angle) + dy * np.cos(angle)) / ry
+    ref = 2.0 * np.clip(0.5 - (np.hypot(u, v) - 1.0) * min(rx, ry) / edge, 0, 1)
+    np.testing.assert_allclose(layer, ref, atol=1e-5)
+    assert layer[17, 21] == pytest.approx(2.0) and layer[0, 0] == 0.0
+
+
+def test_sample_in_lung_keeps_its_margin() -> None:
+    from sdfn_bench.synth.draw import sample_in_lung
+
+    mask = np.zeros((100, 100), np.uint8)
+    mask[20:80, 30:60] = 1
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        x, y = sample_in_lung(rng, mask, margin=8.0)
+        assert 38 <= x < 52 and 28 <= y < 72
+    assert sample_in_lung(rng, mask, margin=40.0) is None
