@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -154,11 +155,16 @@ def _batches(images: Sequence[str], batch_size: int) -> Iterator[list[str]]:
 class _Stages:
     """The stage bodies; each maps one _Batch to the next state."""
 
-    def __init__(self, engines: EngineSet, decoder: BatchDecoder, pool: Executor, clock: StageClock) -> None:
+    def __init__(
+        self, engines: EngineSet, decoder: BatchDecoder, pool: Executor, clock: StageClock, serialize_inference: bool
+    ) -> None:
         self.engines = engines
         self.decoder = decoder
         self.pool = pool
         self.clock = clock
+        # The networks of a CPU backend each use every core: running two at once only makes
+        # their thread pools fight (ORT spin-waits). One at a time, overlapped with decoding.
+        self.inference: AbstractContextManager[Any] = threading.Lock() if serialize_inference else nullcontext()
 
     def _timed_prepare(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         t0 = time.perf_counter()
@@ -187,9 +193,10 @@ class _Stages:
         pixels = batch.pixels
         if not pixels:
             return batch
-        t0 = time.perf_counter()
-        logits = self.engines.segmenter.run({"image": batch.seg_x})["mask_logits"]
-        t1 = time.perf_counter()
+        with self.inference:
+            t0 = time.perf_counter()
+            logits = self.engines.segmenter.run({"image": batch.seg_x})["mask_logits"]
+            t1 = time.perf_counter()
         masks = segmenter_masks(logits, self.engines.mask_threshold)
         batch.boxes = image_boxes(masks, [p.shape for p in pixels])
         t2 = time.perf_counter()
@@ -206,12 +213,14 @@ class _Stages:
         probs = None
         n_ok = len(batch.boxes)
         if n_ok:
-            t0 = time.perf_counter()
-            features = extract(batch.entire_x, batch.lung_x, self.engines)
-            t1 = time.perf_counter()
-            probs = fuse(features, self.engines)
+            with self.inference:
+                t0 = time.perf_counter()
+                features = extract(batch.entire_x, batch.lung_x, self.engines)
+                t1 = time.perf_counter()
+                probs = fuse(features, self.engines)
+                t2 = time.perf_counter()
             self.clock.add("extractors", t1 - t0, n_ok)
-            self.clock.add("fusion", time.perf_counter() - t1, n_ok)
+            self.clock.add("fusion", t2 - t1, n_ok)
         batch.frame = result_frame(batch.images, errors, batch.boxes, probs, self.engines.class_names)
         batch.decoded, batch.entire_x, batch.lung_x = [], None, None  # release the pixels early
         return batch
@@ -277,6 +286,7 @@ def run_pipeline(
     decoder: BatchDecoder | Callable[[Executor], BatchDecoder] | None = None,
     queue_depth: int = 2,
     progress: Callable[[int], None] | None = None,
+    serialize_inference: bool | None = None,
 ) -> PipelineStats:
     """Score ``images`` (manifest entries, in order) in overlapping stages.
 
@@ -290,6 +300,7 @@ def run_pipeline(
         decoder: a decoder, or a factory taking the pool; the CPU reader by default.
         queue_depth: batches held between two stages (bounds memory).
         progress: called with the number of rows after each delivered batch.
+        serialize_inference: run one network at a time (default: when the engines are on the CPU).
 
     Returns:
         The rows delivered and per-stage timings.
@@ -309,7 +320,9 @@ def run_pipeline(
             dec = decoder(pool)
         else:
             dec = decoder  # type: ignore[assignment]
-        stages = _Stages(engines, dec, pool, clock)
+        if serialize_inference is None:
+            serialize_inference = not str(getattr(engines, "device", "cpu")).startswith("cuda")
+        stages = _Stages(engines, dec, pool, clock, serialize_inference)
         q_decoded: queue.Queue[Any] = queue.Queue(maxsize=queue_depth)
         q_segmented: queue.Queue[Any] = queue.Queue(maxsize=queue_depth)
         q_scored: queue.Queue[Any] = queue.Queue(maxsize=queue_depth)
