@@ -309,21 +309,21 @@ def _segments(layer: np.ndarray, starts: np.ndarray, ends: np.ndarray, value: fl
 def _vessels(anat: Anatomy, layer: np.ndarray, rng: np.random.Generator) -> None:
     """Branching vessels fanning out from each hilum, tapering towards the periphery.
 
-    Each lung gets 12 trunks of 3 segments; half of the trunk joints send out a 2-segment
+    Each lung gets 12 trunks of 4 tapering segments; half of the first two joints send out a 2-segment
     branch. Segments of one generation share a width, so each generation is one OpenCV call.
     """
     value = 0.08 * anat.markings
-    n_trunk, n_seg = 12, 3
+    n_trunk, n_seg = 12, 4
     for shape in (anat.right, anat.left):
         outward = 1.0 if shape.mirrored else -1.0
         ang = (0.0 if shape.mirrored else np.pi) + outward * rng.uniform(-0.42, 0.42, n_trunk) * np.pi
         ang = ang[:, None] + np.cumsum(rng.normal(0, 0.2, (n_trunk, n_seg)), axis=1)
-        seg = rng.uniform(0.035, 0.07, (n_trunk, n_seg))
+        seg = rng.uniform(0.03, 0.055, (n_trunk, n_seg))
         step = np.stack([seg * np.cos(ang), 1.15 * seg * np.sin(ang)], axis=2)
         pts = np.concatenate([np.broadcast_to(np.array(shape.hilum), (n_trunk, 1, 2)),
-                              np.array(shape.hilum) + np.cumsum(step, axis=1)], axis=1)  # (12, 4, 2)
+                              np.array(shape.hilum) + np.cumsum(step, axis=1)], axis=1)  # (12, 5, 2)
         for k in range(n_seg):
-            _segments(layer, pts[:, k], pts[:, k + 1], value, 0.012 * 0.7 ** k)
+            _segments(layer, pts[:, k], pts[:, k + 1], value * 0.85 ** k, 0.011 * 0.68 ** k)
         # side branches from the first two joints
         joint = pts[:, 1:3].reshape(-1, 2)
         keep = rng.random(len(joint)) < 0.5
@@ -335,8 +335,8 @@ def _vessels(anat: Anatomy, layer: np.ndarray, rng: np.random.Generator) -> None
         mid_pt = joint + np.stack([b_len * np.cos(b_ang), 1.15 * b_len * np.sin(b_ang)], axis=1)
         b_ang2 = b_ang + rng.normal(0, 0.2, len(joint))
         end_pt = mid_pt + np.stack([b_len * np.cos(b_ang2), 1.15 * b_len * np.sin(b_ang2)], axis=1)
-        _segments(layer, joint, mid_pt, value, 0.006)
-        _segments(layer, mid_pt, end_pt, value, 0.004)
+        _segments(layer, joint, mid_pt, 0.8 * value, 0.006)
+        _segments(layer, mid_pt, end_pt, 0.7 * value, 0.004)
 
 
 def draw_chest(anat: Anatomy, size: int, rng: np.random.Generator) -> Chest:
