@@ -122,3 +122,32 @@ def test_pipeline_propagates_sink_failure(folder):
 
     with pytest.raises(OSError, match="disk full"):
         run_pipeline(list(rows["image"]), FakeEngines(), resolver, sink=sink, batch_size=2, workers=2)
+
+
+def test_pipeline_memory_is_bounded(tmp_path):
+    """However long the manifest, only a few batches are between decode and the sink at any time."""
+    import time
+
+    from sdfn_bench.score.pipeline import CpuDecoder
+
+    manifest = make_image_folder(tmp_path, 40, seed=4)
+    images = list(pd.read_csv(manifest)["image"])
+    resolver = ImageResolver(tmp_path)
+    decoded, delivered, in_flight = [0], [0], []
+
+    class CountingDecoder(CpuDecoder):
+        def decode(self, batch):
+            decoded[0] += 1
+            in_flight.append(decoded[0] - delivered[0])
+            return super().decode(batch)
+
+    def slow_sink(frame):
+        time.sleep(0.01)  # a slow writer: upstream stages must block, not pile up batches
+        delivered[0] += 1
+
+    depth = 2
+    run_pipeline(images, FakeEngines(), resolver, sink=slow_sink, batch_size=2, workers=2, queue_depth=depth,
+                 decoder=lambda pool: CountingDecoder(resolver, pool))
+    assert delivered[0] == 20
+    # 3 queues of `depth`, one batch in each of the 3 stage threads and one in the caller.
+    assert max(in_flight) <= 3 * depth + 4

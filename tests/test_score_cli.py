@@ -113,3 +113,30 @@ def test_sigkill_then_resume_is_identical(engines_dir, tmp_path):
     record = json.loads((killed / "run.json").read_text())
     assert record["counts"]["total"] == 60
     assert record["sessions"][0]["images"] == 60 - 4 * n_shards  # only the rest was scored again
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["torch", "tensorrt"])
+def test_gpu_backends_match_cpu(engines_dir, tmp_path, backend):
+    if backend == "tensorrt":
+        pytest.importorskip("tensorrt")
+    manifest = make_image_folder(tmp_path / "data", 9, seed=8, broken={4: "missing"})
+    checkpoints = engines_dir.parent / "ckpt"
+    build_engines(checkpoints, tmp_path / "gpu_engines", backend=backend, max_batch=4, device="cuda:0")
+    gpu = score_manifest(manifest, engines_dir=tmp_path / "gpu_engines", out=tmp_path / "gpu", batch_size=4,
+                         decoder="auto")
+    cpu = score_manifest(manifest, engines_dir=engines_dir, out=tmp_path / "cpu", batch_size=4, decoder="cpu")
+    a, b = pd.read_parquet(gpu.predictions), pd.read_parquet(cpu.predictions)
+    record = json.loads(gpu.run_json.read_text())
+    assert record["backend"] == backend and record["hardware"]["gpu"] is not None
+    assert list(a["status"]) == list(b["status"])
+    probs = [c for c in a.columns if c.startswith(("entire_", "sdfn_")) or c.startswith("lung_") and c[5:6].isupper()]
+    # TF32 convolutions on the GPU (the default for cuDNN) change the last digits.
+    np.testing.assert_allclose(a[probs].to_numpy(float), b[probs].to_numpy(float), atol=5e-3, equal_nan=True)
