@@ -52,9 +52,12 @@ def synth(
                                       help="Probability a rendered finding is unlabelled (prevalence-preserving false positives added)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder."),
 ) -> None:
-    """Write a synthetic chest X-ray cohort: PNG images, lung masks, patient-split manifests,
-    lesion boxes and cohort.json. Labels follow the real NIH ChestX-ray14 label co-occurrence;
-    findings are drawn where they live (see docs/synthetic-cohort.md)."""
+    """Write a synthetic chest X-ray cohort: images, lung masks, manifests, lesion boxes.
+
+    DIR gets images/ and masks/ (PNG), train/val/test.csv manifests split by patient, seg_*.csv, bbox.csv and cohort.json.
+
+    Labels follow the real NIH ChestX-ray14 label co-occurrence; findings are drawn where they live. Same seed and options give the same bytes. Every option: docs/synthetic-cohort.md.
+    """
     console = Console()
     with Progress(TextColumn("[bold]synth"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                   TimeRemainingColumn(), console=console, transient=False) as bar:
