@@ -184,11 +184,12 @@ def build_from_sources(
     try:
         _seed_timing_cache(out, staging)
         entries: dict[str, dict[str, Any]] = {}
+        feature_dim = _feature_dim(sources)
         for name in ENGINE_NAMES:
             entries[name] = _build_one(
                 sources[name], staging, be=be, precision=precision, max_batch=max_batch, cams=cams,
                 device=device, torch_compile=torch_compile, calibration_images=calibration_images,
-                feature_dim=_feature_dim(sources), report=report,
+                feature_dim=feature_dim, report=report,
             )
         for item in staging.iterdir():
             os.replace(item, out / item.name)
@@ -322,9 +323,9 @@ def _build_one(
             onnx_path = quantized
 
     report(source.name, "build")
-    # the torch backend mutates its module (dtype, memory format): give it a copy
+    # the torch backend runs the module itself and mutates it (dtype, memory format): give it a copy
     job = BuildJob(spec=spec, out_dir=staging, onnx_path=onnx_path, precision=engine_precision, device=device,
-                   module=copy.deepcopy(wrapper), options={"torch_compile": torch_compile})
+                   module=None if be.needs_onnx else copy.deepcopy(wrapper), options={"torch_compile": torch_compile})
     files, facts = be.build(job)
     build_s = time.perf_counter() - start
 
