@@ -21,7 +21,7 @@ import json
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -232,7 +232,8 @@ def make_cohort(out_dir: str | Path, n: int = 1000, size: int = 512, seed: int =
                          wall_s=wall, images_per_s=n / wall)
 
 
-def _consume(results, boxes: list, n: int, progress: Callable[[int, int], None] | None) -> None:
+def _consume(results: Iterable[tuple[int, tuple]], boxes: list, n: int,
+             progress: Callable[[int, int], None] | None) -> None:
     for done, (index, image_boxes) in enumerate(results, start=1):
         boxes[index] = image_boxes
         if progress is not None:

@@ -296,12 +296,11 @@ def _gas(chest: Chest, cx: float, cy: float, rx: float, ry: float, level: float,
     above = (np.arange(sy.start, sy.stop, dtype=np.float32)[:, None] + 0.5) < level
     chest.air[sy, sx] += gas * body * above * outside
     if fluid or rim:
-        ry_, rx_ = sy, sx
         grow = 0.006 * chest.size
-        sy2, sx2, outer = ellipse_patch(chest.air.shape, cx, cy, rx + grow, ry + grow, 1.5)
-        ring = outer.copy()
-        ring[ry_.start - sy2.start:ry_.stop - sy2.start, rx_.start - sx2.start:rx_.stop - sx2.start] -= body
-        chest.tissue[sy2, sx2] += rim * ring * (1.0 - chest.lung_mask[sy2, sx2])
+        # the rim: a slightly larger ellipse minus the pocket (the larger patch contains the smaller)
+        oy, ox, ring = ellipse_patch(chest.air.shape, cx, cy, rx + grow, ry + grow, 1.5)
+        ring[sy.start - oy.start:sy.stop - oy.start, sx.start - ox.start:sx.stop - ox.start] -= body
+        chest.tissue[oy, ox] += rim * ring * (1.0 - chest.lung_mask[oy, ox])
         chest.tissue[sy, sx] += fluid * body * ~above * outside
 
 
