@@ -34,7 +34,12 @@ def bench(
         backend=backend, batch_size=batch_size, workers=workers, seed=seed,
     )
     with console.status("benchmarking") as status:
-        record, stamped = run_bench(settings, out_dir=out, work_dir=work_dir, log=lambda m: status.update(m))
+
+        def log(message: str) -> None:
+            console.log(message, highlight=False)
+            status.update(message)
+
+        record, stamped = run_bench(settings, out_dir=out, work_dir=work_dir, log=log)
     table = Table(title=f"sdfn-bench bench: {record['images']} images, {record['backend']} on {record['device']}")
     table.add_column("measure")
     table.add_column("value", justify="right")
