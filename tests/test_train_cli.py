@@ -41,6 +41,10 @@ def test_segmenter_seg_eval_and_lung_boxes(tmp_path):
     assert r.exit_code == 0, r.output
     assert len(pd.read_parquet(out / "boxes.parquet")) == 8
     assert "clean" in r.output and "coverage" in r.output
+    r = runner.invoke(app, ["seg-eval", "--manifest", str(c / "seg_train.csv"), "--folds", "2", "-o", str(out / "cv"),
+                            "--preset", "demo", "--epochs", "1", "--input-size", "32"])
+    assert r.exit_code == 0, r.output
+    assert "2-fold cross-validation" in r.output and (out / "cv" / "fold1" / "segmenter.json").is_file()
     # A second run refuses to overwrite.
     r = runner.invoke(app, ["lung-boxes", "--manifest", str(c / "train.csv"), "--segmenter", str(out / "segmenter"),
                             "-o", str(out / "boxes.parquet")])

@@ -73,13 +73,17 @@ class RichTrainProgress(TrainProgress):
             self.progress.stop()
 
 
-def _options(seed, device, workers, threads, resume, overwrite, no_amp, progress):
-    from sdfn_bench.train.segmenter import RunOptions
-
+def _set_threads(threads: int | None) -> None:
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def _options(seed, device, workers, threads, resume, overwrite, no_amp, progress):
+    from sdfn_bench.train.segmenter import RunOptions
+
+    _set_threads(threads)
     return RunOptions(seed=seed, device=device, workers=workers, amp=not no_amp, resume=resume, overwrite=overwrite,
                       progress=progress)
 
@@ -173,8 +177,8 @@ def seg_eval_cmd(
     segmenter: Path = typer.Option(None, "--segmenter", help="Score this checkpoint on the manifest."),
     folds: int = typer.Option(None, "--folds", help="k-fold cross-validation (trains k segmenters; paper: 5)."),
     out: Path = typer.Option(None, "-o", "--out", help="Folder of the fold checkpoints (with --folds)."),
-    preset: str = PRESET, image_root: Path = ROOT, epochs: int = EPOCHS, seed: int = SEED, device: str = DEVICE,
-    workers: int = WORKERS, threads: int = THREADS, overwrite: bool = OVERWRITE,
+    preset: str = PRESET, image_root: Path = ROOT, epochs: int = EPOCHS, input_size: int = SIZE, seed: int = SEED,
+    device: str = DEVICE, workers: int = WORKERS, threads: int = THREADS, overwrite: bool = OVERWRITE,
 ) -> None:
     """Dice and IoU of the lung segmenter: one checkpoint, or k-fold cross-validation (section 2.3)."""
     from sdfn_bench.errors import SdfnError
@@ -183,13 +187,14 @@ def seg_eval_cmd(
 
     if (segmenter is None) == (folds is None):
         raise SdfnError("give exactly one of --segmenter CKPT or --folds K")
+    _set_threads(threads)
     if segmenter is not None:
         s = evaluate_segmenter(segmenter, manifest, image_root=image_root, device=device, workers=workers)
         console.print(f"{len(s.images)} images: mean Dice {s.mean_dice:.4f}, mean IoU {s.mean_iou:.4f}")
         return
     if out is None:
         raise SdfnError("--folds needs -o/--out for the fold checkpoints")
-    p = override(get_preset(preset).segmenter, epochs=epochs)
+    p = override(get_preset(preset).segmenter, epochs=epochs, input_size=input_size)
     progress = RichTrainProgress("segmenter")
     try:
         results = cross_validate(manifest, folds, out, image_root=image_root, preset=p,
@@ -218,10 +223,7 @@ def lung_boxes_cmd(
     """Segment every image and record its lung box (section 2.2.2.2); reports the clean share."""
     from sdfn_bench.train.lung_boxes import compute_lung_boxes, evaluate_lrg_coverage, read_images_column
 
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+    _set_threads(threads)
     n = len(read_images_column(manifest))
     with Progress(TextColumn("lung boxes"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console, transient=True) as progress:
