@@ -72,6 +72,7 @@ class FakeEngines:
     precision: str = "fp32"
     digest: str = "fake-digest"
     checkpoints: dict = field(default_factory=lambda: {"segmenter": {"path": "x", "sha256": "0"}})
+    engines_dir: Path = Path("fake-engines")
 
 
 def chest_image(rng: np.random.Generator, height: int = 80, width: int = 72) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -49,6 +50,7 @@ def test_run_writes_predictions_and_run_json(cohort, tmp_path):
     assert record["counts"] == {"total": 13, "ok": 11, "error": 2}
     assert record["manifest"] == str(manifest.resolve())
     assert record["backend"] == "fake" and record["decoder"] == "cpu" and record["synthetic"] is False
+    assert record["engines_dir"] == str(Path("fake-engines").resolve())  # the preloaded set's own folder
     assert record["stages"]["decode"]["images"] == 13 and record["stages"]["segmenter"]["images"] == 11
     assert record["images_per_s"] > 0 and record["wall_s"] > 0
     assert [e[0] for e in res.errors] == [rows["image"][4], rows["image"][10]]

@@ -284,6 +284,8 @@ def score_manifest(
         from sdfn_bench.engines import load_engines
 
         engines = load_engines(Path(engines_dir), backend=backend)
+    # A preloaded engine set knows its own folder.
+    engines_dir = Path(getattr(engines, "engines_dir", engines_dir))
     if has_labels(df):
         check_class_names(engines.class_names, where=f"engines in {engines_dir}")
 
