@@ -40,32 +40,27 @@ def _root(
 
 
 def _register() -> None:
-    # One line per command group; a group is registered only once its commands work.
+    # Command groups in pipeline order; a group is registered only once its commands work.
+    from sdfn_bench.cli import train as train_cli
+    from sdfn_bench.cli.bench import bench
+    from sdfn_bench.cli.compare import compare
+    from sdfn_bench.cli.demo import demo
+    from sdfn_bench.cli.engines import build_engines_command
     from sdfn_bench.cli.manifest import app as manifest_app
-
-    app.add_typer(manifest_app, name="manifest")
+    from sdfn_bench.cli.score import score
     from sdfn_bench.cli.synth import synth
 
     app.command("synth")(synth)
-    from sdfn_bench.cli.compare import compare
-
-    app.command("compare")(compare)
-    from sdfn_bench.cli.engines import build_engines_command
-
-    app.command("build-engines")(build_engines_command)
-    from sdfn_bench.cli.score import score
-
-    app.command("score")(score)
-    from sdfn_bench.cli.bench import bench
-
-    app.command("bench")(bench)
-    from sdfn_bench.cli import train as train_cli
-
+    app.add_typer(manifest_app, name="manifest")
+    app.command("import-weights")(train_cli.import_weights_cmd)
     app.add_typer(train_cli.train_app, name="train")
     app.command("seg-eval")(train_cli.seg_eval_cmd)
     app.command("lung-boxes")(train_cli.lung_boxes_cmd)
-    app.command("import-weights")(train_cli.import_weights_cmd)
-    pass
+    app.command("build-engines")(build_engines_command)
+    app.command("score")(score)
+    app.command("compare")(compare)
+    app.command("bench")(bench)
+    app.command("demo")(demo)
 
 
 _register()
