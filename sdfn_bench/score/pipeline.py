@@ -336,8 +336,10 @@ def run_pipeline(
             t.start()
         try:
             while True:
+                # After a stage failure the batches already scored (all earlier than the failing
+                # one, in order) are still delivered, so a resume only redoes what was lost.
                 item = _get(q_scored, stop)
-                if item is _DONE or failures:
+                if item is _DONE:
                     break
                 t0 = time.perf_counter()
                 sink(item.frame)
