@@ -70,9 +70,10 @@ def test_rejects_non_empty_folder(small_cohort: Path) -> None:
 
 # ---------------------------------------------------------------- label statistics
 def test_label_table_matches_the_nih_file(tmp_path: Path) -> None:
-    nih = Path("/work/shared/data/nih/Data_Entry_2017_v2020.csv.gz")
+    # The shared NIH metadata sits beside the repository (as in tests/test_manifest_nih.py).
+    nih = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih" / "Data_Entry_2017_v2020.csv.gz"
     if not nih.is_file():
-        pytest.skip("NIH label file not present on this machine")
+        pytest.skip(f"NIH label file not present at {nih}")
     from sdfn_bench.synth.labels import TABLE_FILE, write_label_table
 
     rebuilt = write_label_table(nih, tmp_path / TABLE_FILE)

@@ -16,12 +16,7 @@ from sdfn_bench.models.checkpoint import load_checkpoint
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_segmenter_seg_eval_and_lung_boxes(tmp_path):

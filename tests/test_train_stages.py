@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from train_helpers import SIDE, write_cohort
 
 from sdfn_bench.classes import CLASS_NAMES
@@ -21,14 +20,7 @@ from sdfn_bench.train.presets import ExtractorPreset, FusionPreset, SegmenterPre
 from sdfn_bench.train.seg_eval import cross_validate, evaluate_segmenter
 from sdfn_bench.train.segmenter import RunOptions, train_segmenter
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny convolutions on a shared 2-core runner are several times faster on one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
