@@ -66,7 +66,7 @@ def test_segmenter_checkpoint_and_metrics(trained, cohort):
 def test_lung_boxes_file(trained, cohort):
     res = trained["boxes"]
     df = pd.read_parquet(res.path)
-    assert list(df.columns) == ["image", "x0", "y0", "x1", "y1", "status", "n_regions"]
+    assert list(df.columns) == ["image", "x0", "y0", "x1", "y1", "status", "n_regions", "error"]
     assert len(df) == 24 and res.n_images == 24
     assert ((df.x0 >= 0) & (df.x1 <= SIDE) & (df.x1 > df.x0) & (df.y1 > df.y0) & (df.y1 <= SIDE)).all()
     assert sum(res.status_counts.values()) == 24

@@ -51,6 +51,10 @@ def synth(
     label_noise: float = typer.Option(0.05, "--label-noise",
                                       help="Probability a rendered finding is unlabelled (prevalence-preserving false positives added)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder."),
+    real_layouts: Path = typer.Option(
+        None, "--real-layouts", help="Also rewrite the cohort in the real data sets' layouts under this folder: "
+        "nih/ (images_NNN/images/*.png, Data_Entry_2017_v2020.csv, split lists), jsrt/ (.IMG), scr/ (GIF masks)."),
+    jsrt_images: int = typer.Option(247, "--jsrt-images", help="JSRT images written with --real-layouts (8 MiB each)."),
 ) -> None:
     """Write a synthetic chest X-ray cohort: images, lung masks, manifests, lesion boxes.
 
@@ -84,3 +88,9 @@ def synth(
     console.print(table)
     console.print(f"{summary.n_images} images of {summary.n_patients} patients, {summary.n_boxes} boxes, "
                   f"{summary.wall_s:.1f} s ({summary.images_per_s:.0f} images/s on {summary.workers} workers)")
+    if real_layouts is not None:
+        from sdfn_bench.synth.real_layout import write_real_layouts
+
+        real = write_real_layouts(out, real_layouts, n_jsrt=jsrt_images, overwrite=overwrite)
+        console.print(f"real layouts: NIH {real.nih} ({real.n_train_val} train/val + {real.n_test} test images), "
+                      f"JSRT {real.jsrt} and SCR {real.scr} ({real.n_jsrt} image/mask pairs)", highlight=False)

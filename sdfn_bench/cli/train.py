@@ -31,7 +31,7 @@ train_app = typer.Typer(help="Three-stage SDFN training (section 2.2.5): segment
 PRESET = typer.Option("paper", "--preset", help="paper (section 2.2 defaults) or demo (minutes on a CPU).")
 SEED = typer.Option(0, "--seed", help="Seed of every random choice.")
 DEVICE = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available).")
-WORKERS = typer.Option(0, "--workers", help="DataLoader worker processes (decoding).")
+WORKERS = typer.Option(None, "--workers", help="DataLoader worker processes (decoding; default: this machine's cores).")
 THREADS = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice).")
 RESUME = typer.Option(False, "--resume", help="Continue after the last completed epoch.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace existing outputs of this stage.")
@@ -73,6 +73,12 @@ class RichTrainProgress(TrainProgress):
             self.progress.stop()
 
 
+def _workers(workers: int | None) -> int:
+    from sdfn_bench.train.common import default_workers
+
+    return default_workers() if workers is None else workers
+
+
 def _set_threads(threads: int | None) -> None:
     if threads is not None:
         import torch
@@ -84,7 +90,7 @@ def _options(seed, device, workers, threads, resume, overwrite, no_amp, progress
     from sdfn_bench.train.segmenter import RunOptions
 
     _set_threads(threads)
-    return RunOptions(seed=seed, device=device, workers=workers, amp=not no_amp, resume=resume, overwrite=overwrite,
+    return RunOptions(seed=seed, device=device, workers=_workers(workers), amp=not no_amp, resume=resume, overwrite=overwrite,
                       progress=progress)
 
 
@@ -130,7 +136,9 @@ def train_extractor_cmd(
     manifest: Path = typer.Option(..., "--manifest", help="Training manifest (labeled)."),
     val: Path = typer.Option(..., "--val", help="Validation manifest (labeled)."),
     boxes: list[Path] = typer.Option(None, "--boxes", help="Lung-boxes parquet(s) covering both manifests (lung)."),
-    init: Path = typer.Option(None, "--init", help="Start from this extractor checkpoint (import-weights)."),
+    init: str = typer.Option(None, "--init", help="imagenet (torchvision's DenseNet121_Weights.IMAGENET1K_V1, "
+                             "cached under TORCH_HOME), none (scratch), or an extractor checkpoint / torchvision "
+                             "state dict FILE (default: the preset's: imagenet for paper, none for demo)."),
     out: Path = OUT, preset: str = PRESET, image_root: Path = ROOT, epochs: int = EPOCHS, batch_size: int = BATCH,
     input_size: int = SIZE, lr: float = LR, seed: int = SEED, device: str = DEVICE, workers: int = WORKERS,
     threads: int = THREADS, resume: bool = RESUME, overwrite: bool = OVERWRITE, no_amp: bool = NO_AMP,
@@ -189,7 +197,7 @@ def seg_eval_cmd(
         raise SdfnError("give exactly one of --segmenter CKPT or --folds K")
     _set_threads(threads)
     if segmenter is not None:
-        s = evaluate_segmenter(segmenter, manifest, image_root=image_root, device=device, workers=workers)
+        s = evaluate_segmenter(segmenter, manifest, image_root=image_root, device=device, workers=_workers(workers))
         console.print(f"{len(s.images)} images: mean Dice {s.mean_dice:.4f}, mean IoU {s.mean_iou:.4f}")
         return
     if out is None:
@@ -218,6 +226,7 @@ def lung_boxes_cmd(
     out: Path = typer.Option(..., "-o", "--out", help="Output parquet."),
     image_root: Path = ROOT, batch_size: int = typer.Option(16, "--batch-size"), device: str = DEVICE,
     workers: int = WORKERS, threads: int = THREADS, overwrite: bool = OVERWRITE,
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run after its last finished chunk."),
     truth: Path = typer.Option(None, "--truth", help="Segmentation manifest of true masks: report box coverage."),
 ) -> None:
     """Segment every image and record its lung box (section 2.2.2.2); reports the clean share."""
@@ -229,11 +238,17 @@ def lung_boxes_cmd(
                   TimeRemainingColumn(), console=console, transient=True) as progress:
         task = progress.add_task("", total=n)
         res = compute_lung_boxes(manifest, segmenter, out, image_root=image_root, batch_size=batch_size,
-                                 workers=workers, device=device, overwrite=overwrite,
+                                 workers=_workers(workers), device=device, overwrite=overwrite, resume=resume,
                                  on_batch=lambda k: progress.update(task, advance=k))
     counts = ", ".join(f"{k} {v}" for k, v in res.status_counts.items())
-    console.print(f"{res.n_images} images in {res.wall_s:.1f} s -> {res.path}; clean {100 * res.clean_share:.2f}% "
-                  f"(paper: 95.84%); {counts}", highlight=False)
+    resumed = f" ({res.resumed_rows} resumed)" if res.resumed_rows else ""
+    console.print(f"{res.n_images} images{resumed} in {res.wall_s:.1f} s -> {res.path}; clean "
+                  f"{100 * res.clean_share:.2f}% of the readable images (paper: 95.84%); {counts}", highlight=False)
+    for image, error in res.unreadable[:10]:
+        console.print(f"[yellow]unreadable:[/] {image}: {error}", highlight=False)
+    if len(res.unreadable) > 10:
+        console.print(f"[yellow]... {len(res.unreadable) - 10} more unreadable images (status 'unreadable' in "
+                      f"{res.path})[/]", highlight=False)
     if truth is not None:
         cov = evaluate_lrg_coverage(res.path, truth, image_root=image_root)
         console.print(f"coverage vs {truth}: {100 * cov.share_covered:.2f}% of {len(cov.images)} images have >= "

@@ -46,6 +46,14 @@ def pick_device(device: str | None = None) -> torch.device:
     return dev
 
 
+def default_workers() -> int:
+    """DataLoader worker processes by default: the cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 AUGMENT_STREAM, ORDER_STREAM = 0, 1
 
 
@@ -221,6 +229,13 @@ class MetricsLog:
             f.write(json.dumps(dict(row), default=float) + "\n")
 
 
+def peak_gpu_mib(device: torch.device) -> float:
+    """Peak GPU memory allocated by torch since the last reset, in MiB (NaN off CUDA)."""
+    if device.type != "cuda":
+        return float("nan")
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
 def _better(value: float, best: float | None, mode: str) -> bool:
     if math.isnan(value):
         return False
@@ -258,6 +273,7 @@ def fit(
     overwrite: bool = False,
     validate_before: bool = False,
     progress: TrainProgress | None = None,
+    n_images: int | None = None,
 ) -> TrainResult:
     """Train ``model`` and keep its best checkpoint at ``stem``.
 
@@ -277,6 +293,8 @@ def fit(
         config: the settings of the run; a resume must use the same.
         validate_before: validate the initial weights as epoch 0, a candidate for the best (the
             fusion head starts as the two-view ensemble).
+        n_images: training images per epoch; each epoch's row then has ``images_per_s`` (training
+            and validation time included). Every row has ``peak_gpu_mib`` (NaN on a CPU).
 
     Raises:
         TrainError: outputs exist and neither ``resume`` nor ``overwrite``; the saved state was
@@ -324,12 +342,15 @@ def fit(
 
     if validate_before and start == 1:
         metrics = run_validation()
-        row = {"epoch": 0, "train_loss": float("nan"), **metrics, "lr": schedule.lr, "seconds": 0.0}
+        row = {"epoch": 0, "train_loss": float("nan"), **metrics, "lr": schedule.lr, "seconds": 0.0,
+               "images_per_s": float("nan"), "peak_gpu_mib": peak_gpu_mib(device)}
         keep(0, metrics)
         history.append(row)
         log.append(row)
         progress.end_epoch(row)
     for epoch in range(start, epochs + 1):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         te = time.perf_counter()
         gen = epoch_generator(seed, epoch)
         model.train()
@@ -348,8 +369,10 @@ def fit(
             progress.advance(float(loss.detach()))
         metrics = run_validation()
         schedule.after_epoch(metrics["val_loss"], optimizer)
+        seconds = time.perf_counter() - te
         row = {"epoch": epoch, "train_loss": total / max(count, 1), **metrics, "lr": schedule.lr,
-               "seconds": time.perf_counter() - te}
+               "seconds": seconds, "images_per_s": (n_images or 0) / seconds if n_images else float("nan"),
+               "peak_gpu_mib": peak_gpu_mib(device)}
         keep(epoch, metrics)
         history.append(row)
         log.append(row)

@@ -64,6 +64,8 @@ def read_boxes(paths: Sequence[str | Path]) -> dict[str, LungBox]:
         if missing:
             raise ManifestError(f"{path}: missing column(s) {missing}; expected {list(BOX_COLUMNS)}")
         for row in df.itertuples(index=False):
+            if row.status == "unreadable":  # lung-boxes could not read the image: it has no box
+                continue
             boxes[str(row.image)] = LungBox(int(row.x0), int(row.y0), int(row.x1), int(row.y1), str(row.status),
                                             int(row.n_regions))
     return boxes

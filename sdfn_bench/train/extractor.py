@@ -5,9 +5,9 @@ cross-entropy, learning rate /10 when the validation loss has not fallen for 5 e
 epochs; the checkpoint with the highest validation mean AUC is kept.
 
 The lung view crops each image's lung box (``lung-boxes`` parquet, original-image pixels) from the
-full-resolution image, then resizes the crop to the input size. ``init`` optionally starts from an
-imported checkpoint (``sdfn-bench import-weights``: ImageNet or CheXNet weights); otherwise the
-network trains from scratch.
+full-resolution image, then resizes the crop to the input size. ``init`` (default: the preset's,
+``imagenet`` in the paper preset) starts from torchvision's ImageNet weights, an imported checkpoint
+(``sdfn-bench import-weights``) or scratch (``none``); see :mod:`sdfn_bench.train.init`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from sdfn_bench.train.common import (
     validation_auc,
 )
 from sdfn_bench.train.data import ClassifierItems, batches_of, preload, random_hflip, read_boxes
+from sdfn_bench.train.init import resolve_init
 from sdfn_bench.train.presets import ExtractorPreset
 from sdfn_bench.train.segmenter import RunOptions
 
@@ -72,7 +73,8 @@ def train_extractor(
         view: ``entire`` or ``lung``.
         manifest, val_manifest: labeled manifests (training, validation).
         boxes: lung-boxes parquet file(s) covering both manifests' images (lung view only).
-        init: an extractor checkpoint to start from (e.g. imported ImageNet/CheXNet weights).
+        init: ``imagenet``, ``none``, an extractor checkpoint or a torchvision state dict file
+            (default: ``preset.init``).
     """
     if view not in VIEWS:
         raise SdfnError(f"view must be one of {list(VIEWS)}, got {view!r}")
@@ -83,15 +85,17 @@ def train_extractor(
     device = pick_device(opt.device)
     torch.manual_seed(opt.seed)
     pre = Preprocessing(input_size=preset.input_size)
+    init = preset.init if init is None else init
+    init_path = resolve_init(init, view, out_dir, input_size=preset.input_size)  # before decoding: fails fast offline
     box_map = read_boxes(boxes) if view == "lung" else None
     train_df, train_ds, val_ds = classifier_datasets(manifest, val_manifest, image_root, pre, box_map,
                                                      preset.preload, opt.workers)
     model = build_extractor(DEFAULT_ARCH)
     init_record = None
-    if init is not None:
-        start = load_checkpoint(init)
+    if init_path is not None:
+        start = load_checkpoint(init_path)
         if start.meta.get("kind") != "extractor":
-            raise SdfnError(f"{init}: not an extractor checkpoint (kind {start.meta.get('kind')!r})")
+            raise SdfnError(f"{init_path}: not an extractor checkpoint (kind {start.meta.get('kind')!r})")
         model.load_state_dict(start.module.state_dict(), strict=True)
         init_record = {"path": str(start.path), "sha256": start.sha256}
     model = model.to(device)
@@ -131,11 +135,12 @@ def train_extractor(
         "init": init_record,
     }
     config = {"stage": f"extractor_{view}", "preset": preset.__dict__, "seed": opt.seed, "n_train": len(train_ds),
-              "n_val": len(val_ds), "init": None if init is None else str(init)}
+              "n_val": len(val_ds), "init": str(init)}
     schedule = LRSchedule(preset.lr, preset.decay, preset.plateau_patience, preset.plateau_factor)
     return fit(
         stem=Path(out_dir) / (name or f"extractor_{view}"), model=model, params=model.parameters(), batches=batches,
         n_batches=-(-len(train_ds) // preset.batch_size), step=step, validate=validate, monitor="val_mean_auc",
         mode="max", epochs=preset.epochs, schedule=schedule, meta=meta, config=config, seed=opt.seed,
         device=device, amp=opt.amp, resume=opt.resume, overwrite=opt.overwrite, progress=opt.progress,
+        n_images=len(train_ds),
     )

@@ -159,4 +159,5 @@ def train_fusion(
         n_batches=-(-n // preset.batch_size), step=step, validate=validate, monitor="val_mean_auc", mode="max",
         epochs=preset.epochs, schedule=schedule, meta=meta, config=config, seed=opt.seed, device=device,
         amp=False, resume=opt.resume, overwrite=opt.overwrite, validate_before=True, progress=opt.progress,
+        n_images=n,
     )

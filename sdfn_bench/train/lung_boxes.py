@@ -4,7 +4,8 @@ Each image is preprocessed with the segmenter's :class:`~sdfn_bench.preprocess.P
 segmented (``sigmoid(logits) > mask_threshold``), boxed by :func:`sdfn_bench.lrg.lung_box` at the
 segmenter's resolution with the LRG margin stored in the checkpoint, and mapped back to
 original-image pixels with :func:`sdfn_bench.lrg.box_to_image`. The output columns are
-``image, x0, y0, x1, y1, status, n_regions`` (docs/architecture.md), one row per manifest row.
+``image, x0, y0, x1, y1, status, n_regions, error`` (docs/architecture.md), one row per manifest row;
+an unreadable image gets status ``unreadable`` and its reason. Long runs resume by chunks.
 
 :func:`evaluate_lrg_coverage` measures, against ground-truth lung masks, the share of each
 image's lung pixels that falls inside its box (issue 3: >= 99 % on >= 95 % of test images).
@@ -12,6 +13,8 @@ image's lung pixels that falls inside its box (issue 3: >= 99 % on >= 95 % of te
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,10 +26,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from sdfn_bench.decode.reader import read_mask
-from sdfn_bench.errors import SdfnError
+from sdfn_bench.errors import ImageReadError, SdfnError
 from sdfn_bench.lrg import STATUSES, LungMargin, box_coverage, box_to_image, lung_box
 from sdfn_bench.manifest.image_root import ImageResolver
-from sdfn_bench.manifest.schema import read_manifest
+from sdfn_bench.manifest.schema import file_sha256, read_manifest
 from sdfn_bench.preprocess import Preprocessing, prepare
 from sdfn_bench.train.common import pick_device
 from sdfn_bench.train.data import load_image, read_boxes, read_seg_manifest, resolve_path
@@ -40,68 +43,154 @@ def read_images_column(path: str | Path) -> list[str]:
     return df["image"].tolist()
 
 
+UNREADABLE = "unreadable"
+PARTS_SUFFIX = ".parts"
+
+
 class _SegInputs(Dataset):
+    """Segmenter inputs; an unreadable image gives a zero input, shape (0, 0) and its error text."""
+
     def __init__(self, images: list[str], resolver: ImageResolver, pre: Preprocessing) -> None:
         self.images, self.resolver, self.pre = images, resolver, pre
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = load_image(self.resolver, self.images[i])
-        return torch.from_numpy(prepare(image, self.pre)), torch.tensor(image.shape[:2])
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        try:
+            image = load_image(self.resolver, self.images[i])
+        except ImageReadError as exc:
+            side = self.pre.input_size
+            return torch.zeros((1, side, side), dtype=torch.float32), torch.tensor([0, 0]), str(exc)
+        return torch.from_numpy(prepare(image, self.pre)), torch.tensor(image.shape[:2]), ""
 
 
 @dataclass(frozen=True)
 class LungBoxesResult:
-    """Attributes: path (parquet), n_images, status_counts, clean_share (the paper: 95.84 %), wall_s."""
+    """Attributes: path (parquet), n_images, status_counts (the LRG statuses and ``unreadable``),
+    wall_s (this call), resumed_rows (rows taken from an interrupted run's parts), unreadable
+    (image, error) of every image that could not be read."""
 
     path: Path
     n_images: int
     status_counts: dict[str, int]
     wall_s: float
+    resumed_rows: int = 0
+    unreadable: tuple[tuple[str, str], ...] = ()
 
     @property
     def clean_share(self) -> float:
-        return self.status_counts.get("clean", 0) / self.n_images
+        """Share of ``clean`` boxes among the images that could be read (the paper: 95.84 %)."""
+        readable = self.n_images - self.status_counts.get(UNREADABLE, 0)
+        return self.status_counts.get("clean", 0) / readable if readable else float("nan")
+
+
+def parts_dir(out: str | Path) -> Path:
+    """Where an unfinished ``lung-boxes`` run keeps its finished chunks (``OUT.parts/``)."""
+    out = Path(out)
+    return out.with_name(out.name + PARTS_SUFFIX)
+
+
+def _write_atomic(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
+def _box_frame(images: list[str], rows: list[tuple]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=["x0", "y0", "x1", "y1", "status", "n_regions", "error"]).astype(
+        {"x0": "int32", "y0": "int32", "x1": "int32", "y1": "int32", "n_regions": "int32"})
+    df.insert(0, "image", images)
+    return df
+
+
+def _open_parts(parts: Path, identity: dict[str, object], resume: bool, overwrite: bool) -> dict[int, Path]:
+    """The finished chunks of an interrupted run with the same inputs, by first row (empty when none)."""
+    record = parts / "run.json"
+    if parts.exists() and (overwrite or not resume):
+        if not overwrite:
+            raise SdfnError(f"{parts}: an interrupted lung-boxes run left its chunks here; pass --resume to continue "
+                            "it or --overwrite to start again")
+        shutil.rmtree(parts)
+    if parts.exists():
+        saved = json.loads(record.read_text()) if record.is_file() else None
+        if saved != identity:
+            raise SdfnError(f"{parts}: chunks of a run with other inputs ({saved}); pass --overwrite to start again")
+        return {int(p.stem.split("-")[1]): p for p in sorted(parts.glob("part-*.parquet"))}
+    parts.mkdir(parents=True)
+    record.write_text(json.dumps(identity, indent=1))
+    return {}
 
 
 def compute_lung_boxes(manifest: str | Path, segmenter: str | Path, out: str | Path, *,
                        image_root: str | Path | None = None, batch_size: int = 16, workers: int = 0,
-                       device: str | None = None, overwrite: bool = False,
-                       on_batch: Callable[[int], None] | None = None) -> LungBoxesResult:
-    """Write the lung boxes of every image of ``manifest`` to ``out`` (parquet).
+                       device: str | None = None, overwrite: bool = False, resume: bool = False,
+                       chunk_rows: int = 2048, on_batch: Callable[[int], None] | None = None) -> LungBoxesResult:
+    """Write the lung box of every image of ``manifest`` to ``out`` (parquet), resumably.
+
+    The images are processed in chunks of ``chunk_rows``; each finished chunk is written to
+    ``OUT.parts/part-<first row>.parquet``, so an interrupted run continues with ``resume`` after
+    its last finished chunk (with the same manifest, segmenter and chunk size). When every chunk is
+    done they are joined into ``out`` and the parts folder is removed. An image that cannot be read
+    does not stop the run: its row has status ``unreadable``, a zero box and the reason in ``error``.
+
+    Args:
+        manifest: manifest or segmentation manifest; its ``image`` column is boxed, in order.
+        segmenter: the segmenter checkpoint.
+        out: the parquet to write (columns ``image, x0, y0, x1, y1, status, n_regions, error``).
+        on_batch: called with the number of images of each finished batch (resumed rows included once).
 
     Raises:
-        SdfnError: ``out`` exists and not ``overwrite``; the checkpoint is not a segmenter.
+        SdfnError: ``out`` exists and not ``overwrite``; parts of another run exist; the checkpoint
+            is not a segmenter.
     """
     out = Path(out)
     if out.exists() and not overwrite:
         raise SdfnError(f"{out}: exists; pass --overwrite to replace it")
+    if chunk_rows < 1:
+        raise SdfnError(f"chunk_rows must be >= 1, got {chunk_rows}")
     t0 = time.perf_counter()
     dev = pick_device(device)
     seg = load_segmenter(segmenter, dev)
     ck, model, pre, threshold = seg.checkpoint, seg.model, seg.pre, seg.threshold
     margin = LungMargin.from_dict(ck.meta["lung_margin"]) if ck.meta.get("lung_margin") else LungMargin()
     images = read_images_column(manifest)
-    items = _SegInputs(images, ImageResolver.for_manifest(manifest, image_root), pre)
-    rows = []
-    for x, shapes in DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=workers):
-        masks = (lung_probabilities(model, x.to(dev)) > threshold).cpu().numpy()
-        for mask, shape in zip(masks, shapes.tolist(), strict=True):
-            box = box_to_image(lung_box(mask, margin), mask.shape, (shape[0], shape[1]))
-            rows.append((box.x0, box.y0, box.x1, box.y1, box.status, box.n_regions))
-        if on_batch is not None:
-            on_batch(len(x))
-    df = pd.DataFrame(rows, columns=["x0", "y0", "x1", "y1", "status", "n_regions"]).astype(
-        {"x0": "int32", "y0": "int32", "x1": "int32", "y1": "int32", "n_regions": "int32"})
-    df.insert(0, "image", images)
+    identity = {"manifest_sha256": file_sha256(manifest), "segmenter_sha256": ck.sha256, "chunk_rows": chunk_rows,
+                "n_images": len(images)}
+    parts = parts_dir(out)
+    done = _open_parts(parts, identity, resume, overwrite)
+    resolver = ImageResolver.for_manifest(manifest, image_root)
+    resumed = 0
+    for start in range(0, len(images), chunk_rows):
+        chunk = images[start:start + chunk_rows]
+        if start in done:
+            resumed += len(chunk)
+            if on_batch is not None:
+                on_batch(len(chunk))
+            continue
+        rows = []
+        loader = DataLoader(_SegInputs(chunk, resolver, pre), batch_size=batch_size, shuffle=False, num_workers=workers)
+        for x, shapes, errors in loader:
+            masks = (lung_probabilities(model, x.to(dev)) > threshold).cpu().numpy()
+            for mask, shape, error in zip(masks, shapes.tolist(), errors, strict=True):
+                if error:
+                    rows.append((0, 0, 0, 0, UNREADABLE, 0, error))
+                    continue
+                box = box_to_image(lung_box(mask, margin), mask.shape, (shape[0], shape[1]))
+                rows.append((box.x0, box.y0, box.x1, box.y1, box.status, box.n_regions, ""))
+            if on_batch is not None:
+                on_batch(len(x))
+        _write_atomic(_box_frame(chunk, rows), parts / f"part-{start:09d}.parquet")
+    df = pd.concat([pd.read_parquet(p) for p in sorted(parts.glob("part-*.parquet"))], ignore_index=True)
+    if df["image"].tolist() != images:
+        raise SdfnError(f"{parts}: the chunks do not cover {manifest} in order; pass --overwrite to start again")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(out)
-    counts = {s: int((df["status"] == s).sum()) for s in STATUSES}
-    return LungBoxesResult(out, len(df), counts, time.perf_counter() - t0)
+    _write_atomic(df, out)
+    shutil.rmtree(parts)
+    counts = {s: int((df["status"] == s).sum()) for s in (*STATUSES, UNREADABLE)}
+    bad = df[df["status"] == UNREADABLE]
+    return LungBoxesResult(out, len(df), counts, time.perf_counter() - t0, resumed,
+                           tuple(zip(bad["image"].tolist(), bad["error"].tolist(), strict=True)))
 
 
 @dataclass(frozen=True)

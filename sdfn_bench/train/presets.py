@@ -5,14 +5,23 @@ each checkpoint's metadata and the run's metrics file.
 
 ``paper``: segmenter at 256 px, Adam 1e-3, batch 8, 100 epochs, rotation/shift/zoom augmentation
 (ranges of the Pazhitnykh & Petsiuk training script: 10 degrees, 10 % shift, 20 % zoom), lowest
-validation loss kept. Extractors at 224 px, Adam 1e-4 with Keras-style decay 1e-5 per update,
-batch 16, random horizontal flip, learning rate /10 when the validation loss has not fallen for 5
-epochs, 100 epochs, highest validation mean AUC kept. Fusion: the same settings.
+validation loss kept. Extractors at 224 px from torchvision's ImageNet DenseNet-121 weights
+(conv0 folded to one channel, :mod:`sdfn_bench.train.init`), Adam 1e-4 with Keras-style decay 1e-5
+per update, batch 16, random horizontal flip, learning rate /10 when the validation loss has not
+fallen for 5 epochs, 100 epochs, highest validation mean AUC kept. Fusion: the same settings.
+
+What section 2.2 leaves open and what the tool picked: the validation split (10 % of the
+train_val_list patients, by a seeded hash, :func:`sdfn_bench.manifest.nih.split_by_patient`);
+the plateau rule's monitored quantity (validation loss, as Keras' ``ReduceLROnPlateau`` default);
+"decay" read as Keras' time-based decay per update; all 100 epochs run (no early stopping: the
+paper names none) and the best epoch kept; grey images fed to ImageNet weights by folding conv0
+(equal to repeating the channel); the normalization (ImageNet mean/std on the grey value); the
+segmenter's validation hold-out (10 % of the JSRT patients).
 
 ``demo``: small inputs (segmenter 96 px, base width 8 with BatchNorm; extractors 64 px), few
 epochs and a larger learning rate, all images decoded and resized once into memory; the
 fusion stage skips the flip augmentation (halves the cached-feature cost). Designed for
-the synthetic cohort on 2 CPU cores; the DenseNet-121 trains from scratch (no ImageNet weights).
+the synthetic cohort on 2 CPU cores; the DenseNet-121 trains from scratch (``init="none"``).
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ class ExtractorPreset:
     plateau_factor: float = 0.1
     hflip: bool = True
     preload: bool = False
+    init: str = "none"  # imagenet (the paper preset) | none | a checkpoint or weights file (sdfn_bench.train.init)
 
 
 @dataclass(frozen=True)
@@ -76,7 +86,7 @@ class Preset:
 def get_preset(name: str) -> Preset:
     """The named preset (``paper`` or ``demo``)."""
     if name == "paper":
-        return Preset("paper", SegmenterPreset(), ExtractorPreset(), FusionPreset())
+        return Preset("paper", SegmenterPreset(), ExtractorPreset(init="imagenet"), FusionPreset())
     if name == "demo":
         return Preset(
             "demo",

@@ -144,5 +144,5 @@ def train_segmenter(
         stem=Path(out_dir) / name, model=model, params=model.parameters(), batches=batches,
         n_batches=-(-len(train_ds) // preset.batch_size), step=step, validate=validate, monitor="val_loss", mode="min",
         epochs=preset.epochs, schedule=LRSchedule(preset.lr), meta=meta, config=config, seed=opt.seed, device=device,
-        amp=opt.amp, resume=opt.resume, overwrite=opt.overwrite, progress=opt.progress,
+        amp=opt.amp, resume=opt.resume, overwrite=opt.overwrite, progress=opt.progress, n_images=len(train_ds),
     )
