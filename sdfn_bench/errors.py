@@ -43,3 +43,7 @@ class ScoreError(SdfnError):
 
 class StatsError(SdfnError):
     """Statistics cannot be computed from the given predictions and labels."""
+
+
+class CamError(SdfnError):
+    """Class activation maps cannot be stored, loaded or evaluated (the message names the file)."""

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from sdfn_bench.engines.backends import get_backend
-from sdfn_bench.engines.backends.base import ENGINE_NAMES, Engine, EngineSpec, LoadContext, TensorSpec
+from sdfn_bench.engines.backends.base import (
+    CAM_OUTPUT,
+    ENGINE_NAMES,
+    Engine,
+    EngineSpec,
+    LoadContext,
+    TensorSpec,
+)
 from sdfn_bench.engines.registry import (
     check_record,
     device_info,
@@ -77,7 +84,8 @@ def spec_from_entry(name: str, entry: dict[str, Any]) -> EngineSpec:
 
 
 def load_engines(
-    engines_dir: str | Path, *, backend: str | None = None, device: str | None = None, threads: int | None = None
+    engines_dir: str | Path, *, backend: str | None = None, device: str | None = None, threads: int | None = None,
+    cams: bool | None = None,
 ) -> EngineSet:
     """Load the engines of ``engines_dir`` after checking they still match this machine.
 
@@ -87,6 +95,9 @@ def load_engines(
         device: ``cpu`` / ``cuda[:N]``; default: the device they were built on.
         threads: onnxruntime CPU only: intra-op threads per session (default: physical cores;
             on a CPU shared with other busy processes 1 can be faster, see docs/engines.md).
+        cams: whether the extractors give their feature maps (``score --cams``). None: as built.
+            False on engines built with ``--cams``: the maps are not requested (the torch backend
+            does not return them at all, the others do not copy them out).
 
     Raises:
         EngineError: engines.json missing or malformed; a checkpoint changed or missing; the
@@ -102,12 +113,15 @@ def load_engines(
             f"{folder}: engines were built for backend {recorded_backend!r}, not {backend!r}; build them with:\n  "
             + rebuild_command(changed, folder)
         )
-    be = get_backend(recorded_backend)
-    if not be.is_available():
-        raise EngineError(f"{folder}: engines need backend {recorded_backend!r}, which is not installed here")
+    # each network may have its own backend (``--backend auto`` on a CPU picks per network)
+    entry_backends = {n: str(e.get("backend", recorded_backend)) for n, e in record["engines"].items()}
+    bes = {b: get_backend(b) for b in sorted(set(entry_backends.values()))}
+    for name, be in bes.items():
+        if not be.is_available():
+            raise EngineError(f"{folder}: engines need backend {name!r}, which is not installed here")
     device = device or record.get("device_str") or "cpu"
     try:
-        backend_version = be.version()
+        backend_version = {name: be.version() for name, be in bes.items()}
         now_device = device_info(device)
     except EngineError as exc:
         raise EngineError(f"{exc}\nRebuild the engines for this machine with:\n  {rebuild_command(record, folder)}") from exc
@@ -123,16 +137,24 @@ def load_engines(
     missing = [n for n in ENGINE_NAMES if n not in record["engines"]]
     if missing:
         raise EngineError(f"{folder}: engines.json lacks {missing}")
+    built_cams = bool(record.get("cams", False))
+    if cams and not built_cams:
+        raise EngineError(f"{folder}: engines were built without --cams (no feature maps); build them with:\n  "
+                          + rebuild_command(dict(record, cams=True), folder))
+    with_maps = built_cams if cams is None else cams
     loaded = {}
     for name in ENGINE_NAMES:
         entry = record["engines"][name]
+        spec = spec_from_entry(name, entry)
+        if not with_maps:
+            spec = replace(spec, outputs=tuple(t for t in spec.outputs if t.name != CAM_OUTPUT))
         ctx = LoadContext(
-            spec=spec_from_entry(name, entry), engines_dir=folder, entry=entry, device=device,
+            spec=spec, engines_dir=folder, entry=entry, device=device,
             options={"checkpoint_path": checkpoint_paths[name],
                      "torch_compile": bool(record.get("build_options", {}).get("torch_compile", False)),
                      "threads": threads},
         )
-        loaded[name] = be.load(ctx)
+        loaded[name] = bes[entry_backends[name]].load(ctx)
     engines = record["engines"]
     return EngineSet(
         **loaded,
@@ -145,7 +167,7 @@ def load_engines(
         backend=recorded_backend,
         precision=record["precision"],
         device=device,
-        cams=bool(record.get("cams", False)),
+        cams=with_maps,
         max_batch=int(record["max_batch"]),
         digest=digest,
         checkpoints={n: {"path": str(checkpoint_paths[n] or ""), "sha256": e["checkpoint"]["sha256"]} for n, e in engines.items()},

@@ -29,7 +29,7 @@ from scipy.special import expit
 
 from sdfn_bench.crop import crop_lung
 from sdfn_bench.decode.reader import read_image
-from sdfn_bench.errors import ImageReadError
+from sdfn_bench.errors import ImageReadError, ScoreError
 from sdfn_bench.lrg import LungBox, box_to_image, lung_boxes
 from sdfn_bench.preprocess import Preprocessing, prepare
 
@@ -93,27 +93,38 @@ class Probabilities:
     entire: np.ndarray
     lung: np.ndarray
     sdfn: np.ndarray
+    sdfn_logits: np.ndarray | None = None  # (B, n_classes) the fusion engine's logits
 
 
 @dataclass(frozen=True)
 class Features:
-    """Outputs of the two extractors on the same images: pooled features (B, 1024) and logits (B, C)."""
+    """Outputs of the two extractors on the same images: pooled features (B, 1024) and logits (B, C);
+    with ``maps``, also the last feature maps (B, 1024, h, w) that the pooling averaged."""
 
     entire_features: np.ndarray
     entire_logits: np.ndarray
     lung_features: np.ndarray
     lung_logits: np.ndarray
+    entire_maps: np.ndarray | None = None
+    lung_maps: np.ndarray | None = None
 
 
-def extract(entire_x: np.ndarray, lung_x: np.ndarray, engines: EngineSet) -> Features:
+def extract(entire_x: np.ndarray, lung_x: np.ndarray, engines: EngineSet, *, maps: bool = False) -> Features:
     """Both extractors on a batch.
 
     Args:
         entire_x: (B, 1, S, S) entire-image inputs.
         lung_x: (B, 1, S, S) lung-crop inputs of the same images, same order.
+        maps: also return the feature maps (engines loaded with ``cams``; for ``score --cams``).
     """
     out_entire = engines.extractor_entire.run({"image": entire_x})
     out_lung = engines.extractor_lung.run({"image": lung_x})
+    if maps:
+        if "feature_maps" not in out_entire or "feature_maps" not in out_lung:
+            raise ScoreError(f"engines in {engines.engines_dir} give no feature maps: build them with "
+                             "`sdfn-bench build-engines --cams` and load them with cams=True")
+        return Features(out_entire["features"], out_entire["logits"], out_lung["features"], out_lung["logits"],
+                        out_entire["feature_maps"], out_lung["feature_maps"])
     return Features(out_entire["features"], out_entire["logits"], out_lung["features"], out_lung["logits"])
 
 
@@ -124,6 +135,7 @@ def fuse(features: Features, engines: EngineSet) -> Probabilities:
         entire=expit(features.entire_logits).astype(np.float32, copy=False),
         lung=expit(features.lung_logits).astype(np.float32, copy=False),
         sdfn=expit(fused["logits"]).astype(np.float32, copy=False),
+        sdfn_logits=fused["logits"],
     )
 
 

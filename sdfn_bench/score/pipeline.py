@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pandas as pd
 
+from sdfn_bench.cam.store import cam_batch
 from sdfn_bench.errors import ImageReadError
 from sdfn_bench.preprocess import prepare
 from sdfn_bench.score.batch import (
@@ -47,6 +48,8 @@ from sdfn_bench.score.batch import (
 )
 
 if TYPE_CHECKING:
+    from sdfn_bench.cam.maps import HeadWeights
+    from sdfn_bench.cam.store import CamBatch
     from sdfn_bench.engines import EngineSet
     from sdfn_bench.lrg import LungBox
 
@@ -123,6 +126,7 @@ class _Batch:
     boxes: list[LungBox] = field(default_factory=list)
     lung_x: np.ndarray | None = None
     frame: pd.DataFrame | None = None
+    cams: CamBatch | None = None  # with score --cams: the batch's maps
 
     @property
     def pixels(self) -> list[np.ndarray]:
@@ -156,9 +160,11 @@ class _Stages:
     """The stage bodies; each maps one _Batch to the next state."""
 
     def __init__(
-        self, engines: EngineSet, decoder: BatchDecoder, pool: Executor, clock: StageClock, serialize_inference: bool
+        self, engines: EngineSet, decoder: BatchDecoder, pool: Executor, clock: StageClock, serialize_inference: bool,
+        cam_heads: HeadWeights | None = None,
     ) -> None:
         self.engines = engines
+        self.cam_heads = cam_heads
         self.decoder = decoder
         self.pool = pool
         self.clock = clock
@@ -215,12 +221,16 @@ class _Stages:
         if n_ok:
             with self.inference:
                 t0 = time.perf_counter()
-                features = extract(batch.entire_x, batch.lung_x, self.engines)
+                features = extract(batch.entire_x, batch.lung_x, self.engines, maps=self.cam_heads is not None)
                 t1 = time.perf_counter()
                 probs = fuse(features, self.engines)
                 t2 = time.perf_counter()
             self.clock.add("extractors", t1 - t0, n_ok)
             self.clock.add("fusion", t2 - t1, n_ok)
+            if self.cam_heads is not None:
+                ok = [i for i, e in zip(batch.images, errors, strict=True) if not e]
+                batch.cams = cam_batch(ok, [p.shape for p in batch.pixels], features.entire_maps, features.lung_maps,
+                                       probs.sdfn_logits, features.entire_logits, self.cam_heads)
         batch.frame = result_frame(batch.images, errors, batch.boxes, probs, self.engines.class_names)
         batch.decoded, batch.entire_x, batch.lung_x = [], None, None  # release the pixels early
         return batch
@@ -287,6 +297,8 @@ def run_pipeline(
     queue_depth: int = 2,
     progress: Callable[[int], None] | None = None,
     serialize_inference: bool | None = None,
+    cam_heads: HeadWeights | None = None,
+    cam_sink: Callable[[CamBatch], None] | None = None,
 ) -> PipelineStats:
     """Score ``images`` (manifest entries, in order) in overlapping stages.
 
@@ -301,6 +313,8 @@ def run_pipeline(
         queue_depth: batches held between two stages (bounds memory).
         progress: called with the number of rows after each delivered batch.
         serialize_inference: run one network at a time (default: when the engines are on the CPU).
+        cam_heads: with ``score --cams``: the heads to build each batch's maps with.
+        cam_sink: called with each batch's maps before ``sink`` gets its rows.
 
     Returns:
         The rows delivered and per-stage timings.
@@ -322,7 +336,7 @@ def run_pipeline(
             dec = decoder  # type: ignore[assignment]
         if serialize_inference is None:
             serialize_inference = not str(getattr(engines, "device", "cpu")).startswith("cuda")
-        stages = _Stages(engines, dec, pool, clock, serialize_inference)
+        stages = _Stages(engines, dec, pool, clock, serialize_inference, cam_heads)
         q_decoded: queue.Queue[Any] = queue.Queue(maxsize=queue_depth)
         q_segmented: queue.Queue[Any] = queue.Queue(maxsize=queue_depth)
         q_scored: queue.Queue[Any] = queue.Queue(maxsize=queue_depth)
@@ -342,6 +356,8 @@ def run_pipeline(
                 if item is _DONE:
                     break
                 t0 = time.perf_counter()
+                if cam_sink is not None and item.cams is not None:
+                    cam_sink(item.cams)  # first: a row on disk always has its maps on disk
                 sink(item.frame)
                 clock.add("write", time.perf_counter() - t0, len(item.frame))
                 delivered += len(item.frame)

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
+from sdfn_bench.cam.maps import check_heads_classes
+from sdfn_bench.cam.store import CamWriter, read_heads
 from sdfn_bench.classes import check_class_names
 from sdfn_bench.errors import BackendUnavailableError, ScoreError
 from sdfn_bench.manifest.image_root import ImageResolver
@@ -206,6 +208,7 @@ def _check_resume(state: dict[str, Any], fresh: dict[str, Any], run_dir: Path) -
         ("engines_digest", "engines"),
         ("limit", "--limit"),
         ("decoder", "decoder"),
+        ("cams", "--cams"),
     ):
         if state.get(key) != fresh.get(key):
             raise ScoreError(
@@ -243,6 +246,7 @@ def score_manifest(
     backend: str | None = None,
     progress: Progress | None = None,
     shard_rows: int | None = None,
+    cams: bool = False,
 ) -> ScoreResult:
     """Score every row of a manifest (or its first ``limit``) and write a run folder.
 
@@ -262,6 +266,9 @@ def score_manifest(
         backend: engine backend to load (default: the one recorded in engines.json).
         progress: progress hooks.
         shard_rows: rows per shard (default: 16 batches; rounded up to a whole number of batches).
+        cams: also store each image's class activation maps in ``RUN/cams/`` (needs engines built
+            with ``--cams``; see :mod:`sdfn_bench.cam.store`). Off, the extractors' feature maps
+            are not even requested from the engines.
 
     Returns:
         The counts, timings and folder of the finished run.
@@ -283,7 +290,10 @@ def score_manifest(
     if engines is None:
         from sdfn_bench.engines import load_engines
 
-        engines = load_engines(Path(engines_dir), backend=backend)
+        engines = load_engines(Path(engines_dir), backend=backend, cams=cams)
+    if cams and not engines.cams:
+        raise ScoreError(f"--cams needs engines with feature maps: rebuild {engines_dir} with "
+                         "`sdfn-bench build-engines --cams` (and load them with cams=True)")
     # A preloaded engine set knows its own folder.
     engines_dir = Path(getattr(engines, "engines_dir", engines_dir))
     if has_labels(df):
@@ -298,6 +308,7 @@ def score_manifest(
         "engines_digest": engines.digest,
         "limit": limit,
         "decoder": decoder_name,
+        "cams": cams,
     }
     state_path = run_dir / STATE_JSON
     if resume:
@@ -324,6 +335,11 @@ def score_manifest(
     todo = [i for i in images if i not in done_images]
     positions = {image: i for i, image in enumerate(images)}
     writer = ShardWriter(run_dir, positions, int(state["shard_rows"]))
+    cam_heads = cam_writer = None
+    if cams:
+        cam_heads = read_heads(engines.checkpoints["fusion"]["path"], engines.checkpoints["extractor_entire"]["path"])
+        check_heads_classes(cam_heads, engines.class_names, where=f"fusion/entire checkpoints of {engines_dir}")
+        cam_writer = CamWriter(run_dir, positions, cam_heads)
     if progress is not None:
         progress.start(len(images), len(done_images))
 
@@ -344,6 +360,8 @@ def score_manifest(
         workers=workers,
         decoder=factory,
         progress=progress.advance if progress is not None else None,
+        cam_heads=cam_heads,
+        cam_sink=cam_writer.add if cam_writer is not None else None,
     )
     writer.close()
     state["sessions"].append(
@@ -397,6 +415,7 @@ def _finish(
         "batch_size": batch_size,
         "workers": workers,
         "limit": state["limit"],
+        "cams": bool(state.get("cams", False)),
         "versions": versions(decoder),
         "hardware": hardware(),
         "counts": {"total": total, "ok": total - n_error, "error": n_error},

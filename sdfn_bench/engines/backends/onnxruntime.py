@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sdfn_bench.engines.backends.base import Backend, BuildJob, Engine, EngineSpec, LoadContext, to_numpy_f32
+from sdfn_bench.engines.backends.base import (
+    CAM_OUTPUT,
+    Backend,
+    BuildJob,
+    Engine,
+    EngineSpec,
+    LoadContext,
+    to_numpy_f32,
+)
 from sdfn_bench.engines.registry import physical_cores
 from sdfn_bench.errors import BackendUnavailableError, EngineError
 
@@ -69,6 +77,10 @@ class OnnxRuntimeEngine(Engine):
         super().__init__(spec, precision=precision, device=device)
         self.session = session
         found = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+        # A model exported with CAMs may be loaded without its feature maps: session.run then
+        # fetches only the spec's outputs (the maps stay an intermediate, never copied out).
+        if found[1] == [*spec.output_names, CAM_OUTPUT]:
+            found = found[0], found[1][:-1]
         if found != (list(spec.input_names), list(spec.output_names)):
             raise EngineError(f"{spec.name}: ONNX tensors {found} differ from {spec.input_names, spec.output_names}")
         self._cuda_index = int(device.split(":", 1)[1]) if ":" in device else 0

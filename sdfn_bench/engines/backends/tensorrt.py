@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdfn_bench.engines.backends.base import Backend, BuildJob, Engine, EngineSpec, LoadContext
+from sdfn_bench.engines.backends.base import CAM_OUTPUT, Backend, BuildJob, Engine, EngineSpec, LoadContext
 from sdfn_bench.errors import BackendUnavailableError, EngineError
 
 TIMING_CACHE = "trt_timing.cache"
@@ -141,7 +141,10 @@ class TensorRTEngine(Engine):
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if set(inputs) != set(spec.input_names) or set(outputs) != set(spec.output_names):
+        # A plan built with CAMs may be loaded without its feature maps: they still need a device
+        # buffer (every output must be bound) but are not returned or copied to the host.
+        self._unreturned = [n for n in outputs if n == CAM_OUTPUT and n not in spec.output_names]
+        if set(inputs) != set(spec.input_names) or set(outputs) - set(self._unreturned) != set(spec.output_names):
             raise EngineError(f"{spec.name}: plan tensors {inputs} -> {outputs} differ from "
                               f"{list(spec.input_names)} -> {list(spec.output_names)}")
         self._dtypes = {n: torch_dtype(trt, self._engine.get_tensor_dtype(n)) for n in names}
@@ -164,7 +167,7 @@ class TensorRTEngine(Engine):
                                       f"{name!r} (outside the optimization profile?)")
                 self._set_address(name, tensor)
             outs = {}
-            for name in self.output_names:
+            for name in (*self.output_names, *self._unreturned):
                 shape = tuple(self._context.get_tensor_shape(name))
                 outs[name] = torch.empty(shape, dtype=self._dtypes[name], device=self._device)
                 self._set_address(name, outs[name])
@@ -175,7 +178,7 @@ class TensorRTEngine(Engine):
             # Buffers were allocated on `current`, which now waits for the engine's stream, so the
             # caching allocator cannot hand them out again before the engine is done with them.
             current.wait_stream(self._stream)
-        return {n: t.float() for n, t in outs.items()}
+        return {n: outs[n].float() for n in self.output_names}
 
     def _set_address(self, name: str, tensor: torch.Tensor) -> None:
         if not self._context.set_tensor_address(name, tensor.data_ptr()):
