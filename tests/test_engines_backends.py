@@ -78,7 +78,7 @@ def test_fp16_onnx_has_half_weights_and_float_io(tmp_path, monkeypatch):
     engines = _load_unchecked(monkeypatch, tmp_path / "engines")
     parity = engines.record["engines"]["extractor_entire"]["parity"]
     assert 0 < parity["max_abs_diff"]["logits"] <= parity["limit"]["logits"]  # really half precision
-    assert parity["tolerance"] == {"atol": 5e-2, "rtol": 1e-2}
+    assert parity["tolerance"] == {"atol": 5e-2, "rtol": 1e-2, "prob_atol": 2e-2}
     assert engines.mask_threshold == 0.4
 
 
@@ -134,15 +134,6 @@ def test_torch_backend_runs_tensors_and_numpy(tmp_path, monkeypatch):
     assert out.dtype == np.float32 and out.shape == (5, 1, 16, 16)
     np.testing.assert_allclose(out, expected, atol=1e-5)
     np.testing.assert_allclose(engine.run({"image": image.numpy()})["mask_logits"], out, atol=1e-6)
-
-
-def test_tolerance_per_precision_and_device():
-    from sdfn_bench.engines.parity import TOLERANCES, tolerance_key
-
-    assert tolerance_key("fp32", "cpu") == "fp32" and tolerance_key("fp32", "cuda:0") == "fp32-cuda"
-    assert tolerance_key("fp16", "cuda:0") == "fp16" and tolerance_key("int8", "cpu") == "int8"
-    limits = [TOLERANCES[k].limit(5.0) for k in ("fp32", "fp32-cuda", "fp16", "int8")]
-    assert limits == sorted(limits) and TOLERANCES["fp32"].limit(0.0) == 1e-4
 
 
 # --- TensorRT: pure helpers and the build against a fake of the TensorRT 11 Python API -----------

@@ -43,7 +43,7 @@ def test_report_and_record(built):
     root, report, steps = built
     assert report.backend == "onnxruntime" and report.precision == "fp32"
     assert [r.name for r in report.results] == list(ENGINE_NAMES)
-    assert all(r.parity_passed and r.parity_max_abs < 1e-4 for r in report.results)
+    assert all(r.parity_passed for r in report.results)
     assert ("segmenter", "export") in steps and ("fusion", "done") in steps
     record = json.loads(report.engines_json.read_text())
     assert record["device"]["kind"] == "cpu" and record["max_batch"] == 4
@@ -56,7 +56,9 @@ def test_report_and_record(built):
     assert ext["outputs"][0]["shape"] == [-1, 1024] and ext["outputs"][1]["shape"] == [-1, 14]
     fusion = record["engines"]["fusion"]
     assert [i["name"] for i in fusion["inputs"]] == ["features_entire", "features_lung"]
-    assert ext["parity"]["batch_sizes"] == [1, 3] and ext["parity"]["max_abs_diff"]["logits"] < 1e-4
+    assert ext["parity"]["batch_sizes"] == [1, 3]
+    assert ext["parity"]["max_abs_diff"]["logits"] <= ext["parity"]["limit"]["logits"]
+    assert ext["parity"]["cpu"] and ext["parity"]["max_prob_diff"]["logits"] <= ext["parity"]["prob_limit"]
     assert ext["export"]["exporter"] in ("torchscript", "dynamo")
     assert Preprocessing.from_dict(ext["preprocessing"]).input_size == 32
     sources = load_sources(root / "checkpoints")
@@ -78,11 +80,12 @@ def test_loaded_engines_match_pytorch(built):
     got = engines.extractor_lung.run({"image": image})
     ref = torch_outputs(io_module("extractor", sources["extractor_lung"].module), {"image": image}, ("image",))
     assert got["features"].shape == (6, 1024) and got["logits"].dtype == np.float32
-    np.testing.assert_allclose(got["logits"], ref[1], atol=1e-4)
+    fp32 = parity_module.TOLERANCES["fp32"]  # ONNX Runtime vs PyTorch: fp32 reordering only
+    np.testing.assert_allclose(got["logits"], ref[1], rtol=0, atol=fp32.limit(np.abs(ref[1]).max()))
     fused = engines.fusion.run({"features_entire": got["features"], "features_lung": got["features"]})
     ref_fused = torch_outputs(io_module("fusion", sources["fusion"].module),
                               {"features_entire": ref[0], "features_lung": ref[0]}, ("features_entire", "features_lung"))
-    np.testing.assert_allclose(fused["logits"], ref_fused[0], atol=1e-4)
+    np.testing.assert_allclose(fused["logits"], ref_fused[0], rtol=0, atol=fp32.limit(np.abs(ref_fused[0]).max()))
     masks = engines.segmenter.run({"image": image[:2]})["mask_logits"]
     assert masks.shape == (2, 1, 32, 32)
 
@@ -136,7 +139,7 @@ def test_refuses_changed_engine_file_and_other_backend(built, tmp_path):
 def test_rebuild_keeps_previous_record_and_failed_build_changes_nothing(built, tmp_path, monkeypatch):
     checkpoints, engines_dir, _ = _copy(built, tmp_path)
     before = (engines_dir / "engines.json").read_bytes()
-    monkeypatch.setitem(parity_module.TOLERANCES, "fp32", parity_module.Tolerance(atol=-1.0, rtol=0.0))
+    monkeypatch.setitem(parity_module.TOLERANCES, "fp32", parity_module.Tolerance(atol=-1.0, rtol=0.0, prob_atol=1.0))
     with pytest.raises(EngineError, match="segmenter: fp32 engine differs from PyTorch fp32 beyond tolerance"):
         build_engines(checkpoints, engines_dir, backend="onnxruntime", max_batch=4)
     assert (engines_dir / "engines.json").read_bytes() == before
@@ -149,7 +152,7 @@ def test_rebuild_keeps_previous_record_and_failed_build_changes_nothing(built, t
     assert report.previous.read_bytes() == before
     engines = load_engines(engines_dir)
     assert engines.max_batch == 2 and engines.backend == "torch"
-    assert all(r.parity_max_abs < 1e-4 for r in report.results)
+    assert all(r.parity_passed for r in report.results)
     out = engines.extractor_entire.run({"image": np.ones((3, 1, 32, 32), np.float32)})
     assert out["logits"].shape == (3, 14)
 
