@@ -97,11 +97,15 @@ def score(
     shard_rows: int | None = typer.Option(
         None, "--shard-rows", min=1, hidden=True, help="Rows per result shard (default 16 batches)."
     ),
+    cams: bool = typer.Option(
+        False, "--cams", help="Also store class activation maps (RUN/cams/; engines built with --cams)."
+    ),
 ) -> None:
     """Score every image of MANIFEST: entire-image, lung and SDFN probabilities, lung boxes, errors."""
     options = dict(
         engines_dir=engines, image_root=image_root, out=out, batch_size=batch_size, decoder=decoder, workers=workers,
         resume=resume, limit=limit, max_errors=max_errors, backend=backend, shard_rows=shard_rows,
+        cams=cams,
     )
     if quiet:
         result = score_manifest(manifest, **options)
