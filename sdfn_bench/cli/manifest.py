@@ -13,6 +13,7 @@ from rich.table import Table
 
 from sdfn_bench.classes import CLASS_NAMES
 from sdfn_bench.manifest.check import check_manifest, count_file_checks
+from sdfn_bench.manifest.expert import EXPERT_FINDINGS, read_google2019
 from sdfn_bench.manifest.folder import folder_manifest
 from sdfn_bench.manifest.jsrt import build_jsrt_manifest, list_jsrt_images
 from sdfn_bench.manifest.nih import DEFAULT_SEED, DEFAULT_VAL_FRACTION, build_nih_manifests, read_box_file
@@ -66,6 +67,20 @@ def bbox(
     df = read_box_file(boxes)
     write_manifest(df, out)
     console.print(f"[green]wrote[/] {out}: {len(df)} boxes on {df['image'].nunique()} images", highlight=False)
+
+
+@app.command("expert")
+def expert(
+    labels: Path = typer.Option(..., "--labels", help="google2019_nih-chest-xray-labels.csv[.gz] (Majkowska et al. 2019)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Expert manifest to write (manifests/nih_test_expert.csv)."),
+    set_id: str = typer.Option("test", "--set", help="Set Id to keep: test (in the official test split) or val."),
+) -> None:
+    """Expert-adjudicated labels (4 findings) of one google2019 set: image, patient_id, 0/1 labels."""
+    df = read_google2019(labels, set_id)
+    write_manifest(df, out)
+    positives = ", ".join(f"{name} {int(df[name].sum())}" for name in EXPERT_FINDINGS)
+    console.print(f"[green]wrote[/] {out}: {len(df)} images, {df['patient_id'].nunique()} patients; "
+                  f"positives: {positives}", highlight=False)
 
 
 @app.command("check")
