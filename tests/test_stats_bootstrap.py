@@ -53,6 +53,10 @@ def test_replicate_without_positives_is_nan() -> None:
     assert 0.2 < nan_share < 0.5
     ci = boot.ci()
     assert np.isfinite(ci).all()
+    # The dropped count is exactly the replicates that did not draw patient p0.
+    counts = patient_counts(np.random.default_rng(0), 6, 200)
+    assert boot.n_dropped().tolist() == [int((counts[:, 0] == 0).sum())]
+    assert boot.n_dropped_mean(np.array([True])) == int((counts[:, 0] == 0).sum())
 
 
 def test_bootstrap_sd_matches_delong_with_one_image_per_patient() -> None:

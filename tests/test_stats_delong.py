@@ -7,7 +7,13 @@ import pytest
 from scipy import stats
 
 from sdfn_bench.stats.auc import UndefinedAUCWarning
-from sdfn_bench.stats.delong import UndefinedVarianceWarning, delong_aucs, delong_test
+from sdfn_bench.stats.delong import (
+    UndefinedVarianceWarning,
+    delong_aucs,
+    delong_test,
+    delong_test_from,
+    left_out_reasons,
+)
 
 
 def slow_components(positive: np.ndarray, score: np.ndarray) -> tuple[float, np.ndarray]:
@@ -97,6 +103,15 @@ def test_undefined_class_and_single_positive() -> None:
     assert np.isnan(res.auc[:, 2]).all()
     assert not np.isnan(res.auc[:, 1]).any() and np.isnan(res.var[:, 1]).all()
     assert np.isfinite(res.var[:, 0]).all()
+    # The mean contrast leaves both thin classes out instead of turning NaN.
+    assert res.contrast_classes().tolist() == [True, False, False]
+    test = delong_test_from(res, 0, 1)
+    assert test.mean_classes.tolist() == [True, False, False]
+    assert np.isfinite([test.mean_difference, test.mean_se, test.mean_p_value]).all()
+    assert test.mean_difference == pytest.approx(test.difference[0], abs=1e-15)
+    assert test.mean_se == pytest.approx(test.se[0], abs=1e-15)
+    assert left_out_reasons(y, ["A", "B", "C"]) == {
+        "B": "1 positive: DeLong variance undefined", "C": "no positives: AUC undefined"}
 
 
 def _null_share(rng: np.random.Generator, sims: int) -> tuple[float, float]:
@@ -129,14 +144,20 @@ def test_clustered_equals_plain_with_one_image_per_cluster_and_reference() -> No
     y, scores = _data(rng, 120, 2, 2, ties=True)
     plain = delong_aucs(y, scores)
     singletons = delong_aucs(y, scores, clusters=[f"p{i}" for i in range(120)])
-    np.testing.assert_allclose(singletons.cov, plain.cov, atol=1e-15)
+    # The cluster-robust form carries the small-sample factor G/(G-1); G = 120 singletons here.
+    assert singletons.n_clusters == 120
+    np.testing.assert_allclose(singletons.cov, plain.cov * 120 / 119, atol=1e-15)
     clusters = rng.integers(0, 30, 120)
+    g = np.unique(clusters).shape[0]
     clustered = delong_aucs(y, scores, clusters=clusters)
+    assert clustered.n_clusters == g
     comps = {(r, c): slow_components(y[:, c].astype(bool), scores[r][:, c])[1] for r in range(2) for c in range(2)}
     for (r1, c1), a1 in comps.items():
         for (r2, c2), a2 in comps.items():
-            want = np.bincount(clusters, a1, 30) @ np.bincount(clusters, a2, 30)
+            want = np.bincount(clusters, a1, 30) @ np.bincount(clusters, a2, 30) * g / (g - 1)
             assert clustered.cov[r1, c1, r2, c2] == pytest.approx(want, abs=1e-12)
+    # One cluster: no between-cluster variation to estimate.
+    assert np.isnan(delong_aucs(y, scores, clusters=np.zeros(120)).var).all()
 
 
 def _clustered_null(rng: np.random.Generator, sims: int) -> tuple[float, float]:

@@ -50,6 +50,16 @@ class BootstrapAUCs:
         rep = self.replicates if classes is None else self.replicates[:, :, classes]
         return rep.mean(axis=2)
 
+    def n_dropped(self) -> np.ndarray:
+        """(n_classes,) replicates without a positive or a negative of the class (NaN, left out of
+        its CI and p); every replicate for a class undefined in the full sample."""
+        return np.isnan(self.replicates).any(axis=1).sum(axis=0).astype(np.int64)
+
+    def n_dropped_mean(self, classes: np.ndarray) -> int:
+        """Replicates left out of the mean AUC over ``classes`` (bool (n_classes,)): those in which
+        at least one of these classes lacks positives or negatives."""
+        return int(np.isnan(self.replicates[:, :, classes]).any(axis=(1, 2)).sum())
+
     def ci(self, level: float = 0.95) -> np.ndarray:
         """(n_scorers, n_classes, 2) percentile CIs, ignoring undefined replicates."""
         return percentile_ci(self.replicates, level)

@@ -24,9 +24,15 @@ size of image k's label group in that class, so that DeLong's matrix is ``S = A 
 of the same class this is DeLong's S exactly; for two classes it is the same influence-function
 (Hoeffding) covariance, each image contributing its placement deviation in both classes. The
 variance of a contrast ``w`` is ``w^T S w``. DeLong treats images as independent; with
-``clusters`` (patients) the components are summed per patient first (cluster-robust form), and
-the patient-level bootstrap (:mod:`sdfn_bench.stats.bootstrap`) is the other answer to several
-images per patient.
+``clusters`` (patients) the components are summed per patient first (cluster-robust form, times
+the usual small-sample factor G/(G-1) for G clusters), and the patient-level bootstrap
+(:mod:`sdfn_bench.stats.bootstrap`) is the other answer to several images per patient.
+
+Thin classes. A class with one label value has no AUC; one with a single positive (or negative)
+has an AUC but no DeLong variance (its label group's sample covariance needs two members). Such
+a class is left out of every mean-AUC contrast (:meth:`DelongAUCs.contrast_classes`), so one
+rare finding in a small subset cannot turn the mean's test and CI into NaN for every scorer;
+:func:`left_out_reasons` says which classes and why.
 """
 
 from __future__ import annotations
@@ -55,10 +61,12 @@ class DelongAUCs:
         auc: (n_scorers, n_classes) AUCs; NaN for a class with one label value.
         cov: (n_scorers, n_classes, n_scorers, n_classes) covariance of the AUCs; NaN rows/columns
             where the variance is undefined.
+        n_clusters: number of clusters of the cluster-robust covariance (None: plain DeLong).
     """
 
     auc: np.ndarray
     cov: np.ndarray
+    n_clusters: int | None = None
 
     @property
     def var(self) -> np.ndarray:
@@ -66,6 +74,11 @@ class DelongAUCs:
         m, k = self.auc.shape
         flat = self.cov.reshape(m * k, m * k)
         return np.diag(flat).reshape(m, k).copy()
+
+    def contrast_classes(self) -> np.ndarray:
+        """(n_classes,) bool: classes whose AUC and variance are finite for every scorer, the
+        classes a mean-AUC contrast may use."""
+        return np.isfinite(self.auc).all(axis=0) & np.isfinite(self.var).all(axis=0)
 
     def ci(self, level: float = 0.95) -> np.ndarray:
         """(n_scorers, n_classes, 2) normal-theory CIs ``auc -/+ z sqrt(var)``, clipped to [0, 1]."""
@@ -139,8 +152,10 @@ def delong_aucs(
             vectors are summed within each cluster before the outer product,
             ``S = sum_g (sum_{k in g} a_k)(sum_{k in g} a_k)^T``: the cluster-robust (sandwich)
             form of the same influence-function variance, in the spirit of Obuchowski (1997),
-            "Nonparametric analysis of clustered ROC curve data", Biometrics 53:567-578. With one
-            image per cluster it equals DeLong's covariance exactly.
+            "Nonparametric analysis of clustered ROC curve data", Biometrics 53:567-578, multiplied
+            by the usual small-sample factor G/(G-1) for G clusters (as in cluster-robust
+            regression standard errors). With one image per cluster it equals DeLong's covariance
+            times n/(n-1).
 
     Returns:
         :class:`DelongAUCs`; a class with one label value gives NaN (with an
@@ -160,7 +175,8 @@ def delong_aucs(
         names = class_names if class_names is not None else [str(i) for i in range(k)]
         warnings.warn(
             "DeLong variance undefined (a single positive or negative) for: "
-            + ", ".join(names[i] for i in np.flatnonzero(thin)),
+            + ", ".join(names[i] for i in np.flatnonzero(thin))
+            + "; left out of the mean-AUC contrasts",
             UndefinedVarianceWarning,
             stacklevel=2,
         )
@@ -181,10 +197,45 @@ def delong_aucs(
             raise StatsError(f"clusters has shape {clusters.shape}, expected ({n},)")
         _, group = np.unique(clusters.astype(str), return_inverse=True)
         # Sum each component row within clusters: (rows, n) @ (n, n_clusters) one-hot, sparse.
-        onehot = sp.csr_matrix((np.ones(n), (np.arange(n), group)), shape=(n, int(group.max()) + 1))
+        n_clusters = int(group.max()) + 1
+        onehot = sp.csr_matrix((np.ones(n), (np.arange(n), group)), shape=(n, n_clusters))
         clean = np.asarray((onehot.T @ clean.T).T)
+        # Small-sample factor G/(G-1); one cluster leaves the variance undefined.
+        factor = n_clusters / (n_clusters - 1.0) if n_clusters > 1 else float("nan")
+        cov[np.ix_(finite, finite)] = factor * (clean @ clean.T)
+        return DelongAUCs(auc=auc, cov=cov.reshape(m, k, m, k), n_clusters=n_clusters)
     cov[np.ix_(finite, finite)] = clean @ clean.T
     return DelongAUCs(auc=auc, cov=cov.reshape(m, k, m, k))
+
+
+def left_out_reasons(y_true: np.ndarray, class_names: Sequence[str] | None = None) -> dict[str, str]:
+    """Why each class is left out of the mean-AUC contrasts (classes kept are absent).
+
+    Args:
+        y_true: (n_images, n_classes) 0/1 labels.
+        class_names: the classes; indices as strings when omitted.
+
+    Returns:
+        class name -> reason, e.g. ``"1 positive: DeLong variance undefined"`` or
+        ``"no positives: AUC undefined"``, in class order.
+    """
+    labels = np.asarray(y_true).astype(bool)
+    if labels.ndim == 1:
+        labels = labels[:, None]
+    n = labels.shape[0]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(labels.shape[1])]
+    out: dict[str, str] = {}
+    for c, n_pos in enumerate(labels.sum(axis=0).tolist()):
+        n_neg = n - n_pos
+        if n_pos == 0:
+            out[names[c]] = "no positives: AUC undefined"
+        elif n_neg == 0:
+            out[names[c]] = "no negatives: AUC undefined"
+        elif n_pos == 1:
+            out[names[c]] = "1 positive: DeLong variance undefined"
+        elif n_neg == 1:
+            out[names[c]] = "1 negative: DeLong variance undefined"
+    return out
 
 
 @dataclass(frozen=True)
@@ -196,8 +247,10 @@ class DelongTest:
         se: (n_classes,) standard error of the difference.
         z: (n_classes,) difference / se.
         p_value: (n_classes,) two-sided normal p-values.
-        mean_difference, mean_se, mean_z, mean_p_value: the same for the mean over the classes
-            defined in both (a linear contrast, variance ``w^T S w`` with w = +-1/k).
+        mean_difference, mean_se, mean_z, mean_p_value: the same for the mean over
+            ``mean_classes`` (a linear contrast, variance ``w^T S w`` with w = +-1/k).
+        mean_classes: (n_classes,) bool, the classes whose AUC and variance are defined for both
+            scorers; the others (no positives, a single positive...) are left out of the mean.
     """
 
     difference: np.ndarray
@@ -208,6 +261,7 @@ class DelongTest:
     mean_se: float
     mean_z: float
     mean_p_value: float
+    mean_classes: np.ndarray
 
 
 def _z_and_p(diff: np.ndarray, se: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -235,7 +289,8 @@ def delong_test_from(aucs: DelongAUCs, model: int, baseline: int) -> DelongTest:
     var = cov[model, cls, model, cls] + cov[baseline, cls, baseline, cls] - 2.0 * cov[model, cls, baseline, cls]
     se = np.sqrt(np.maximum(var, 0.0))
     z, p = _z_and_p(diff, se)
-    both = ~np.isnan(diff)
+    # Classes with an undefined AUC or variance would make the whole contrast NaN: left out.
+    both = np.isfinite(diff) & np.isfinite(var)
     w = np.zeros((m, k))
     if both.any():
         w[model, both] = 1.0 / both.sum()
@@ -248,6 +303,7 @@ def delong_test_from(aucs: DelongAUCs, model: int, baseline: int) -> DelongTest:
     return DelongTest(
         difference=diff, se=se, z=z, p_value=p,
         mean_difference=float(mean_diff), mean_se=mean_se, mean_z=float(mz), mean_p_value=float(mp),
+        mean_classes=both,
     )
 
 

@@ -1,6 +1,12 @@
 """Every AUC number of a run in one call: per-scorer AUCs with CIs, paired model-baseline tests.
 
 This is the pure core behind ``sdfn-bench compare``: arrays in, frozen dataclasses out.
+
+Every mean-AUC number (each scorer's mean and its CIs, the mean differences and their DeLong,
+clustered DeLong and bootstrap tests, the t-test across classes) is over the same classes: those
+whose AUC and DeLong variance are defined (at least two positives and two negatives). The others
+are listed in :attr:`AUCAnalysis.left_out_of_mean` with the reason, so a subset in which one rare
+finding has a single positive still gives finite mean-AUC results.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from sdfn_bench.stats.delong import (
     UndefinedVarianceWarning,
     delong_aucs,
     delong_test_from,
+    left_out_reasons,
     normal_ci,
 )
 from sdfn_bench.stats.multiple import holm
@@ -34,7 +41,7 @@ class ScorerSummary:
     Attributes:
         name: the scorer (``entire``, ``lung``, ``sdfn``).
         auc: (n_classes,) AUCs; NaN where undefined.
-        mean_auc: mean over the defined classes.
+        mean_auc: mean over the classes of :attr:`AUCAnalysis.mean_classes`.
         delong_ci: (n_classes, 2) DeLong normal-theory CI.
         mean_delong_ci: (2,) CI of the mean AUC from the 14 x 14 DeLong covariance.
         bootstrap_ci: (n_classes, 2) patient-bootstrap percentile CI; NaN without bootstrap.
@@ -65,8 +72,9 @@ class PairedComparison:
         bootstrap_diff_ci: (n_classes, 2) percentile CI of the paired bootstrap difference.
         bootstrap_p: (n_classes,) two-sided paired bootstrap p-values.
         mean_bootstrap_diff_ci: (2,), mean_bootstrap_p: the same for the mean AUC.
-        t_across_classes: the paired t-test over the per-class AUCs (reading (a)).
-        t_over_bootstrap: per class, the paired t-test over replicates (reading (b), descriptive).
+        t_across_classes: the paired t-test over the per-class AUCs of the mean's classes (reading (a)).
+        t_over_bootstrap: per class, the paired t-test over replicates (reading (b), descriptive:
+            its p shrinks as B grows; kept out of the report's tables, see its ``caveat``).
         t_over_bootstrap_mean: reading (b) for the mean AUC.
     """
 
@@ -97,6 +105,14 @@ class AUCAnalysis:
         n_positive: (n_classes,) positives per class.
         level: confidence level of every CI.
         n_bootstrap, seed: bootstrap replicates and generator seed (0 replicates: no bootstrap).
+        mean_classes: the classes every mean AUC and mean contrast is taken over (AUC and DeLong
+            variance defined).
+        left_out_of_mean: class -> why it is left out of the mean (no positives, a single
+            positive...); empty when all classes are in.
+        bootstrap_dropped: (n_classes,) replicates without a positive or negative of the class,
+            left out of its bootstrap CI and p (all 0 without bootstrap).
+        bootstrap_dropped_mean: replicates left out of the mean AUC's bootstrap CI and p (one of
+            the mean's classes lacked positives or negatives in them).
         scorers: one :class:`ScorerSummary` per prediction set.
         comparisons: one :class:`PairedComparison` per (model, baseline).
         delong_seconds, bootstrap_seconds: wall time of the two computations.
@@ -109,6 +125,10 @@ class AUCAnalysis:
     level: float
     n_bootstrap: int
     seed: int
+    mean_classes: tuple[str, ...]
+    left_out_of_mean: Mapping[str, str]
+    bootstrap_dropped: np.ndarray
+    bootstrap_dropped_mean: int
     scorers: tuple[ScorerSummary, ...]
     comparisons: tuple[PairedComparison, ...]
     delong_seconds: float
@@ -164,7 +184,7 @@ def analyze_aucs(
     labels, _ = check_labels_scores(y_true, scores[names[0]])
     if labels.shape[1] != len(class_names):
         raise StatsError(f"{labels.shape[1]} label columns but {len(class_names)} class names")
-    ok = defined_classes(labels, class_names)
+    defined_classes(labels, class_names)  # warns once, naming classes without an AUC
     k = labels.shape[1]
     arrays = [np.asarray(scores[n], dtype=np.float64) for n in names]
 
@@ -184,6 +204,11 @@ def analyze_aucs(
                                  class_names=class_names, progress=progress)
     bootstrap_seconds = time.perf_counter() - t0
 
+    # One set of classes for every mean: AUC and DeLong variance defined for all scorers.
+    ok = dl.contrast_classes()
+    reasons = left_out_reasons(labels, class_names)
+    left_out = {class_names[c]: reasons.get(class_names[c], "AUC or DeLong variance not finite")
+                for c in np.flatnonzero(~ok)}
     dl_ci = dl.ci(level)
     boot_ci = boot.ci(level) if boot is not None else np.full((len(names), k, 2), np.nan)
     boot_mean = boot.mean_replicates(ok) if boot is not None and ok.any() else None
@@ -236,7 +261,7 @@ def analyze_aucs(
             bootstrap_p=diff_p,
             mean_bootstrap_diff_ci=mean_ci,
             mean_bootstrap_p=mean_p,
-            t_across_classes=paired_t_across_classes(dl.auc[i], dl.auc[j]),
+            t_across_classes=paired_t_across_classes(dl.auc[i, ok], dl.auc[j, ok]),
             t_over_bootstrap=t_boot,
             t_over_bootstrap_mean=t_mean,
         ))
@@ -249,6 +274,11 @@ def analyze_aucs(
         level=level,
         n_bootstrap=int(n_bootstrap),
         seed=int(seed),
+        mean_classes=tuple(class_names[c] for c in np.flatnonzero(ok)),
+        left_out_of_mean=left_out,
+        bootstrap_dropped=boot.n_dropped() if boot is not None else np.zeros(k, dtype=np.int64),
+        bootstrap_dropped_mean=(boot.n_dropped_mean(ok) if boot is not None and ok.any()
+                                else (int(n_bootstrap) if boot is not None else 0)),
         scorers=tuple(summaries),
         comparisons=tuple(comparisons),
         delong_seconds=delong_seconds,

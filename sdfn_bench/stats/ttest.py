@@ -11,8 +11,9 @@ entire-image DenseNet, without saying what was paired. Two readings are offered,
     (AUC*_model[b], AUC*_baseline[b]), per class and for the mean AUC. Its t statistic is
     ``mean(d*) / (sd(d*) / sqrt(B))``, so its p-value shrinks as B grows: the replicates are not
     independent observations. It is reported because it is a common reading of such papers, and
-    marked descriptive; the bootstrap p-value of :func:`sdfn_bench.stats.bootstrap.bootstrap_p_value`
-    and DeLong's test are the inferential ones.
+    marked descriptive (its :class:`TTestResult` carries the caveat, and it stays out of the
+    inferential tables: only comparison.json holds it); the bootstrap p-value of
+    :func:`sdfn_bench.stats.bootstrap.bootstrap_p_value` and DeLong's test are the inferential ones.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class TTestResult:
         p_value: two-sided p.
         df: degrees of freedom.
         n_pairs: number of pairs used (NaN pairs dropped).
+        caveat: why the p-value is not inferential (``""`` when it is a proper test).
     """
 
     label: str
@@ -40,22 +42,30 @@ class TTestResult:
     p_value: float
     df: float
     n_pairs: int
+    caveat: str = ""
 
 
-def _ttest(label: str, a: np.ndarray, b: np.ndarray) -> TTestResult:
+OVER_BOOTSTRAP_CAVEAT = (
+    "descriptive only, not a test: bootstrap replicates are not independent observations, so this "
+    "t grows like sqrt(B) and its p shrinks as the number of replicates B grows; use DeLong's test "
+    "or the paired bootstrap p"
+)
+
+
+def _ttest(label: str, a: np.ndarray, b: np.ndarray, caveat: str = "") -> TTestResult:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     keep = ~(np.isnan(a) | np.isnan(b))
     n = int(keep.sum())
     if n < 2:
-        return TTestResult(label, float("nan"), float("nan"), float("nan"), n)
+        return TTestResult(label, float("nan"), float("nan"), float("nan"), n, caveat)
     d = a[keep] - b[keep]
     if np.all(d == d[0]):
         # ttest_rel divides by a zero standard deviation: report the limit instead of a warning.
         t = 0.0 if d[0] == 0 else float(np.sign(d[0]) * np.inf)
-        return TTestResult(label, t, 1.0 if d[0] == 0 else 0.0, float(n - 1), n)
+        return TTestResult(label, t, 1.0 if d[0] == 0 else 0.0, float(n - 1), n, caveat)
     res = stats.ttest_rel(a[keep], b[keep])
-    return TTestResult(label, float(res.statistic), float(res.pvalue), float(n - 1), n)
+    return TTestResult(label, float(res.statistic), float(res.pvalue), float(n - 1), n, caveat)
 
 
 def paired_t_across_classes(auc_model: np.ndarray, auc_baseline: np.ndarray) -> TTestResult:
@@ -75,4 +85,4 @@ def paired_t_over_bootstrap(rep_model: np.ndarray, rep_baseline: np.ndarray) -> 
         rep_model: (n_boot,) replicate AUCs of the model (one class, or the mean AUC).
         rep_baseline: (n_boot,) the baseline's on the same replicates.
     """
-    return _ttest("over_bootstrap", rep_model, rep_baseline)
+    return _ttest("over_bootstrap", rep_model, rep_baseline, OVER_BOOTSTRAP_CAVEAT)
