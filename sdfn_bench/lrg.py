@@ -14,7 +14,11 @@ Rules, applied to the connected components of the binary lung mask:
 5. Otherwise (two balanced regions): the box of both; status ``clean``.
 
 Then each side is expanded by a margin (15 px top/left/right, 20 px bottom in the paper, defined
-at 1024 px), scaled with the mask's size, and the box is clipped to the mask.
+at 1024 px) and the box is clipped to the image. Scoring and lung-box training both use
+:func:`lung_box_in_image`: the bare box is mapped from mask pixels to the original image first and
+the margin is applied there, scaled to the image's own size (at 1024 px exactly the paper's
+15/20 px; applying it in a 96-px mask and mapping up would round 15 px up to 21 px).
+:func:`lung_box` alone expands in mask pixels (the margin scaled to the mask's size).
 
 Choices where the paper is silent (also in docs/models-and-training.md):
 
@@ -71,10 +75,28 @@ class LungMargin:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LungMargin:
-        return cls(**{k: float(v) for k, v in d.items()})
+        """The inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: an unknown key, or a value that is not a finite number >= 0 (reference_size > 0).
+        """
+        known = {"top", "left", "right", "bottom", "reference_size"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown lung margin key(s) {unknown} in {dict(d)!r}; expected some of {sorted(known)}")
+        values = {k: float(v) for k, v in d.items()}
+        if not all(math.isfinite(v) and v >= 0 for v in values.values()) or values.get("reference_size", 1.0) <= 0:
+            raise ValueError(f"lung margin values must be finite and >= 0 (reference_size > 0), got {dict(d)!r}")
+        return cls(**values)
+
+    @classmethod
+    def from_record(cls, value: Mapping[str, Any] | None) -> LungMargin:
+        """The margin a checkpoint or engines.json records (``lung_margin``); the paper's when None."""
+        return PAPER_MARGIN if value is None else cls.from_dict(value)
 
 
 PAPER_MARGIN = LungMargin()
+NO_MARGIN = LungMargin(0.0, 0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -121,11 +143,56 @@ def lung_box(mask: np.ndarray, margin: LungMargin = PAPER_MARGIN) -> LungBox:
 
     Args:
         mask: (H, W) boolean or 0/1 (any value > 0 is lung).
-        margin: the expansion, defined at ``margin.reference_size`` pixels.
+        margin: the expansion, defined at ``margin.reference_size`` pixels, scaled to the mask.
 
     Returns:
         The box in mask pixels.
     """
+    return expand_box(_bare_box(mask), margin, _as_mask(mask).shape)
+
+
+def lung_box_in_image(mask: np.ndarray, image_shape: tuple[int, ...], margin: LungMargin = PAPER_MARGIN) -> LungBox:
+    """The LRG box of a segmenter mask in the original image's pixels, margin applied there.
+
+    The bare box (rules 1-5) is found in mask pixels, mapped to the image with
+    :func:`box_to_image` (outwards rounding), then expanded by ``margin`` scaled to the image's
+    size and clipped to it. Scoring and ``lung-boxes`` both use this, so the crop fed to the lung
+    extractor is the same in training and scoring.
+
+    Args:
+        mask: (h, w) boolean lung mask at the segmenter's resolution.
+        image_shape: (H, W[, ...]) of the original image.
+        margin: the checkpoint's recorded margin (:meth:`LungMargin.from_record`).
+
+    Returns:
+        The box in original-image pixels (x1/y1 exclusive).
+    """
+    m = _as_mask(mask)
+    mapped = box_to_image(_bare_box(m), m.shape, (int(image_shape[0]), int(image_shape[1])))
+    return expand_box(mapped, margin, (int(image_shape[0]), int(image_shape[1])))
+
+
+def expand_box(box: LungBox, margin: LungMargin, shape: tuple[int, ...]) -> LungBox:
+    """``box`` grown by ``margin`` (scaled to ``shape`` = (H, W)) and clipped to it.
+
+    A ``fallback_full_image`` box already covers everything and is returned unchanged.
+    """
+    if box.status == "fallback_full_image":
+        return box
+    h, w = int(shape[0]), int(shape[1])
+    top, left, right, bottom = margin.scaled(h, w)
+    return LungBox(
+        x0=max(0, box.x0 - left),
+        y0=max(0, box.y0 - top),
+        x1=min(w, box.x1 + right),
+        y1=min(h, box.y1 + bottom),
+        status=box.status,
+        n_regions=box.n_regions,
+    )
+
+
+def _bare_box(mask: np.ndarray) -> LungBox:
+    """Rules 1-5 of the module docstring, before any margin, in mask pixels."""
     m = _as_mask(mask)
     h, w = m.shape
     labels, n = ndimage.label(m, structure=_STRUCTURE)
@@ -159,15 +226,7 @@ def lung_box(mask: np.ndarray, margin: LungMargin = PAPER_MARGIN) -> LungBox:
         status = "mirrored"
         x0, x1 = min(x0, w - x1), max(x1, w - x0)
 
-    top, left, right, bottom = margin.scaled(h, w)
-    return LungBox(
-        x0=max(0, x0 - left),
-        y0=max(0, y0 - top),
-        x1=min(w, x1 + right),
-        y1=min(h, y1 + bottom),
-        status=status,
-        n_regions=int(n),
-    )
+    return LungBox(x0=int(x0), y0=int(y0), x1=int(x1), y1=int(y1), status=status, n_regions=int(n))
 
 
 def lung_boxes(masks: np.ndarray | Sequence[np.ndarray], margin: LungMargin = PAPER_MARGIN) -> list[LungBox]:

@@ -69,3 +69,48 @@ def test_for_manifest_defaults_to_manifest_folder(tmp_path: Path) -> None:
 def test_missing_root(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match="image root is not an existing folder"):
         ImageResolver(tmp_path / "absent")
+
+
+def test_entries_are_confined_to_the_root(tmp_path: Path) -> None:
+    """Absolute paths, ``..`` and symlinks leading outside are refused, exactly like missing files."""
+    root = tmp_path / "root"
+    inside = _touch(root / "images" / "a.png")
+    outside = _touch(tmp_path / "secret" / "b.png")
+    (root / "images" / "escape.png").symlink_to(outside)  # also lands in the NIH name index
+    (root / "alias.png").symlink_to(inside)  # a link that stays inside is fine
+    (root / "linked_dir").symlink_to(tmp_path / "secret", target_is_directory=True)
+    resolver = ImageResolver(root)
+    for entry in (str(outside), "../secret/b.png", "images/../../secret/b.png", "images/escape.png",
+                  "escape.png", "linked_dir/b.png", "/etc/hostname", "../secret/missing.png"):
+        assert resolver.resolve(entry) is None, entry
+    assert resolver.resolve("alias.png") == root / "alias.png"
+    assert resolver.resolve("a.png") == inside
+    # A symlinked root is resolved once and is fine.
+    (tmp_path / "root_link").symlink_to(root, target_is_directory=True)
+    assert ImageResolver(tmp_path / "root_link").resolve("images/a.png") == tmp_path / "root_link" / "images" / "a.png"
+
+
+def test_absolute_paths_only_when_allowed(tmp_path: Path) -> None:
+    outside = _touch(tmp_path / "elsewhere" / "b.png")
+    root = tmp_path / "root"
+    root.mkdir()
+    assert ImageResolver(root).resolve(str(outside)) is None
+    allowed = ImageResolver.for_manifest(root / "m.csv", None, allow_absolute=True)
+    assert allowed.resolve(str(outside)) == outside
+    assert allowed.resolve(str(tmp_path / "elsewhere" / "none.png")) is None
+    assert allowed.resolve("../elsewhere/b.png") is None  # relative entries stay confined
+
+
+def test_score_error_text_does_not_reveal_existence(tmp_path: Path) -> None:
+    from sdfn_bench.score.batch import resolve_path
+
+    _touch(tmp_path / "secret" / "exists.png")
+    root = tmp_path / "root"
+    root.mkdir()
+    resolver = ImageResolver(root)
+    texts = []
+    for entry in ("../secret/exists.png", "../secret/absent.png", str(tmp_path / "secret" / "exists.png")):
+        with pytest.raises(ImageReadError) as info:
+            resolve_path(entry, resolver)
+        texts.append(info.value.reason)
+    assert len(set(texts)) == 1 and "not found under the image root" in texts[0]

@@ -3,7 +3,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sdfn_bench.lrg import LungBox, LungMargin, box_coverage, box_to_image, lung_box, lung_boxes
+from sdfn_bench.lrg import (
+    PAPER_MARGIN,
+    LungBox,
+    LungMargin,
+    box_coverage,
+    box_to_image,
+    lung_box,
+    lung_box_in_image,
+    lung_boxes,
+)
 
 NO_MARGIN = LungMargin(0, 0, 0, 0)
 
@@ -134,3 +143,38 @@ def test_invalid_inputs():
         LungBox(0, 0, 1, 1, "weird", 0)
     with pytest.raises(ValueError):
         LungBox(5, 0, 5, 1, "clean", 0)
+
+
+def test_margin_applied_in_full_resolution_pixels():
+    """Issue 8 item 5: at 1024 px the paper's margin is exactly 15/15/15/20 px, not 21 px."""
+    m = _mask(96, 96)
+    m[20:70, 10:40] = 1
+    m[22:68, 56:86] = 1
+    bare = box_to_image(lung_box(m, NO_MARGIN), (96, 96), (1024, 1024))
+    b = lung_box_in_image(m, (1024, 1024), PAPER_MARGIN)
+    assert (bare.x0 - b.x0, bare.y0 - b.y0, b.x1 - bare.x1, b.y1 - bare.y1) == (15, 15, 15, 20)
+    old = box_to_image(lung_box(m, PAPER_MARGIN), (96, 96), (1024, 1024))  # margin in mask pixels
+    assert bare.x0 - old.x0 >= 21  # what scoring did before
+    # The recorded margin is the one used; scaled to the image's own size (2048 px: doubled).
+    custom = LungMargin(top=40, left=10, right=30, bottom=50)
+    c = lung_box_in_image(m, (2048, 2048), custom)
+    bare2 = box_to_image(lung_box(m, NO_MARGIN), (96, 96), (2048, 2048))
+    assert (bare2.x0 - c.x0, bare2.y0 - c.y0, c.x1 - bare2.x1, c.y1 - bare2.y1) == (20, 80, 60, 100)
+    # Clipped to the image; an empty mask is the whole image whatever the margin.
+    edge = _mask(96, 96)
+    edge[0:96, 0:40] = 1
+    edge[0:96, 56:96] = 1
+    e = lung_box_in_image(edge, (500, 400), custom)
+    assert (e.x0, e.y0, e.x1, e.y1) == (0, 0, 400, 500)
+    f = lung_box_in_image(_mask(96, 96), (300, 200), custom)
+    assert (f.x0, f.y0, f.x1, f.y1, f.status) == (0, 0, 200, 300, "fallback_full_image")
+
+
+def test_margin_from_record():
+    assert LungMargin.from_record(None) == PAPER_MARGIN
+    assert LungMargin.from_record(PAPER_MARGIN.to_dict()) == PAPER_MARGIN
+    assert LungMargin.from_record({"top": 3, "bottom": 4}) == LungMargin(top=3, bottom=4)
+    with pytest.raises(ValueError, match="unknown lung margin key"):
+        LungMargin.from_record({"fraction": 0.05})
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        LungMargin.from_record({"top": -1})

@@ -15,7 +15,15 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless, generate_uid
 
-from sdfn_bench.decode.reader import JSRT_BYTES, read_image, read_image_bytes, read_mask, window
+from sdfn_bench.decode.reader import (
+    JSRT_BYTES,
+    expand_raw_bits,
+    png_significant_bits,
+    read_image,
+    read_image_bytes,
+    read_mask,
+    window,
+)
 from sdfn_bench.errors import ImageReadError
 
 RNG_SEED = 7
@@ -177,9 +185,16 @@ def test_dicom_monochrome1_is_inverted(tmp_path: Path) -> None:
     assert m1[1, 2] == 0.0  # the densest stored value displays black in MONOCHROME1
 
 
-def test_dicom_without_window_is_minmax(tmp_path: Path) -> None:
+def test_dicom_without_window_uses_the_stored_range(tmp_path: Path) -> None:
     out = read_image(_dicom(tmp_path / "a.dcm", STORED))
     np.testing.assert_allclose(out, STORED / 4095.0, atol=1e-6)
+    # 12 bits stored in 16-bit words, data reaching only 2000: scaled by 4095 (BitsStored), not by
+    # 65535 and not stretched to its own maximum.
+    dim = np.array([[0, 500], [1000, 2000]], dtype=np.uint16)
+    np.testing.assert_allclose(read_image(_dicom(tmp_path / "dim.dcm", dim)), dim / 4095.0, atol=1e-6)
+    # Through the modality LUT: stored range [0, 4095] -> [-100, 8090] with slope 2, intercept -100.
+    out = read_image(_dicom(tmp_path / "r.dcm", dim, slope=2.0, intercept=-100.0))
+    np.testing.assert_allclose(out, (2.0 * dim - 100.0 + 100.0) / 8190.0, atol=1e-6)
 
 
 def test_dicom_rle_compressed_decodes(tmp_path: Path) -> None:
@@ -392,3 +407,108 @@ def test_dicom_header_only_and_junk(tmp_path: Path) -> None:
     (tmp_path / "junk.dcm").write_bytes(b"hello world" * 10)
     with pytest.raises(ImageReadError, match="junk.dcm: not a DICOM image"):
         read_image(tmp_path / "junk.dcm")
+
+
+# ---------------------------------------------------------------- odd headers and values (issue 8)
+
+
+def _with_window(path: Path, **tags: object) -> Path:
+    ds = pydicom.dcmread(path)
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.save_as(path)
+    return path
+
+
+def test_dicom_empty_window_tags_count_as_absent(tmp_path: Path) -> None:
+    """Real archives carry WindowCenter/WindowWidth present but empty (was a TypeError)."""
+    path = _dicom(tmp_path / "e.dcm", STORED, center=2000.0, width=2001.0)
+    _with_window(path, WindowCenter=None, WindowWidth=None)
+    assert "WindowCenter" in pydicom.dcmread(path)
+    np.testing.assert_allclose(read_image(path), STORED / 4095.0, atol=1e-6)
+    _with_window(path, WindowCenter="", WindowWidth=[])
+    np.testing.assert_allclose(read_image(path), STORED / 4095.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("function", ["SIGMOID", "LINEAR_EXACT"])
+def test_dicom_zero_width_window_is_an_error_not_nan(tmp_path: Path, function: str) -> None:
+    path = _dicom(tmp_path / "w0.dcm", STORED, center=2000.0, width=0.0)
+    _with_window(path, VOILUTFunction=function)
+    with pytest.raises(ImageReadError, match=f"w0.dcm: invalid VOI window: {function} needs WindowWidth > 0, got 0"):
+        read_image(path)
+    with pytest.raises(ValueError, match="width > 0"):
+        window(np.zeros(3), 0.0, 0.0, function)
+
+
+def test_non_finite_pixels_are_an_error(tmp_path: Path) -> None:
+    path = _dicom(tmp_path / "f.dcm", STORED)
+    ds = pydicom.dcmread(path)
+    del ds.PixelData
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 32, 32, 31
+    ds.FloatPixelData = np.array([[0.0, np.nan, 1.0], [2.0, 3.0, np.inf]], dtype="<f4").tobytes()
+    ds.save_as(path)
+    with pytest.raises(ImageReadError, match=r"f.dcm: 2 of 6 pixel values are not finite"):
+        read_image(path)
+
+
+def test_any_decoder_exception_becomes_an_image_read_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write_cv2(tmp_path / "a.png", _gray8())
+
+    def plugin_bug(*args: object, **kwargs: object) -> None:
+        raise KeyError("plugin state")
+
+    monkeypatch.setattr(cv2, "imdecode", plugin_bug)
+    with pytest.raises(ImageReadError, match=r"a.png: cannot decode: KeyError: 'plugin state'"):
+        read_image(path)
+
+
+def test_size_cap_from_stat_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    big = tmp_path / "big.png"
+    with open(big, "wb") as f:  # sparse: 3 MiB on paper, nothing on disk
+        f.truncate(3 * 2**20)
+    opened: list[object] = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    with pytest.raises(ImageReadError, match=r"big.png: file size 3145728 bytes exceeds the limit of 2097152 bytes"):
+        read_image(big, max_bytes=2 * 2**20)
+    assert opened == []  # refused from stat alone
+    monkeypatch.undo()
+    small = _write_cv2(tmp_path / "small.png", _gray8())
+    assert read_image(small, max_bytes=small.stat().st_size).shape == (20, 30)
+
+
+def test_named_pipe_is_refused_without_blocking(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageReadError, match="pipe.png: not a regular file"):
+        read_image(fifo)
+
+
+def _png_with_sbit(image: np.ndarray, bits: int) -> bytes:
+    import zlib
+
+    png = cv2.imencode(".png", image)[1].tobytes()
+    body = bytes([bits])
+    chunk = struct.pack(">I", 1) + b"sBIT" + body + struct.pack(">I", zlib.crc32(b"sBIT" + body))
+    return png[:33] + chunk + png[33:]  # right after IHDR (8 + 25 bytes)
+
+
+def test_png_12_bits_in_16_scaled_by_real_range(tmp_path: Path) -> None:
+    raw = np.array([[0, 1, 2048], [4000, 4095, 100]], dtype=np.uint16)
+    data = _png_with_sbit(raw, 12)
+    assert png_significant_bits(data) == 12
+    (tmp_path / "d12.png").write_bytes(data)
+    out = read_image(tmp_path / "d12.png")
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, np.rint(raw * (65535 / 4095)).astype(np.uint16))
+    assert out[1, 1] == 65535 and out[0, 0] == 0
+    # A writer that followed the PNG specification (values already scaled up): left as they are.
+    scaled = (raw << 4) | (raw >> 8)
+    (tmp_path / "spec.png").write_bytes(_png_with_sbit(scaled, 12))
+    np.testing.assert_array_equal(read_image(tmp_path / "spec.png"), scaled)
+    # No sBIT chunk: the full 16-bit range, as before.
+    assert png_significant_bits(cv2.imencode(".png", raw)[1].tobytes()) is None
+    np.testing.assert_array_equal(read_image(_write_cv2(tmp_path / "plain.png", raw)), raw)
+    np.testing.assert_array_equal(expand_raw_bits(np.array([[0, 255]], np.uint16), 8), [[0, 65535]])

@@ -16,7 +16,13 @@ grayscale JPEG (``output_type=GRAY``; checked in tests/test_dali.py). Every othe
 (colour or 16-bit PNG, colour JPEG, DICOM, TIFF, missing or corrupt files...) goes through the CPU
 reader, so its result and its error text are exactly the reader's: DALI's grey conversion of colour
 PNG differs from OpenCV's by one grey level, and DALI has no DICOM reader. If DALI still fails on a
-batch (a corrupt stream that passed the header checks), that batch is decoded by the CPU reader.
+batch (a corrupt stream that passed the header checks), that batch is decoded by the CPU reader
+and the DALI pipeline is rebuilt (an executor that raised is not reused). :meth:`DaliDecoder.counts`
+says how many images each decoder produced and how many DALI batches fell back; run.json records it.
+
+Files are located by the same confined resolver as the CPU reader and read with the same
+:func:`~sdfn_bench.decode.reader.read_file_bytes` (regular files only, size checked before
+reading), so both paths refuse exactly the same files with the same error text.
 
 Resizing is *not* done in DALI: its resampling (linear/triangular with antialiasing) cannot
 reproduce OpenCV's ``INTER_AREA`` that training used (1024 -> 224 is not an integer factor), so
@@ -34,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from sdfn_bench.decode.reader import DEFAULT_MAX_PIXELS, read_image_bytes
+from sdfn_bench.decode.reader import DEFAULT_MAX_PIXELS, ReadLimits, read_file_bytes, read_image_bytes
 from sdfn_bench.errors import BackendUnavailableError, ImageReadError
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -128,21 +134,42 @@ class DaliDecoder:
         batch_size: the largest batch :meth:`decode` will get.
         device: ``cpu`` or ``gpu``.
         num_threads: DALI's CPU threads.
+        limits: file-size and pixel-count guards (as for the CPU reader).
     """
 
     name = "dali"
 
     def __init__(
-        self, locate: Callable[[str], Path], *, batch_size: int, device: str = "cpu", num_threads: int = 2
+        self,
+        locate: Callable[[str], Path],
+        *,
+        batch_size: int,
+        device: str = "cpu",
+        num_threads: int = 2,
+        limits: ReadLimits = ReadLimits(),
     ) -> None:
         self.locate = locate
         self.batch_size = batch_size
         self.device = device
         self.num_threads = num_threads
-        self.pipe = build_decode_pipeline(batch_size, device=device, num_threads=num_threads)
+        self.limits = limits
+        self.pipe = self._build()
         self.dali_images = 0
         self.cpu_images = 0
         self.failed_batches = 0
+        self.rebuilds = 0
+
+    def _build(self) -> Any:
+        return build_decode_pipeline(self.batch_size, device=self.device, num_threads=self.num_threads)
+
+    def counts(self) -> dict[str, int]:
+        """Images decoded by each decoder, DALI batches that fell back to the CPU, pipeline rebuilds."""
+        return {
+            "dali": self.dali_images,
+            "cpu": self.cpu_images,
+            "dali_failed_batches": self.failed_batches,
+            "dali_pipeline_rebuilds": self.rebuilds,
+        }
 
     def _run_dali(self, encoded: list[np.ndarray]) -> list[np.ndarray]:
         self.pipe.feed_input(_INPUT, encoded)
@@ -161,26 +188,28 @@ class DaliDecoder:
         for i, image in enumerate(images):
             try:
                 path = self.locate(image)
-                raw[i] = (np.fromfile(path, dtype=np.uint8), str(path))
+                data = read_file_bytes(path, max_bytes=self.limits.max_bytes)
+                raw[i] = (np.frombuffer(data, dtype=np.uint8), str(path))
             except ImageReadError as exc:
                 results[i] = str(exc)
-            except IsADirectoryError:
-                results[i] = str(ImageReadError(path, "is a directory, not an image file"))
-            except OSError as exc:
-                results[i] = str(ImageReadError(path, f"cannot read file: {exc.strerror or exc}"))
-        on_dali = [i for i, (data, _) in raw.items() if dali_decodable(data)]
+        on_dali = [i for i, (data, _) in raw.items() if dali_decodable(data, max_pixels=self.limits.max_pixels)]
         if on_dali:
             try:
-                for i, pixels in zip(on_dali, self._run_dali([raw[i][0] for i in on_dali]), strict=True):
+                decoded = self._run_dali([raw[i][0] for i in on_dali])
+            except Exception:  # noqa: BLE001 - any DALI failure: the CPU reader decodes (or rejects) each file
+                # A stream DALI rejects mid-decode. The pipeline that raised is not reused: its
+                # executor may hold the failed batch's state.
+                self.failed_batches += 1
+                self.pipe = self._build()
+                self.rebuilds += 1
+            else:
+                for i, pixels in zip(on_dali, decoded, strict=True):
                     results[i] = pixels
                 self.dali_images += len(on_dali)
-            except RuntimeError:
-                # A stream DALI rejects mid-decode: let the CPU reader decode (or reject) each file.
-                self.failed_batches += 1
         for i, (data, name) in raw.items():
             if results[i] is None:
                 try:
-                    results[i] = read_image_bytes(data.tobytes(), name)
+                    results[i] = read_image_bytes(data.tobytes(), name, max_pixels=self.limits.max_pixels)
                 except ImageReadError as exc:
                     results[i] = str(exc)
                 self.cpu_images += 1

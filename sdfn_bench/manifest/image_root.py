@@ -7,6 +7,14 @@ The NIH images come in two layouts, and both are accepted as ``--image-root``:
   ``ROOT/images_012/images/...``
 
 Any other data set is resolved directly: ``ROOT/<image>``.
+
+Every entry is confined to the root: after resolving symlinks and ``..`` the file must lie inside
+the (resolved) root, and absolute entries are refused unless the resolver is built with
+``allow_absolute=True`` (``--allow-absolute-paths``). A refused entry looks exactly like a missing
+one (``resolve`` returns None), so a manifest cannot probe which files exist outside the root.
+The root itself may be a symlink (it is resolved once); a *folder inside* it that links elsewhere
+(``ROOT/images -> /mnt/disk/images``) leads outside and is refused: pass the real folder as the
+root instead.
 """
 
 from __future__ import annotations
@@ -36,10 +44,12 @@ class ImageResolver:
             first in sorted folder order (``images`` before ``images_001`` ...).
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, allow_absolute: bool = False) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise ImageReadError(self.root, "image root is not an existing folder")
+        self.allow_absolute = allow_absolute
+        self._real_root = self.root.resolve()
         self._by_name: dict[str, Path] = {}
         self.duplicate_names: list[str] = []
         for folder in self.layout_folders():
@@ -54,10 +64,15 @@ class ImageResolver:
 
     @classmethod
     def for_manifest(
-        cls, manifest: str | os.PathLike[str], image_root: str | os.PathLike[str] | None
+        cls,
+        manifest: str | os.PathLike[str],
+        image_root: str | os.PathLike[str] | None,
+        *,
+        allow_absolute: bool = False,
     ) -> ImageResolver:
         """The resolver for ``manifest``: ``image_root`` if given, else the manifest's folder."""
-        return cls(image_root if image_root is not None else Path(manifest).resolve().parent)
+        root = image_root if image_root is not None else Path(manifest).resolve().parent
+        return cls(root, allow_absolute=allow_absolute)
 
     def layout_folders(self) -> list[Path]:
         """The NIH layout folders present under the root, in index order."""
@@ -79,8 +94,28 @@ class ImageResolver:
         return len(self._by_name)
 
     def resolve(self, image: str) -> Path | None:
-        """The file for a manifest ``image`` entry, or None when it is nowhere under the root."""
+        """The file for a manifest ``image`` entry, or None when it is nowhere under the root.
+
+        None also when the entry leads outside the root (``..``, a symlink) or is absolute without
+        ``allow_absolute``: the caller cannot tell those from a missing file.
+        """
+        entry = PurePath(image)
+        if entry.is_absolute():
+            if not self.allow_absolute:
+                return None
+            path = Path(image)
+            return path if path.is_file() else None
         direct = self.root / image
-        if direct.is_file():
+        if direct.is_file() and self.inside_root(direct):
             return direct
-        return self._by_name.get(PurePath(image).name)
+        indexed = self._by_name.get(entry.name)
+        if indexed is not None and self.inside_root(indexed):
+            return indexed
+        return None
+
+    def inside_root(self, path: Path) -> bool:
+        """Whether ``path``, with every symlink and ``..`` resolved, lies inside the resolved root."""
+        try:
+            return path.resolve().is_relative_to(self._real_root)
+        except (OSError, RuntimeError):  # a symlink loop
+            return False
