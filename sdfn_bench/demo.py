@@ -20,17 +20,25 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 from sdfn_bench.errors import SdfnError
+from sdfn_bench.steps import (
+    StepHooks,
+    StepLog,
+    TrainingInputs,
+    compare_step,
+    engines_step,
+    extractor_and_fusion_steps,
+    lung_boxes_step,
+    run_options,
+    score_step,
+    segmenter_step,
+)
 
 if TYPE_CHECKING:
-    from sdfn_bench.engines.build import BuildReport
-    from sdfn_bench.report.compare import ComparisonResult
     from sdfn_bench.train.presets import Preset
 
 DEFAULT_N = 800
@@ -47,20 +55,7 @@ README_START = "<!-- demo:start -->"
 README_END = "<!-- demo:end -->"
 
 
-class DemoHooks(Protocol):
-    """How the demo reports progress; the CLI implements it with Rich. Library code never prints."""
-
-    def step(self, name: str, detail: str) -> None: ...
-
-    def done(self, name: str, seconds: float, summary: str) -> None: ...
-
-    def counter(self, name: str) -> Callable[[int, int], None]: ...
-
-    def train_progress(self, stage: str) -> Any: ...
-
-    def score_progress(self) -> Any: ...
-
-    def build_progress(self) -> Callable[[str, str], None]: ...
+DemoHooks = StepHooks  # how the demo reports progress (the CLI implements it with Rich)
 
 
 @dataclass(frozen=True)
@@ -98,10 +93,6 @@ def _cohort_matches(cohort: Path, n: int, size: int, seed: int) -> bool:
     return (record.get("n_images"), record.get("size"), record.get("seed")) == (n, size, seed) and same_extra
 
 
-def _checkpoint_done(stem: Path) -> bool:
-    return stem.with_name(stem.name + ".safetensors").is_file() and stem.with_name(stem.name + ".json").is_file()
-
-
 def run_demo(
     workdir: str | Path,
     hooks: DemoHooks,
@@ -125,32 +116,18 @@ def run_demo(
         workers: processes for the cohort and decode threads for scoring (default: all cores).
         preset: training settings (default: the ``demo`` preset; tests pass a smaller one).
     """
-    from sdfn_bench.engines.build import build_engines
-    from sdfn_bench.report.compare import compare_run
-    from sdfn_bench.score.run import new_run_dir, score_manifest
+    from sdfn_bench.score.run import new_run_dir
     from sdfn_bench.synth import make_cohort
-    from sdfn_bench.train.extractor import train_extractor
-    from sdfn_bench.train.fusion import train_fusion
-    from sdfn_bench.train.lung_boxes import compute_lung_boxes
     from sdfn_bench.train.presets import get_preset
     from sdfn_bench.train.seg_eval import evaluate_segmenter
-    from sdfn_bench.train.segmenter import RunOptions, train_segmenter
 
     workdir = Path(workdir).resolve()
     cohort, ckpts = workdir / "cohort", workdir / "checkpoints"
     engines_dir, runs_dir = workdir / "engines", workdir / "reports" / "runs"
     preset = preset or get_preset("demo")
-    seconds: dict[str, float] = {}
-    summary: dict[str, str] = {}
+    log = StepLog(hooks)
+    seconds, summary, step = log.seconds, log.summary, log.step
     t_start = time.perf_counter()
-
-    @contextmanager
-    def step(name: str, detail: str) -> Iterator[None]:
-        hooks.step(name, detail)
-        t0 = time.perf_counter()
-        yield
-        seconds[name] = time.perf_counter() - t0
-        hooks.done(name, seconds[name], summary.get(name, ""))
 
     with step("cohort", f"{n} synthetic images of {size} px (seed {seed}) -> {cohort}"):
         if _cohort_matches(cohort, n, size, seed):
@@ -165,60 +142,31 @@ def run_demo(
                                **DEMO_COHORT)
             summary["cohort"] = f"{made.n_images} images of {made.n_patients} patients"
 
-    def options(stage: str) -> RunOptions:
-        return RunOptions(seed=seed, progress=hooks.train_progress(stage))
-
-    def train(name: str, stem: Path, fn: Callable[[], Any]) -> None:
-        if _checkpoint_done(stem):
-            summary[name] = f"reused {stem.name}"
-            return
-        result = fn()
-        summary[name] = f"best {result.best_metric['name']} {result.best_metric['value']:.4f} (epoch {result.best_epoch})"
-
+    inputs = TrainingInputs(seg_manifest=cohort / "seg_train.csv", seg_val=cohort / "seg_val.csv",
+                            train=cohort / "train.csv", val=cohort / "val.csv", image_root=None, checkpoints=ckpts,
+                            boxes=cohort)
+    options = run_options(seed, hooks)
     with step("segmenter", f"lung U-Net, demo preset ({preset.segmenter.input_size} px)"):
-        train("segmenter", ckpts / "segmenter", lambda: train_segmenter(
-            cohort / "seg_train.csv", ckpts, val_manifest=cohort / "seg_val.csv", preset=preset.segmenter,
-            options=options("segmenter")))
+        segmenter_step(log, inputs, preset, options)
         dice = evaluate_segmenter(ckpts / "segmenter", cohort / "seg_test.csv")
         summary["segmenter"] += f"; test Dice {dice.mean_dice:.3f}, IoU {dice.mean_iou:.3f}"
 
-    boxes = []
     with step("lung boxes", "segmenter + Lung Region Generator on the train and validation images"):
-        shares = []
-        for split in ("train", "val"):
-            out = cohort / f"boxes_{split}.parquet"
-            if not out.is_file():
-                result = compute_lung_boxes(cohort / f"{split}.csv", ckpts / "segmenter", out)
-                shares.append(f"{split} clean {result.clean_share:.1%}")
-            boxes.append(out)
-        summary["lung boxes"] = ", ".join(shares) or "reused"
+        boxes = lung_boxes_step(log, inputs)
 
-    for view in ("entire", "lung"):
-        with step(f"{view} extractor", f"DenseNet-121 on the {view} view ({preset.extractor.input_size} px)"):
-            train(f"{view} extractor", ckpts / f"extractor_{view}", lambda view=view: train_extractor(
-                view, cohort / "train.csv", cohort / "val.csv", ckpts, boxes=boxes if view == "lung" else None,
-                preset=preset.extractor, options=options(f"{view} extractor")))
-
-    with step("fusion", "fusion head on the frozen extractors' pooled features"):
-        train("fusion", ckpts / "fusion", lambda: train_fusion(
-            cohort / "train.csv", cohort / "val.csv", ckpts, entire=ckpts / "extractor_entire",
-            lung=ckpts / "extractor_lung", boxes=boxes, preset=preset.fusion, options=options("fusion")))
+    extractor_and_fusion_steps(log, inputs, boxes, preset, options)
 
     with step("engines", f"export and build ({backend})"):
-        report = build_engines(ckpts, engines_dir, backend=backend, progress=hooks.build_progress())
-        summary["engines"] = _describe_build(report)
+        engines_step(log, ckpts, engines_dir, backend, hooks.build_progress())
 
     run_dir = new_run_dir(runs_dir)
     with step("score", f"{cohort / 'test.csv'} -> {run_dir}"):
-        scored = score_manifest(cohort / "test.csv", engines_dir=engines_dir, out=run_dir, workers=workers,
-                                progress=hooks.score_progress())
-        summary["score"] = f"{scored.ok} images ok, {scored.error} errors, {scored.images_per_s:.1f} images/s"
+        score_step(log, cohort / "test.csv", engines_dir, run_dir, image_root=None, workers=workers,
+                   progress=hooks.score_progress())
 
     with step("compare", f"SDFN vs entire and lung baselines, {n_bootstrap} patient-bootstrap replicates"):
-        comparison = compare_run(run_dir, baselines=("entire", "lung"), model="sdfn", n_bootstrap=n_bootstrap,
-                                 seed=seed, progress=hooks.counter("bootstrap"))
-        mean_auc = _mean_aucs(comparison)
-        summary["compare"] = ", ".join(f"{k} {v:.3f}" for k, v in mean_auc.items())
+        comparison, mean_auc = compare_step(log, run_dir, n_bootstrap=n_bootstrap, seed=seed,
+                                            progress=hooks.counter("bootstrap"))
 
     wall = time.perf_counter() - t_start
     result = DemoResult(workdir=workdir, run_dir=run_dir, step_seconds=seconds, wall_s=wall, mean_auc=mean_auc,
@@ -229,16 +177,6 @@ def run_demo(
     }
     (run_dir / "demo.json").write_text(json.dumps(record, indent=2) + "\n")
     return result
-
-
-def _describe_build(report: BuildReport) -> str:
-    worst = max(r.parity_max_abs for r in report.results)
-    return (f"{report.backend} {report.backend_version} {report.precision}: {len(report.results)} engines, "
-            f"max |logit diff| vs PyTorch {worst:.1e}")
-
-
-def _mean_aucs(comparison: ComparisonResult) -> dict[str, float]:
-    return {s.name: float(s.mean_auc) for s in comparison.analysis.scorers}
 
 
 def publish(result: DemoResult, repo_root: str | Path) -> Path:
