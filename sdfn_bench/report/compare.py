@@ -26,6 +26,7 @@ from sdfn_bench.classes import CLASS_NAMES
 from sdfn_bench.errors import ManifestError, StatsError
 from sdfn_bench.manifest.schema import read_manifest
 from sdfn_bench.report.breakdown import SubgroupAUC, subgroup_aucs
+from sdfn_bench.report.gallery import link_reports
 from sdfn_bench.report.leakage import LeakageReport, check_leakage
 from sdfn_bench.report.paper import paper_table1
 from sdfn_bench.report.roc_figure import draw_roc_figure, save_figure
@@ -232,6 +233,7 @@ def compare_run(
     replaced = tuple(name for name, p in paths.items() if p.exists())
     _write_text(paths["table1.md"], markdown)
     _write_text(paths["table1.html"], to_html(table))
+    link_reports(run_dir)  # the CAM gallery and the localization table, when the run has them
     _write_text(paths["table1.tex"], to_latex(table))
     _write_text(paths["table1.csv"], to_csv(table))
     curves = {s: roc_curves(inputs.labels, inputs.scores[s], CLASS_NAMES) for s in inputs.scores}
