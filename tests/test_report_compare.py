@@ -124,8 +124,12 @@ def test_title_notes_and_json(compared) -> None:
     md = result.table1_markdown
     assert "SYNTHETIC" in md.splitlines()[0]
     assert "PATIENT LEAKAGE" not in md and "No overlap" in md
-    assert "across the per-class AUCs" in md and "bootstrap replicates of the mean AUC" in md
+    assert "across the per-class AUCs" in md
+    # The t over bootstrap replicates is not a test: out of the tables, kept in the JSON with its caveat.
+    assert "t over replicates" not in md and "comparison.json only" in md
     record = json.loads((run_dir / "comparison.json").read_text())
+    t_mean = record["analysis"]["comparisons"][0]["t_over_bootstrap_mean"]
+    assert t_mean["n_pairs"] == 200 and "shrinks" in t_mean["caveat"] and t_mean["p_value"] is not None
     assert record["counts"] == {"scored": result.n_scored, "excluded_not_ok": 2}
     assert record["leakage"]["leaked"] is False
     sdfn = next(s for s in record["analysis"]["scorers"] if s["name"] == "sdfn")
@@ -219,3 +223,56 @@ def test_columns_and_rows_are_matched_by_name(tmp_path) -> None:
     second = compare_run(run_dir, n_bootstrap=0).analysis
     for name in ("entire", "lung", "sdfn"):
         np.testing.assert_allclose(second.scorer(name).auc, first.scorer(name).auc, atol=1e-12)
+
+
+def test_one_positive_class_gives_finite_mean_results(tmp_path) -> None:
+    """A subset where Hernia has one positive: Mean row, its tests and CIs finite; Hernia listed."""
+    run_dir, manifest, _ = make_run(tmp_path, n_patients=60)
+    manifest["Hernia"] = 0
+    manifest.loc[0, "Hernia"] = 1
+    manifest.to_csv(tmp_path / "cohort" / "test.csv", index=False)
+    with pytest.warns(UserWarning, match="Hernia; left out of the mean"):
+        result = compare_run(run_dir, baselines=("entire", "lung"), n_bootstrap=60, seed=2)
+    a = result.analysis
+    assert a.left_out_of_mean == {"Hernia": "1 positive: DeLong variance undefined"}
+    for c in a.comparisons:
+        assert np.isfinite([c.delong.mean_p_value, c.delong_clustered.mean_p_value, c.mean_bootstrap_p]).all()
+    table = pd.read_csv(run_dir / "table1.csv")
+    mean = table.iloc[14]
+    assert mean["in_mean"] == 13 and table["in_mean"].iloc[13] == 0 and table["in_mean"].iloc[:13].eq(1).all()
+    for col in ("sdfn_auc", "sdfn_ci_low", "sdfn_minus_entire_delong_p", "sdfn_minus_entire_delong_clustered_p",
+                "sdfn_minus_entire_bootstrap_p", "sdfn_minus_lung_ci_high"):
+        assert np.isfinite(mean[col]), col
+    assert table["bootstrap_dropped"].iloc[13] == a.bootstrap_dropped[13] > 0
+    assert mean["bootstrap_dropped"] == a.bootstrap_dropped_mean == 0
+    md = result.table1_markdown
+    assert "| Mean (13 of 14 classes) |" in md
+    assert "Hernia (1 positive: DeLong variance undefined)" in md
+    assert f"Hernia {a.bootstrap_dropped[13]}" in md
+    record = json.loads((run_dir / "comparison.json").read_text())
+    assert record["analysis"]["left_out_of_mean"] == {"Hernia": "1 positive: DeLong variance undefined"}
+    assert record["analysis"]["mean_classes"] == list(CLASS_NAMES[:13])
+    assert record["analysis"]["bootstrap_dropped"][13] == a.bootstrap_dropped[13]
+
+
+def test_changed_manifest_is_refused_unless_allowed(tmp_path, monkeypatch) -> None:
+    from sdfn_bench.manifest.schema import file_sha256
+
+    run_dir, manifest, _ = make_run(tmp_path, n_patients=30)
+    manifest_path = tmp_path / "cohort" / "test.csv"
+    run = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**run, "manifest_sha256": file_sha256(manifest_path)}))
+    assert compare_run(run_dir, n_bootstrap=0).manifest_check == "match"
+    manifest.loc[0, "Mass"] = 1 - manifest.loc[0, "Mass"]  # a relabelled image
+    manifest.to_csv(manifest_path, index=False)
+    with pytest.raises(StatsError, match="changed since the run was scored.*--allow-changed-manifest"):
+        compare_run(run_dir, n_bootstrap=0)
+    monkeypatch.chdir(tmp_path)
+    refused = CliRunner().invoke(app, ["compare", str(run_dir), "--bootstrap", "0"])
+    assert refused.exit_code == 1 and isinstance(refused.exception, StatsError)  # main() maps it to exit 1
+    allowed = CliRunner().invoke(app, ["compare", str(run_dir), "--bootstrap", "0", "--allow-changed-manifest"])
+    assert allowed.exit_code == 0, allowed.output
+    record = json.loads((run_dir / "comparison.json").read_text())
+    assert record["manifest_check"]["status"].startswith("changed (allowed)")
+    assert record["manifest_sha256"] == file_sha256(manifest_path) != record["manifest_check"]["run_json_sha256"]
+    assert "Manifest: changed (allowed)" in (run_dir / "table1.md").read_text()

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from sdfn_bench.classes import CLASS_NAMES
 from sdfn_bench.report.breakdown import age_band, subgroup_aucs
@@ -61,13 +62,24 @@ def test_age_bands_and_subgroups() -> None:
     n = 200
     y = (rng.random((n, 14)) < 0.3).astype(int)
     y[:100, 13] = 0  # Hernia absent among the PA images
+    y[100:, 12] = 0
+    y[[100, 101, 102, 103], 12] = 1  # Pleural thickening: 4 positives among AP, too few for its mean
+    y[195:, :] = 0
+    y[195, 0] = 1  # five 90-year-olds: one positive of one class, nothing else
     meta = pd.DataFrame({"patient_id": np.arange(n) % 50, "view": ["PA"] * 100 + ["AP"] * 100,
-                         "sex": [""] * n, "age": [30] * n})
-    groups = subgroup_aucs(meta, y, {"s": y + rng.normal(size=(n, 14))}, CLASS_NAMES)
+                         "sex": [""] * n, "age": [30] * 195 + [90] * 5})
+    s = y + rng.normal(size=(n, 14))
+    groups = subgroup_aucs(meta, y, {"s": s}, CLASS_NAMES)
     got = {(g.factor, g.level): g for g in groups}
-    assert set(got) == {("view", "AP"), ("view", "PA"), ("age", "20-39")}  # empty sex is not a subgroup
-    assert got[("view", "PA")].n_classes_defined == 13 and got[("view", "AP")].n_classes_defined == 14
+    assert set(got) == {("view", "AP"), ("view", "PA"), ("age", "20-39"), ("age", "80+")}  # empty sex: none
+    assert got[("view", "PA")].n_classes_defined == 13 and got[("view", "AP")].n_classes_defined == 13
     assert got[("view", "PA")].n_patients == 50
+    ap = np.arange(100, 200)
+    want = np.mean([roc_auc_score(y[ap, c], s[ap, c]) for c in (*range(12), 13)])
+    assert got[("view", "AP")].mean_auc["s"] == pytest.approx(want, abs=1e-12)
+    old = got[("age", "80+")]
+    assert old.n_classes_defined == 0 and np.isnan(old.mean_auc["s"]) and old.max_positives == 1
+    assert old.note.startswith("too few positives")
 
 
 def test_leakage_check(tmp_path) -> None:
@@ -80,3 +92,20 @@ def test_leakage_check(tmp_path) -> None:
     assert set(report.unverified) == {"b", "c"} and "PATIENT LEAKAGE" in report.summary()
     clean = check_leakage({"a": {"path": str(tmp_path / "a.safetensors")}}, ["9"])
     assert not clean.leaked and clean.summary().startswith("No overlap")
+
+
+def test_subgroup_without_enough_positives_says_so(table) -> None:
+    _, analysis = table
+    rng = np.random.default_rng(2)
+    n = 300
+    y = np.zeros((n, 14), dtype=int)
+    y[:150] = (rng.random((150, 14)) < 0.3)
+    y[150, 3] = 1  # the AP subgroup: a single positive in one class
+    meta = pd.DataFrame({"patient_id": np.arange(n) // 2, "view": ["PA"] * 150 + ["AP"] * 150})
+    groups = subgroup_aucs(meta, y, {"entire": rng.normal(size=(n, 14)), "sdfn": rng.normal(size=(n, 14))},
+                           CLASS_NAMES)
+    t = build_table1(analysis, analysis.comparisons, source="test.csv", synthetic=False, n_excluded=0,
+                     leakage=None, subgroups=groups)
+    md = to_markdown(t)
+    assert "| view | AP | 150 | 75 | 0 | too few positives (max 1) | too few positives (max 1) |" in md
+    assert "0.000" not in md.split("## Subgroups")[1]

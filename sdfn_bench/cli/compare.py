@@ -21,7 +21,8 @@ console = Console()
 
 def _summary(result: ComparisonResult) -> Table:
     a = result.analysis
-    table = Table(title=f"Mean AUC over {len(a.class_names)} findings ({a.n_images} images, {a.n_patients} patients)")
+    table = Table(title=f"Mean AUC over {len(a.mean_classes)} of {len(a.class_names)} findings "
+                        f"({a.n_images} images, {a.n_patients} patients)")
     table.add_column("Prediction set")
     table.add_column("Mean AUC", justify="right")
     table.add_column(f"{a.level:.0%} CI", justify="right")
@@ -56,6 +57,9 @@ def compare(
     bootstrap: int = typer.Option(2000, "--bootstrap", min=0, help="Patient-bootstrap replicates (0: DeLong only)."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     runs_dir: Path = typer.Option(Path("reports/runs"), "--runs-dir", help="Where runs live (default: ./reports/runs)."),
+    allow_changed_manifest: bool = typer.Option(
+        False, "--allow-changed-manifest",
+        help="Compare even if the manifest's sha256 differs from the one run.json recorded when it scored."),
 ) -> None:
     """Compare a run's model with its baselines: Table 1 (md/html/tex/csv), ROC curves, comparison.json."""
     run_dir = run if run is not None else latest_run(runs_dir.resolve())
@@ -66,7 +70,8 @@ def compare(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = compare_run(run_dir, baselines=tuple(baseline), model=model, n_bootstrap=bootstrap, seed=seed,
-                                 progress=lambda done, total: progress.update(task, completed=done, total=total))
+                                 progress=lambda done, total: progress.update(task, completed=done, total=total),
+                                 allow_changed_manifest=allow_changed_manifest)
     for w in {str(w.message): w for w in caught}.values():
         console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
     if result.leakage.leaked:
@@ -77,8 +82,17 @@ def compare(
         console.print("[yellow]synthetic cohort:[/] these numbers are not comparable with the paper's.")
     if result.n_excluded:
         console.print(f"[yellow]{result.n_excluded} prediction row(s) with status other than ok excluded[/]")
+    if result.manifest_check != "match":
+        console.print(f"[yellow]manifest {result.manifest_check}[/]", highlight=False)
     console.print(_summary(result))
     a = result.analysis
+    if a.left_out_of_mean:
+        console.print("[yellow]left out of every mean AUC:[/] "
+                      + "; ".join(f"{c} ({why})" for c, why in a.left_out_of_mean.items()), highlight=False)
+    if a.n_bootstrap > 0 and a.bootstrap_dropped_mean:
+        console.print(f"[yellow]{a.bootstrap_dropped_mean} of {a.n_bootstrap} bootstrap replicates dropped for the "
+                      "mean AUC[/] (a class without positives or negatives in them; per class: table1.csv)",
+                      highlight=False)
     console.print(f"DeLong {a.delong_seconds:.2f} s; bootstrap ({a.n_bootstrap} replicates) {a.bootstrap_seconds:.2f} s")
     if result.replaced:
         console.print(f"replaced the previous comparison's {len(result.replaced)} file(s)")

@@ -24,7 +24,7 @@ import pandas as pd
 from sdfn_bench import __version__
 from sdfn_bench.classes import CLASS_NAMES
 from sdfn_bench.errors import ManifestError, StatsError
-from sdfn_bench.manifest.schema import read_manifest
+from sdfn_bench.manifest.schema import file_sha256, read_manifest
 from sdfn_bench.report.breakdown import SubgroupAUC, subgroup_aucs
 from sdfn_bench.report.gallery import link_reports
 from sdfn_bench.report.leakage import LeakageReport, check_leakage
@@ -54,6 +54,8 @@ class ComparisonResult:
         paths: output name -> written file.
         replaced: outputs of an earlier comparison that were replaced.
         table1_markdown: the Markdown of table1.md, for embedding (README, demo).
+        manifest_check: ``"match"`` (the manifest's sha256 equals run.json's), ``"changed (allowed)..."``
+            or ``"unverified..."``.
     """
 
     run_dir: Path
@@ -66,6 +68,7 @@ class ComparisonResult:
     paths: dict[str, Path]
     replaced: tuple[str, ...]
     table1_markdown: str
+    manifest_check: str = "match"
 
 
 def latest_run(runs_dir: str | Path) -> Path:
@@ -87,9 +90,37 @@ class _Inputs:
     n_excluded: int
     manifest_path: Path
     limit: int | None
+    manifest_sha256: str  # of the manifest read now
+    manifest_check: str  # "match", "changed (allowed)..." or "unverified..."
 
 
-def _load(run_dir: Path) -> _Inputs:
+def check_manifest_sha256(manifest_path: Path, recorded: object, *, run_json: Path,
+                          allow_changed: bool) -> tuple[str, str]:
+    """Compare the manifest read now with the sha256 the run recorded when it scored.
+
+    Returns:
+        ``(the manifest's sha256, status)``; status is ``"match"``, ``"changed (allowed)..."`` or
+        ``"unverified..."`` (run.json records no sha256).
+
+    Raises:
+        StatsError: the manifest changed since the run and ``allow_changed`` is False (its labels
+            or rows may no longer be the ones the run scored).
+    """
+    actual = file_sha256(manifest_path)
+    if not isinstance(recorded, str) or not recorded:
+        return actual, f"unverified: {run_json.name} records no manifest_sha256"
+    if recorded == actual:
+        return actual, "match"
+    if not allow_changed:
+        raise StatsError(
+            f"{manifest_path}: changed since the run was scored (sha256 {actual[:12]}... now, {recorded[:12]}... in "
+            f"{run_json}); its labels or rows may not be the ones the run scored. Re-score, or pass "
+            "--allow-changed-manifest (allow_changed_manifest=True) to compare against the changed file"
+        )
+    return actual, f"changed (allowed): sha256 {actual} now, {recorded} when scored"
+
+
+def _load(run_dir: Path, *, allow_changed_manifest: bool = False) -> _Inputs:
     run_json = run_dir / "run.json"
     pred_path = run_dir / "predictions.parquet"
     for p in (run_json, pred_path):
@@ -106,6 +137,8 @@ def _load(run_dir: Path) -> _Inputs:
         manifest = read_manifest(manifest_path, require_labels=True)
     except ManifestError as exc:
         raise StatsError(f"{run_json}: the run's manifest cannot be used for comparison: {exc}") from exc
+    manifest_sha, manifest_check = check_manifest_sha256(
+        manifest_path, run.get("manifest_sha256"), run_json=run_json, allow_changed=allow_changed_manifest)
     limit = run.get("limit")
     if limit is not None:
         # `sdfn-bench score --limit N` scores the manifest's first N rows only.
@@ -150,7 +183,7 @@ def _load(run_dir: Path) -> _Inputs:
         scores[s] = arr
     scored = manifest.loc[ok].reset_index(drop=True)
     labels = scored[list(CLASS_NAMES)].to_numpy(dtype=np.int8)
-    return _Inputs(run, scored, labels, scores, int((~ok).sum()), manifest_path, limit)
+    return _Inputs(run, scored, labels, scores, int((~ok).sum()), manifest_path, limit, manifest_sha, manifest_check)
 
 
 def _jsonable(obj: object) -> object:
@@ -189,6 +222,7 @@ def compare_run(
     seed: int = 0,
     level: float = 0.95,
     progress: Callable[[int, int], None] | None = None,
+    allow_changed_manifest: bool = False,
 ) -> ComparisonResult:
     """Compare a run's model against its baselines and write the Table 1 report into the run.
 
@@ -200,17 +234,20 @@ def compare_run(
         seed: bootstrap seed.
         level: confidence level of the intervals.
         progress: bootstrap progress callback ``(done, total)``.
+        allow_changed_manifest: compare even if the manifest's sha256 differs from the one
+            run.json recorded (said in the notes and comparison.json).
 
     Returns:
         :class:`ComparisonResult` with the written paths and the Table 1 Markdown.
 
     Raises:
-        StatsError: missing or inconsistent run files, unknown prediction sets.
+        StatsError: missing or inconsistent run files, unknown prediction sets, a manifest changed
+            since the run (unless allowed).
     """
     run_dir = Path(run_dir)
     if not baselines:
         raise StatsError("give at least one baseline")
-    inputs = _load(run_dir)
+    inputs = _load(run_dir, allow_changed_manifest=allow_changed_manifest)
     for name in (model, *baselines):
         if name not in inputs.scores:
             raise StatsError(f"{run_dir}: prediction set {name!r} not in predictions (has {list(inputs.scores)})")
@@ -226,7 +263,8 @@ def compare_run(
     if inputs.limit is not None:
         source += f" (first {inputs.limit} rows, score --limit)"
     table = build_table1(analysis, analysis.comparisons, source=source, synthetic=synthetic,
-                         n_excluded=inputs.n_excluded, leakage=leakage, subgroups=subgroups)
+                         n_excluded=inputs.n_excluded, leakage=leakage, subgroups=subgroups,
+                         manifest_note="" if inputs.manifest_check == "match" else f"Manifest: {inputs.manifest_check}.")
     markdown = to_markdown(table)
 
     paths = {name: run_dir / name for name in OUTPUTS}
@@ -246,7 +284,8 @@ def compare_run(
         "sdfn_bench_version": __version__,
         "run_dir": str(run_dir.resolve()),
         "manifest": str(inputs.manifest_path),
-        "manifest_sha256": inputs.run.get("manifest_sha256"),
+        "manifest_sha256": inputs.manifest_sha256,
+        "manifest_check": {"status": inputs.manifest_check, "run_json_sha256": inputs.run.get("manifest_sha256")},
         "synthetic": synthetic,
         "model": model,
         "baselines": list(baselines),
@@ -259,11 +298,18 @@ def compare_run(
                       "mean AUC: linear contrast over the joint covariance of the per-class AUCs",
             "delong_p_holm": "Holm 1979 across the classes (statsmodels multipletests method='holm')",
             "delong_clustered": "the same components summed per patient before the outer product "
-                                "(cluster-robust, cf. Obuchowski 1997); equals DeLong with one image per patient",
+                                "(cluster-robust, cf. Obuchowski 1997), times the small-sample factor G/(G-1) "
+                                "for G patients; equals DeLong x n/(n-1) with one image per patient",
+            "mean_classes": "every mean AUC and mean contrast (CI, DeLong, clustered DeLong, bootstrap, t across "
+                            "classes) is over the classes with a defined AUC and DeLong variance (>= 2 positives "
+                            "and >= 2 negatives); analysis.left_out_of_mean names the others with the reason",
+            "bootstrap_dropped": "replicates without a positive or negative of a class (per class), or of any of "
+                                 "the mean's classes (bootstrap_dropped_mean); left out of those CIs and p-values",
             "bootstrap": "patients resampled with replacement (all images of a patient together), percentile CI; "
                          "p = min(1, 2 min((#d*<=0 + 1)/(B+1), (#d*>=0 + 1)/(B+1)))",
             "t_across_classes": "scipy.stats.ttest_rel over the per-class AUC pairs (model, baseline)",
-            "t_over_bootstrap": "scipy.stats.ttest_rel over bootstrap replicate pairs; descriptive, p shrinks with B",
+            "t_over_bootstrap": "scipy.stats.ttest_rel over bootstrap replicate pairs; NOT a test and not in the "
+                                "tables: descriptive only, its p shrinks as B grows (see each result's caveat)",
         },
         "analysis": _jsonable(analysis),
         "scorer_display_names": {s: display_name(s) for s in inputs.scores},
@@ -276,4 +322,5 @@ def compare_run(
     return ComparisonResult(
         run_dir=run_dir, analysis=analysis, leakage=leakage, subgroups=subgroups, n_scored=len(inputs.labels),
         n_excluded=inputs.n_excluded, synthetic=synthetic, paths=paths, replaced=replaced, table1_markdown=markdown,
+        manifest_check=inputs.manifest_check,
     )

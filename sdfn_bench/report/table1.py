@@ -4,6 +4,10 @@ Rows: the 14 classes and Mean. Columns: the paper's published AUCs (Wang et al. 
 2018, Gündel et al. 2018, and the paper's Entire CXR, Lung region and SDFN), this run's AUC of each
 prediction set with its 95% CI, and ``model - baseline`` per baseline, marked where the
 Holm-adjusted two-sided DeLong p < 0.01 (on the Mean row: DeLong's test of the mean AUC).
+
+The Mean row is over :attr:`~sdfn_bench.stats.paired.AUCAnalysis.mean_classes`; classes left out
+(no positives, a single positive...) are named in its label and the notes. The paired t-test over
+bootstrap replicates is not shown here (its p shrinks as B grows); comparison.json keeps it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from sdfn_bench.report.breakdown import SubgroupAUC
+from sdfn_bench.report.breakdown import MIN_PER_GROUP, SubgroupAUC
 from sdfn_bench.report.leakage import LeakageReport
 from sdfn_bench.report.paper import PAPER_COLUMNS, paper_table1
 from sdfn_bench.stats.paired import AUCAnalysis, PairedComparison
@@ -98,6 +102,7 @@ def build_table1(
     n_excluded: int,
     leakage: LeakageReport | None,
     subgroups: Sequence[SubgroupAUC] = (),
+    manifest_note: str = "",
 ) -> Table1:
     """Assemble Table 1 from the statistics of a run.
 
@@ -109,11 +114,14 @@ def build_table1(
         n_excluded: prediction rows left out (status not ok).
         leakage: the leakage guard's report.
         subgroups: subgroup mean AUCs.
+        manifest_note: a sentence for the notes when the manifest could not be verified or changed.
     """
     names = analysis.class_names
     paper = paper_table1()
     scorers = [s.name for s in analysis.scorers]
     row_keys = [*names, "Mean"]
+    n_mean = len(analysis.mean_classes)
+    mean_label = "Mean" if n_mean == len(names) else f"Mean ({n_mean} of {len(names)} classes)"
     ci_method = "bootstrap" if analysis.n_bootstrap > 0 else "delong"
 
     columns = ["Finding", *PAPER_COLUMNS]
@@ -125,7 +133,7 @@ def build_table1(
     sig = [_significant(c) for c in comparisons]
     for i, key in enumerate(row_keys):
         is_mean = key == "Mean"
-        cells = [key.replace("_", " ")]
+        cells = [mean_label if is_mean else key.replace("_", " ")]
         for col in PAPER_COLUMNS:
             value = paper.get(key, {}).get(col, float("nan"))
             cells.append(_auc(value))
@@ -162,6 +170,10 @@ def build_table1(
         rows.append(tuple(cells))
     frame = pd.DataFrame({"finding": row_keys, **numeric})
     frame.insert(1, "n_positive", [*(int(v) for v in analysis.n_positive), int(analysis.n_positive.sum())])
+    # in_mean: the class enters the Mean row; on the Mean row, how many classes do.
+    frame.insert(2, "in_mean", [*(int(n in analysis.mean_classes) for n in names), n_mean])
+    frame.insert(3, "bootstrap_dropped", [*(int(v) for v in analysis.bootstrap_dropped),
+                                          int(analysis.bootstrap_dropped_mean)])
 
     cohort = f"SYNTHETIC cohort {source} (not ChestX-ray14)" if synthetic else source
     title = f"Table 1 — ROC AUC on {cohort}: {analysis.n_images} images, {analysis.n_patients} patients"
@@ -185,12 +197,31 @@ def build_table1(
         + (f" (a bootstrap p cannot go below 2/(B+1) = {2 / (analysis.n_bootstrap + 1):.4f})."
            if analysis.n_bootstrap > 0 else "; no bootstrap in this run."),
     ]
+    if manifest_note:
+        notes.append(manifest_note)
+    if analysis.left_out_of_mean:
+        notes.append(
+            f"Mean row: mean over {n_mean} of {len(names)} classes; left out of every mean-AUC number (AUC, CI, "
+            "DeLong and bootstrap tests): "
+            + "; ".join(f"{c.replace('_', ' ')} ({why})" for c, why in analysis.left_out_of_mean.items())
+            + ". Their own rows still show what is defined."
+        )
+    if analysis.n_bootstrap > 0:
+        defined = [i for i, c in enumerate(names) if not math.isnan(float(analysis.scorers[0].auc[i]))]
+        thin = [f"{names[i].replace('_', ' ')} {int(analysis.bootstrap_dropped[i])}"
+                for i in defined if analysis.bootstrap_dropped[i] > 0]
+        notes.append(
+            f"Bootstrap replicates dropped for lack of positives (or negatives) of a class, out of "
+            f"{analysis.n_bootstrap}: " + (", ".join(thin) if thin else "none per class")
+            + f"; for the mean AUC: {analysis.bootstrap_dropped_mean}"
+            + (" (its CI and p use the remaining replicates only)." if analysis.bootstrap_dropped_mean else ".")
+        )
     if leakage is not None:
         notes.append("Leakage guard: " + leakage.summary())
     tests = []
     for cmp in comparisons:
         m, b = display_name(cmp.model), display_name(cmp.baseline)
-        ta, tb = cmp.t_across_classes, cmp.t_over_bootstrap_mean
+        ta = cmp.t_across_classes
         notes.append(
             f"{m} vs {b}, mean AUC: Δ {cmp.mean_difference:+.4f} "
             f"(bootstrap {analysis.level:.0%} CI [{cmp.mean_bootstrap_diff_ci[0]:+.4f}, {cmp.mean_bootstrap_diff_ci[1]:+.4f}]); "
@@ -201,12 +232,12 @@ def build_table1(
         )
         notes.append(
             f"{m} vs {b}, the paper's \"paired t-test\" (the paper does not say what was paired): "
-            f"(a) across the per-class AUCs: t = {ta.statistic:.2f}, df = {ta.df:.0f}, p = {format_p(ta.p_value)}; "
-            f"(b) over {tb.n_pairs} bootstrap replicates of the mean AUC: t = {tb.statistic:.2f}, "
-            f"p = {format_p(tb.p_value)} (descriptive only: this p shrinks as the number of replicates grows)."
+            f"(a) across the per-class AUCs of the mean's {ta.n_pairs} classes: t = {ta.statistic:.2f}, "
+            f"df = {ta.df:.0f}, p = {format_p(ta.p_value)}; (b) the t-test over bootstrap replicates is in "
+            f"comparison.json only: it is not a test (its p shrinks as the number of replicates grows)."
         )
         header = ("Finding", "Δ AUC", f"Δ {analysis.level:.0%} CI (bootstrap)", "DeLong p", "Holm p",
-                  "clustered DeLong p", "clustered Holm p", "bootstrap p", "t over replicates p")
+                  "clustered DeLong p", "clustered Holm p", "bootstrap p", "replicates dropped")
         trows = []
         for i, key in enumerate(names):
             ci = cmp.bootstrap_diff_ci[i]
@@ -215,15 +246,18 @@ def build_table1(
                 "n/a" if np.isnan(ci).any() else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]",
                 format_p(float(cmp.delong.p_value[i])), format_p(float(cmp.delong_p_holm[i])),
                 format_p(float(cmp.delong_clustered.p_value[i])), format_p(float(cmp.delong_clustered_p_holm[i])),
-                format_p(float(cmp.bootstrap_p[i])), format_p(cmp.t_over_bootstrap[i].p_value),
+                format_p(float(cmp.bootstrap_p[i])),
+                f"{int(analysis.bootstrap_dropped[i])}/{analysis.n_bootstrap}" if analysis.n_bootstrap > 0 else "n/a",
             ))
         tests.append((f"{m} vs {b}: per-class tests", header, tuple(trows)))
 
-    sub_header = ("Factor", "Subgroup", "Images", "Patients", "Classes defined",
+    need = subgroups[0].min_per_group if subgroups else MIN_PER_GROUP
+    sub_header = ("Factor", "Subgroup", "Images", "Patients", f"Classes in mean (≥{need} pos. and neg.)",
                   *(f"{display_name(s)} mean AUC" for s in scorers))
     sub_rows = tuple(
         (g.factor, g.level, str(g.n_images), str(g.n_patients), str(g.n_classes_defined),
-         *(_auc(g.mean_auc[s]) for s in scorers))
+         *(_auc(g.mean_auc[s]) if g.n_classes_defined else f"too few positives (max {g.max_positives})"
+           for s in scorers))
         for g in subgroups
     )
     return Table1(
@@ -252,7 +286,7 @@ def to_markdown(t: Table1) -> str:
     for title, header, rows in t.tests:
         parts += [f"## {title}", "", _md_table(header, rows), ""]
     header, rows = t.subgroups
-    parts += ["## Subgroups (mean AUC over the classes defined in each subgroup)", ""]
+    parts += ["## Subgroups (mean AUC over the classes with enough positives and negatives in each subgroup)", ""]
     parts += [_md_table(header, rows) if rows else "The manifest has no view, sex or age values.", ""]
     return "\n".join(parts)
 
