@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,13 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check sdfn_bench tests
 
-test: $(STAMP) lint
+# Debian's Chromium for the browser test of the report pages (tests/test_gallery_browser.py); installed
+# only when missing. Where it cannot be installed (no root, no apt) that test skips and says why.
+browser:
+	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium; } \
+		|| echo "chromium could not be installed: tests/test_gallery_browser.py will skip"
+
+test: $(STAMP) lint browser
 	$(BIN)/pytest -q
 
 demo: $(STAMP)
