@@ -10,7 +10,7 @@ from test_score_fakes import FakeEngine, FakeEngines, make_image_folder
 
 from sdfn_bench.classes import CLASS_NAMES
 from sdfn_bench.decode.reader import read_image
-from sdfn_bench.lrg import box_to_image, lung_box
+from sdfn_bench.lrg import lung_box_in_image
 from sdfn_bench.manifest.image_root import ImageResolver
 from sdfn_bench.preprocess import prepare
 from sdfn_bench.score.batch import prediction_columns, score_batch
@@ -29,7 +29,7 @@ def _expected_row(path, engines: FakeEngines):
     seg = prepare(img, engines.pre_segmenter)[None]
     logits = engines.segmenter.fn({"image": seg})["mask_logits"]
     mask = 1.0 / (1.0 + np.exp(-logits[0, 0].astype(np.float64))) > engines.mask_threshold
-    box = box_to_image(lung_box(mask), mask.shape, img.shape)
+    box = lung_box_in_image(mask, img.shape)  # the paper's margin (FakeEngines records none)
     crop = img[box.y0 : box.y1, box.x0 : box.x1]
     ent = engines.extractor_entire.fn({"image": prepare(img, engines.pre_entire)[None]})
     lung = engines.extractor_lung.fn({"image": prepare(crop, engines.pre_lung)[None]})
@@ -103,15 +103,26 @@ def test_pipeline_equals_score_batch(folder, batch_size, workers):
     assert stats.stages["extractors"]["images"] == 8
 
 
-def test_pipeline_propagates_engine_failure(folder):
+@pytest.mark.parametrize(("failing", "call"), [("extractor_lung", 2), ("extractor_lung", 4), ("segmenter", 3)])
+def test_pipeline_failure_delivers_exactly_the_batches_before_it(folder, failing, call):
+    """Issue 8 item 6: a stage failure on batch k still delivers batches 0 .. k-1, no more, no less.
+
+    The classify stage is made slow so that, when the segmenter fails, classify still holds
+    finished batches (the old pipeline dropped them: its put gave up once the stop flag was set).
+    """
+    import time
+
     _, rows, resolver = folder
     engines = FakeEngines()
-    engines.extractor_lung = FakeEngine(engines.extractor_lung.fn, fail_on_call=2)
+    slow = engines.extractor_entire.fn
+    engines.extractor_entire = FakeEngine(lambda x: (time.sleep(0.15), slow(x))[1])
+    setattr(engines, failing, FakeEngine(getattr(engines, failing).fn, fail_on_call=call))
     frames: list[pd.DataFrame] = []
     with pytest.raises(RuntimeError, match="engine exploded"):
         run_pipeline(list(rows["image"]), engines, resolver, sink=frames.append, batch_size=2, workers=2)
-    # Only batches finished before the failure reached the sink, in order.
-    assert len(frames) <= 1
+    # Every batch of the 11-row folder has a readable image, so call k runs on batch k - 1.
+    delivered = [im for f in frames for im in f["image"]]
+    assert delivered == list(rows["image"][: 2 * (call - 1)])
 
 
 def test_pipeline_propagates_sink_failure(folder):

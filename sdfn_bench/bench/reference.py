@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sdfn_bench.lrg import LungBox, box_to_image, lung_box
+from sdfn_bench.lrg import PAPER_MARGIN, LungBox, LungMargin, lung_box_in_image
 from sdfn_bench.preprocess import Preprocessing, resize, to_unit
 
 REFERENCE_STAGES: tuple[str, ...] = ("decode", "resize", "segmenter", "lrg", "lung_crop", "extractors", "fusion")
@@ -46,6 +46,7 @@ class ReferenceModels:
     pre_lung: Preprocessing
     mask_threshold: float
     class_names: tuple[str, ...]
+    lung_margin: LungMargin = PAPER_MARGIN  # the segmenter checkpoint's recorded LRG margin
 
     @classmethod
     def from_checkpoints(cls, folder: str | Path) -> ReferenceModels:
@@ -65,6 +66,7 @@ class ReferenceModels:
             pre_lung=pre["extractor_lung"],
             mask_threshold=float(ck["segmenter"].meta.get("mask_threshold", 0.5)),
             class_names=tuple(ck["fusion"].meta.get("class_names") or pre["extractor_entire"].class_names),
+            lung_margin=LungMargin.from_record(ck["segmenter"].meta.get("lung_margin")),
         )
 
 
@@ -152,7 +154,7 @@ class ReferenceScorer:
             mask_logits = m.segmenter(x_seg)
             t = _tick(clock, "segmenter", t)
             mask = (torch.sigmoid(mask_logits)[0, 0] > m.mask_threshold).numpy()
-            box = box_to_image(lung_box(mask), mask.shape, pixels.shape)
+            box = lung_box_in_image(mask, pixels.shape, m.lung_margin)
             t = _tick(clock, "lrg", t)
             crop = pil_to_array(img.crop((box.x0, box.y0, box.x1, box.y1)))
             x_lung = self.tf_lung(crop).unsqueeze(0)

@@ -2,35 +2,43 @@
 
 One image goes through: decode -> segmenter input (its own size) -> segmenter -> mask
 (``sigmoid(logits) > mask_threshold``) -> Lung Region Generator box (mask pixels) -> box in the
-original image's pixels -> lung crop from the full-resolution image -> lung extractor input; and
-the entire-image extractor input from the same decoded image. Both extractors give pooled features
-and their own 14-way logits; the fusion head maps the concatenated features to the SDFN logits.
-All three are returned as sigmoid probabilities.
+original image's pixels, expanded there by the segmenter checkpoint's recorded ``lung_margin``
+(:func:`sdfn_bench.lrg.lung_box_in_image`, the function ``lung-boxes`` uses for training) -> lung
+crop from the full-resolution image -> lung extractor input; and the entire-image extractor input
+from the same decoded image. Once both inputs exist the full-resolution image is dropped. Both
+extractors give pooled features and their own 14-way logits; the fusion head maps the
+concatenated features to the SDFN logits. All three are returned as sigmoid probabilities.
 
-The stage functions below are shared by :func:`score_batch` (one call, no state: a distributed
-engine can map it over row batches) and by the streaming pipeline of
-:mod:`sdfn_bench.score.pipeline`, which runs the same functions in overlapping stages. Both
-therefore give identical numbers for the same batch composition.
+The stage functions below (:class:`RowBatch` and ``prepare_rows`` ... ``classify_rows``) are shared
+by :func:`score_batch` (one call, no state: a distributed engine can map it over row batches) and
+by the streaming pipeline of :mod:`sdfn_bench.score.pipeline`, which runs the same functions in
+overlapping stages. Both therefore give identical numbers for the same batch composition.
 
-An image that cannot be read becomes a row with ``status == "error"`` and the reason; it never
-enters a network batch, so it cannot disturb the other rows.
+Per-row errors. Whatever goes wrong with one image becomes that row's ``status == "error"`` with
+a reason naming the file, and the row leaves the batch before the next network sees it, so it
+cannot disturb the other rows: an unreadable file, any exception while preparing its inputs or
+its lung crop, and a non-finite value in any engine output for that row (mask logits, features,
+logits). A row marked ``ok`` therefore always has 42 finite probabilities. Only a failure of a
+whole network call (an engine raising) is an exception, which stops a run (it can be resumed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import dataclasses
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
 from scipy.special import expit
 
 from sdfn_bench.crop import crop_lung
-from sdfn_bench.decode.reader import read_image
-from sdfn_bench.errors import ImageReadError, ScoreError
-from sdfn_bench.lrg import LungBox, box_to_image, lung_boxes
+from sdfn_bench.decode.reader import ReadLimits, read_image
+from sdfn_bench.errors import EngineError, ImageReadError, ScoreError
+from sdfn_bench.lrg import PAPER_MARGIN, LungBox, LungMargin, lung_box_in_image
 from sdfn_bench.preprocess import Preprocessing, prepare
 
 if TYPE_CHECKING:
@@ -38,6 +46,11 @@ if TYPE_CHECKING:
 
 HEADS: tuple[str, ...] = ("entire", "lung", "sdfn")
 BOX_COLUMNS: tuple[str, ...] = ("lung_x0", "lung_y0", "lung_x1", "lung_y1")
+DEFAULT_LIMITS = ReadLimits()
+# The one text for an entry that is missing, absolute (not allowed) or leads outside the root: it
+# must not tell which of these it is (a manifest could otherwise probe files outside the root).
+NOT_FOUND = "file not found under the image root (absolute paths and links leading outside it are not followed)"
+_T = TypeVar("_T")
 
 
 class Resolver(Protocol):
@@ -55,16 +68,28 @@ def prediction_columns(class_names: Sequence[str]) -> list[str]:
 
 
 def resolve_path(image: str, resolver: Resolver) -> Path:
-    """The file of a manifest entry; ImageReadError when it is nowhere under the root."""
+    """The file of a manifest entry; ImageReadError (:data:`NOT_FOUND`) when it is not under the root."""
     path = resolver.resolve(image)
     if path is None:
-        raise ImageReadError(Path(resolver.root) / image, "file not found under the image root")
+        raise ImageReadError(Path(resolver.root) / image, NOT_FOUND)
     return path
 
 
-def decode_image(image: str, resolver: Resolver) -> np.ndarray:
+def decode_image(image: str, resolver: Resolver, limits: ReadLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Resolve and read one manifest entry as a 2-D grayscale array (raises ImageReadError)."""
-    return read_image(resolve_path(image, resolver))
+    return read_image(resolve_path(image, resolver), max_pixels=limits.max_pixels, max_bytes=limits.max_bytes)
+
+
+def decode_or_error(image: str, resolver: Resolver, limits: ReadLimits = DEFAULT_LIMITS) -> np.ndarray | str:
+    """:func:`decode_image`, or the error text naming the file; never raises for one image."""
+    try:
+        return decode_image(image, resolver, limits)
+    except ImageReadError as exc:
+        return str(exc)
+    except MemoryError:
+        return f"{image}: not enough memory to read this image"
+    except Exception as exc:  # noqa: BLE001 - a resolver or reader bug must not end the run either
+        return f"{image}: cannot read: {type(exc).__name__}: {exc}"
 
 
 def segmenter_masks(mask_logits: np.ndarray, threshold: float) -> np.ndarray:
@@ -74,11 +99,25 @@ def segmenter_masks(mask_logits: np.ndarray, threshold: float) -> np.ndarray:
     return expit(mask_logits[:, 0]) > threshold
 
 
-def image_boxes(masks: np.ndarray, image_shapes: Sequence[tuple[int, int]]) -> list[LungBox]:
-    """LRG boxes of a (B, S, S) mask batch, mapped to each original image's pixels."""
-    boxes = lung_boxes(masks)
-    mask_shape = (int(masks.shape[1]), int(masks.shape[2]))
-    return [box_to_image(b, mask_shape, shape) for b, shape in zip(boxes, image_shapes, strict=True)]
+def lung_margin_of(engines: EngineSet) -> LungMargin:
+    """The segmenter checkpoint's recorded ``lung_margin`` (the paper's when none is recorded).
+
+    Raises:
+        EngineError: the recorded value is not a margin (names the engines folder and the value).
+    """
+    value = getattr(engines, "lung_margin", None)
+    try:
+        return LungMargin.from_record(value)
+    except (TypeError, ValueError, AttributeError) as exc:
+        where = getattr(engines, "engines_dir", "the engines")
+        raise EngineError(f"{where}: engines.json lung_margin {value!r} is not a lung margin: {exc}") from exc
+
+
+def image_boxes(
+    masks: np.ndarray, image_shapes: Sequence[tuple[int, int]], margin: LungMargin = PAPER_MARGIN
+) -> list[LungBox]:
+    """LRG boxes of a (B, S, S) mask batch in each original image's pixels, margin applied there."""
+    return [lung_box_in_image(m, shape, margin) for m, shape in zip(masks, image_shapes, strict=True)]
 
 
 def lung_input(image: np.ndarray, box: LungBox, pre: Preprocessing) -> np.ndarray:
@@ -139,6 +178,238 @@ def fuse(features: Features, engines: EngineSet) -> Probabilities:
     )
 
 
+def _take(result: _T, rows: Sequence[int]) -> _T:
+    """The same dataclass of per-row arrays, keeping only ``rows`` (None fields stay None)."""
+    index = np.asarray(rows, dtype=np.int64)
+    return dataclasses.replace(
+        result,  # type: ignore[type-var]
+        **{f.name: getattr(result, f.name)[index] for f in dataclasses.fields(result)  # type: ignore[arg-type]
+           if getattr(result, f.name) is not None},
+    )
+
+
+def non_finite_rows(arrays: dict[str, np.ndarray]) -> dict[int, list[str]]:
+    """Rows (first axis) with a NaN or infinite value, and the names of the arrays where it is.
+
+    Args:
+        arrays: name -> (B, ...) array, all with the same B.
+    """
+    bad: dict[int, list[str]] = {}
+    for name, values in arrays.items():
+        if values is None or values.dtype.kind not in "fc":
+            continue
+        finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        for i in np.flatnonzero(~finite):
+            bad.setdefault(int(i), []).append(name)
+    return bad
+
+
+@dataclass
+class RowBatch:
+    """Per-row state of one batch of consecutive manifest rows on its way through the networks.
+
+    Every list has one entry per row. A row whose ``errors`` entry is not empty has left the batch
+    (its data entries are None) and will be written with ``status == "error"``. The full-resolution
+    ``pixels`` are dropped (set to None) once both network inputs of the row exist; ``shapes``
+    keeps their (H, W).
+    """
+
+    images: list[str]
+    errors: list[str]
+    pixels: list[np.ndarray | None]
+    shapes: list[tuple[int, int] | None]
+    seg_x: list[np.ndarray | None]
+    entire_x: list[np.ndarray | None]
+    masks: list[np.ndarray | None]
+    boxes: list[LungBox | None]
+    lung_x: list[np.ndarray | None]
+
+    @classmethod
+    def from_decoded(cls, images: Sequence[str], decoded: Sequence[np.ndarray | str]) -> RowBatch:
+        """A batch from decoder output: an element that is a ``str`` is that row's error text."""
+        n = len(images)
+        if len(decoded) != n:
+            raise ValueError(f"{len(decoded)} decoded entries for {n} images")
+        pixels = [None if isinstance(d, str) else d for d in decoded]
+        return cls(
+            images=list(images),
+            errors=[d if isinstance(d, str) else "" for d in decoded],
+            pixels=pixels,
+            shapes=[None if p is None else (int(p.shape[0]), int(p.shape[1])) for p in pixels],
+            seg_x=[None] * n, entire_x=[None] * n, masks=[None] * n, boxes=[None] * n, lung_x=[None] * n,
+        )
+
+    def live(self) -> list[int]:
+        """Rows still in the batch (no error so far), in order."""
+        return [i for i, e in enumerate(self.errors) if not e]
+
+    def fail(self, i: int, reason: str) -> None:
+        """Take row ``i`` out of the batch with ``reason`` (which names its file)."""
+        self.errors[i] = reason
+        for per_row in (self.pixels, self.seg_x, self.entire_x, self.masks, self.boxes, self.lung_x):
+            per_row[i] = None
+
+    def _fail_non_finite(self, rows: Sequence[int], arrays: dict[str, np.ndarray]) -> None:
+        for k, names in non_finite_rows(arrays).items():
+            i = rows[k]
+            self.fail(i, f"{self.images[i]}: non-finite engine output (NaN or infinite) in {', '.join(names)}")
+
+
+Mapper = Callable[..., Iterable[Any]]
+
+
+def _per_image(image: str, what: str, fn: Callable[..., _T], *args: Any) -> tuple[_T | None, str, float]:
+    """``fn(*args)`` for one image: (value, "", seconds), or (None, error naming the image, seconds)."""
+    t0 = time.perf_counter()
+    try:
+        value: _T | None = fn(*args)
+        error = ""
+    except MemoryError:
+        value, error = None, f"{image}: {what}: not enough memory"
+    except Exception as exc:  # noqa: BLE001 - one image's failure is that row's error, never the run's
+        value, error = None, f"{image}: {what} failed: {type(exc).__name__}: {exc}"
+    return value, error, time.perf_counter() - t0
+
+
+def _network_inputs(pixels: np.ndarray, engines: EngineSet) -> tuple[np.ndarray, np.ndarray]:
+    return prepare(pixels, engines.pre_segmenter), prepare(pixels, engines.pre_entire)
+
+
+def prepare_rows(batch: RowBatch, engines: EngineSet, map_fn: Mapper = map) -> float:
+    """Segmenter and entire-image inputs of every live row (a failure is that row's error).
+
+    Args:
+        map_fn: ``map`` or a pool's ``map`` (the per-image work releases the GIL).
+
+    Returns:
+        Seconds of per-image work, summed over images.
+    """
+    rows = batch.live()
+    done = list(map_fn(lambda i: _per_image(batch.images[i], "preprocessing", _network_inputs,
+                                            batch.pixels[i], engines), rows))
+    for i, (inputs, error, _) in zip(rows, done, strict=True):
+        if error:
+            batch.fail(i, error)
+        else:
+            batch.seg_x[i], batch.entire_x[i] = inputs  # type: ignore[misc]
+    return sum(d[2] for d in done)
+
+
+def segment_rows(batch: RowBatch, engines: EngineSet) -> float:
+    """Run the segmenter on the live rows; rows with non-finite mask logits leave the batch.
+
+    Returns:
+        Seconds of the network call (0 when no row is live).
+    """
+    rows = batch.live()
+    if not rows:
+        return 0.0
+    t0 = time.perf_counter()
+    logits = engines.segmenter.run({"image": np.stack([batch.seg_x[i] for i in rows])})["mask_logits"]
+    seconds = time.perf_counter() - t0
+    masks = segmenter_masks(logits, engines.mask_threshold)
+    for k, i in enumerate(rows):
+        batch.masks[i], batch.seg_x[i] = masks[k], None
+    batch._fail_non_finite(rows, {"segmenter mask_logits": logits})
+    return seconds
+
+
+def box_rows(batch: RowBatch, margin: LungMargin) -> None:
+    """The Lung Region Generator box of every live row, in original-image pixels (masks dropped)."""
+    for i in batch.live():
+        box, error, _ = _per_image(batch.images[i], "lung region", lung_box_in_image, batch.masks[i],
+                                   batch.shapes[i], margin)
+        batch.masks[i] = None
+        if error:
+            batch.fail(i, error)
+        else:
+            batch.boxes[i] = box
+
+
+def crop_rows(batch: RowBatch, engines: EngineSet, map_fn: Mapper = map) -> float:
+    """The lung extractor input of every live row; then every full-resolution image is dropped.
+
+    Returns:
+        Seconds of per-image work, summed over images.
+    """
+    rows = batch.live()
+    done = list(map_fn(lambda i: _per_image(batch.images[i], "lung crop", lung_input, batch.pixels[i],
+                                            batch.boxes[i], engines.pre_lung), rows))
+    for i, (x, error, _) in zip(rows, done, strict=True):
+        if error:
+            batch.fail(i, error)
+        else:
+            batch.lung_x[i] = x
+    batch.pixels = [None] * len(batch.images)  # both network inputs exist: the large arrays go
+    return sum(d[2] for d in done)
+
+
+@dataclass(frozen=True)
+class Classified:
+    """What :func:`classify_rows` computed for the rows that stayed ok.
+
+    Attributes:
+        rows: batch positions of those rows, in order.
+        features: their extractor outputs (feature maps too when asked for).
+        probs: their probabilities (None when no row is ok).
+        extract_s, fuse_s: seconds of the extractor and fusion calls.
+    """
+
+    rows: list[int]
+    features: Features | None
+    probs: Probabilities | None
+    extract_s: float = 0.0
+    fuse_s: float = 0.0
+
+
+def classify_rows(batch: RowBatch, engines: EngineSet, *, maps: bool = False) -> Classified:
+    """Both extractors and the fusion head on the live rows; rows with a non-finite output leave.
+
+    Args:
+        maps: also return the extractors' feature maps (``score --cams``).
+    """
+    rows = batch.live()
+    if not rows:
+        return Classified([], None, None)
+    entire_x = np.stack([batch.entire_x[i] for i in rows])
+    lung_x = np.stack([batch.lung_x[i] for i in rows])
+    t0 = time.perf_counter()
+    features = extract(entire_x, lung_x, engines, maps=maps)
+    t1 = time.perf_counter()
+    probs = fuse(features, engines)
+    t2 = time.perf_counter()
+    for i in rows:
+        batch.entire_x[i] = batch.lung_x[i] = None
+    batch._fail_non_finite(rows, {
+        "entire-image extractor features": features.entire_features,
+        "entire-image extractor logits": features.entire_logits,
+        "lung extractor features": features.lung_features,
+        "lung extractor logits": features.lung_logits,
+        "fusion logits": probs.sdfn_logits if probs.sdfn_logits is not None else probs.sdfn,
+    })
+    kept = [k for k, i in enumerate(rows) if not batch.errors[i]]
+    if not kept:
+        return Classified([], None, None, t1 - t0, t2 - t1)
+    if len(kept) < len(rows):
+        features, probs = _take(features, kept), _take(probs, kept)
+    return Classified([rows[k] for k in kept], features, probs, t1 - t0, t2 - t1)
+
+
+def batch_frame(batch: RowBatch, classified: Classified, class_names: Sequence[str]) -> pd.DataFrame:
+    """The predictions rows of a classified batch (columns: :func:`prediction_columns`)."""
+    boxes = [batch.boxes[i] for i in classified.rows]
+    return result_frame(batch.images, batch.errors, boxes, classified.probs, class_names)  # type: ignore[arg-type]
+
+
+def score_rows(batch: RowBatch, engines: EngineSet, *, map_fn: Mapper = map) -> pd.DataFrame:
+    """Every stage on one batch, one after the other: the rows of :func:`score_batch`."""
+    prepare_rows(batch, engines, map_fn)
+    segment_rows(batch, engines)
+    box_rows(batch, lung_margin_of(engines))
+    crop_rows(batch, engines, map_fn)
+    return batch_frame(batch, classify_rows(batch, engines), engines.class_names)
+
+
 def result_frame(
     images: Sequence[str],
     errors: Sequence[str],
@@ -194,43 +465,33 @@ def score_decoded(
     engines: EngineSet,
 ) -> pd.DataFrame:
     """Score already-decoded images; an element that is a ``str`` is that row's error text."""
-    errors = [d if isinstance(d, str) else "" for d in decoded]
-    pixels = [d for d in decoded if not isinstance(d, str)]
-    if not pixels:
-        return result_frame(images, errors, [], None, engines.class_names)
-    seg_x = np.stack([prepare(p, engines.pre_segmenter) for p in pixels])
-    masks = segmenter_masks(engines.segmenter.run({"image": seg_x})["mask_logits"], engines.mask_threshold)
-    boxes = image_boxes(masks, [p.shape for p in pixels])
-    entire_x = np.stack([prepare(p, engines.pre_entire) for p in pixels])
-    lung_x = np.stack([lung_input(p, b, engines.pre_lung) for p, b in zip(pixels, boxes, strict=True)])
-    probs = fuse(extract(entire_x, lung_x, engines), engines)
-    return result_frame(images, errors, boxes, probs, engines.class_names)
+    return score_rows(RowBatch.from_decoded(images, decoded), engines)
 
 
-def decode_all(images: Iterable[str], resolver: Resolver) -> list[np.ndarray | str]:
+def decode_all(
+    images: Iterable[str], resolver: Resolver, limits: ReadLimits = DEFAULT_LIMITS
+) -> list[np.ndarray | str]:
     """Decode each entry; an unreadable one becomes its error text."""
-    out: list[np.ndarray | str] = []
-    for image in images:
-        try:
-            out.append(decode_image(image, resolver))
-        except ImageReadError as exc:
-            out.append(str(exc))
-    return out
+    return [decode_or_error(image, resolver, limits) for image in images]
 
 
-def score_batch(rows: pd.DataFrame, engines: EngineSet, resolver: Resolver) -> pd.DataFrame:
+def score_batch(
+    rows: pd.DataFrame, engines: EngineSet, resolver: Resolver, *, limits: ReadLimits = DEFAULT_LIMITS
+) -> pd.DataFrame:
     """Score a batch of manifest rows: the plain function a distributed engine maps over batches.
 
-    No global state: everything comes from the arguments. Unreadable images become error rows;
-    the others go through the networks as one batch (the engines split it at their max batch).
+    No global state: everything comes from the arguments. Rows that fail (module docstring)
+    become error rows; the others go through the networks as one batch (the engines split it at
+    their max batch).
 
     Args:
         rows: manifest rows (at least the ``image`` column), any length >= 1.
         engines: the loaded engine set.
-        resolver: maps ``image`` to a file.
+        resolver: maps ``image`` to a file (confined to its root).
+        limits: file-size and pixel-count guards of the reader.
 
     Returns:
         One predictions row per input row, same order (columns: :func:`prediction_columns`).
     """
     images = [str(v) for v in rows["image"]]
-    return score_decoded(images, decode_all(images, resolver), engines)
+    return score_decoded(images, decode_all(images, resolver, limits), engines)

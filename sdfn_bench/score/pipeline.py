@@ -9,14 +9,19 @@
 Each stage is one thread working on whole batches; the CPU-heavy per-image work (decoding,
 resizing, lung crops) fans out to a shared thread pool (OpenCV, the decoders and the inference
 runtimes release the GIL). Queues hold at most ``queue_depth`` batches, so at any time only a few
-batches of full-resolution images are in memory, however long the manifest: memory is flat.
+batches of full-resolution images are in memory, however long the manifest: memory is flat. The
+full-resolution images go no further than the segment stage: once the lung crop is made, only the
+network inputs travel on to classify.
 
 The stages call the same functions as :func:`sdfn_bench.score.batch.score_batch`, so for the same
 batch composition the numbers are identical. Batches are consecutive manifest rows and are
 delivered to the sink in manifest order.
 
-Any exception in a stage stops the others and is re-raised by :func:`run_pipeline`; unreadable
-images are not exceptions but error rows.
+Per-image problems are not exceptions but error rows (see :mod:`sdfn_bench.score.batch`). An
+exception in a stage (an engine raising for a whole batch) stops the stages *before* it; the
+stages after it finish the batches they already hold, so every batch that got past the failing
+stage is delivered to the sink, and the exception is re-raised by :func:`run_pipeline` after that.
+A failure on batch k therefore delivers exactly batches 0 .. k-1, and a resume redoes from batch k.
 """
 
 from __future__ import annotations
@@ -27,38 +32,42 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from sdfn_bench.cam.store import cam_batch
-from sdfn_bench.errors import ImageReadError
-from sdfn_bench.preprocess import prepare
+from sdfn_bench.decode.reader import ReadLimits
 from sdfn_bench.score.batch import (
+    DEFAULT_LIMITS,
     Resolver,
-    decode_image,
-    extract,
-    fuse,
-    image_boxes,
-    lung_input,
-    result_frame,
-    segmenter_masks,
+    RowBatch,
+    batch_frame,
+    box_rows,
+    classify_rows,
+    crop_rows,
+    decode_or_error,
+    lung_margin_of,
+    prepare_rows,
+    segment_rows,
 )
 
 if TYPE_CHECKING:
     from sdfn_bench.cam.maps import HeadWeights
     from sdfn_bench.cam.store import CamBatch
     from sdfn_bench.engines import EngineSet
-    from sdfn_bench.lrg import LungBox
 
 # Stage names in pipeline order, as reported in run.json's "stages".
 STAGES: tuple[str, ...] = ("decode", "resize", "segmenter", "lrg", "lung_crop", "extractors", "fusion", "write")
 
 
 class BatchDecoder(Protocol):
-    """Decodes a batch of manifest entries; an unreadable one becomes its error text."""
+    """Decodes a batch of manifest entries; an unreadable one becomes its error text.
+
+    ``counts()`` (optional) gives images per decoder, recorded in run.json (``decoder_counts``).
+    """
 
     name: str
 
@@ -70,18 +79,21 @@ class CpuDecoder:
 
     name = "cpu"
 
-    def __init__(self, resolver: Resolver, pool: Executor) -> None:
+    def __init__(self, resolver: Resolver, pool: Executor, limits: ReadLimits = DEFAULT_LIMITS) -> None:
         self.resolver = resolver
         self.pool = pool
+        self.limits = limits
+        self.images = 0
 
     def _one(self, image: str) -> np.ndarray | str:
-        try:
-            return decode_image(image, self.resolver)
-        except ImageReadError as exc:
-            return str(exc)
+        return decode_or_error(image, self.resolver, self.limits)
 
     def decode(self, images: Sequence[str]) -> list[np.ndarray | str]:
+        self.images += len(images)
         return list(self.pool.map(self._one, images))
+
+    def counts(self) -> dict[str, int]:
+        return {"cpu": self.images}
 
 
 class StageClock:
@@ -119,18 +131,9 @@ class StageClock:
 class _Batch:
     """One batch of consecutive manifest rows as it moves through the stages."""
 
-    images: list[str]
-    decoded: list[np.ndarray | str]
-    seg_x: np.ndarray | None = None
-    entire_x: np.ndarray | None = None
-    boxes: list[LungBox] = field(default_factory=list)
-    lung_x: np.ndarray | None = None
+    rows: RowBatch
     frame: pd.DataFrame | None = None
     cams: CamBatch | None = None  # with score --cams: the batch's maps
-
-    @property
-    def pixels(self) -> list[np.ndarray]:
-        return [d for d in self.decoded if not isinstance(d, str)]
 
 
 @dataclass(frozen=True)
@@ -141,11 +144,13 @@ class PipelineStats:
         images: rows delivered to the sink.
         wall_s: wall-clock seconds from start to the last row delivered (decode included).
         stages: per-stage busy seconds, see :class:`StageClock`.
+        decoders: images per decoder (``{"cpu": n}``; with DALI also its fallbacks and rebuilds).
     """
 
     images: int
     wall_s: float
     stages: dict[str, dict[str, float]]
+    decoders: dict[str, int] | None = None
 
 
 _DONE = object()
@@ -164,6 +169,7 @@ class _Stages:
         cam_heads: HeadWeights | None = None,
     ) -> None:
         self.engines = engines
+        self.margin = lung_margin_of(engines)
         self.cam_heads = cam_heads
         self.decoder = decoder
         self.pool = pool
@@ -172,73 +178,76 @@ class _Stages:
         # their thread pools fight (ORT spin-waits). One at a time, overlapped with decoding.
         self.inference: AbstractContextManager[Any] = threading.Lock() if serialize_inference else nullcontext()
 
-    def _timed_prepare(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        t0 = time.perf_counter()
-        seg = prepare(pixels, self.engines.pre_segmenter)
-        entire = prepare(pixels, self.engines.pre_entire)
-        return seg, entire, time.perf_counter() - t0
-
     def decode(self, images: list[str]) -> _Batch:
         t0 = time.perf_counter()
-        batch = _Batch(images=images, decoded=self.decoder.decode(images))
+        rows = RowBatch.from_decoded(images, self.decoder.decode(images))
         self.clock.add("decode", time.perf_counter() - t0, len(images))
-        pixels = batch.pixels
-        if pixels:
-            prepared = list(self.pool.map(self._timed_prepare, pixels))
-            batch.seg_x = np.stack([p[0] for p in prepared])
-            batch.entire_x = np.stack([p[1] for p in prepared])
-            self.clock.add("resize", sum(p[2] for p in prepared), len(pixels))
-        return batch
-
-    def _timed_lung_input(self, pixels: np.ndarray, box: LungBox) -> tuple[np.ndarray, float]:
-        t0 = time.perf_counter()
-        x = lung_input(pixels, box, self.engines.pre_lung)
-        return x, time.perf_counter() - t0
+        n = len(rows.live())
+        if n:
+            self.clock.add("resize", prepare_rows(rows, self.engines, self.pool.map), n)
+        return _Batch(rows)
 
     def segment(self, batch: _Batch) -> _Batch:
-        pixels = batch.pixels
-        if not pixels:
+        rows = batch.rows
+        n = len(rows.live())
+        if not n:
             return batch
         with self.inference:
-            t0 = time.perf_counter()
-            logits = self.engines.segmenter.run({"image": batch.seg_x})["mask_logits"]
-            t1 = time.perf_counter()
-        masks = segmenter_masks(logits, self.engines.mask_threshold)
-        batch.boxes = image_boxes(masks, [p.shape for p in pixels])
-        t2 = time.perf_counter()
-        self.clock.add("segmenter", t1 - t0, len(pixels))
-        self.clock.add("lrg", t2 - t1, len(pixels))
-        crops = list(self.pool.map(self._timed_lung_input, pixels, batch.boxes))
-        batch.lung_x = np.stack([c[0] for c in crops])
-        self.clock.add("lung_crop", sum(c[1] for c in crops), len(pixels))
-        batch.seg_x = None  # the segmenter input is no longer needed
+            self.clock.add("segmenter", segment_rows(rows, self.engines), n)
+        t0 = time.perf_counter()
+        box_rows(rows, self.margin)
+        self.clock.add("lrg", time.perf_counter() - t0, n)
+        n = len(rows.live())
+        # Drops the full-resolution images: only the network inputs go on to classify.
+        self.clock.add("lung_crop", crop_rows(rows, self.engines, self.pool.map), n)
         return batch
 
     def classify(self, batch: _Batch) -> _Batch:
-        errors = [d if isinstance(d, str) else "" for d in batch.decoded]
-        probs = None
-        n_ok = len(batch.boxes)
-        if n_ok:
-            with self.inference:
-                t0 = time.perf_counter()
-                features = extract(batch.entire_x, batch.lung_x, self.engines, maps=self.cam_heads is not None)
-                t1 = time.perf_counter()
-                probs = fuse(features, self.engines)
-                t2 = time.perf_counter()
-            self.clock.add("extractors", t1 - t0, n_ok)
-            self.clock.add("fusion", t2 - t1, n_ok)
-            if self.cam_heads is not None:
-                ok = [i for i, e in zip(batch.images, errors, strict=True) if not e]
-                batch.cams = cam_batch(ok, [p.shape for p in batch.pixels], features.entire_maps, features.lung_maps,
-                                       probs.sdfn_logits, features.entire_logits, self.cam_heads)
-        batch.frame = result_frame(batch.images, errors, batch.boxes, probs, self.engines.class_names)
-        batch.decoded, batch.entire_x, batch.lung_x = [], None, None  # release the pixels early
+        rows = batch.rows
+        n = len(rows.live())
+        with self.inference:
+            done = classify_rows(rows, self.engines, maps=self.cam_heads is not None)
+        if n:
+            self.clock.add("extractors", done.extract_s, n)
+            self.clock.add("fusion", done.fuse_s, n)
+        if self.cam_heads is not None and done.features is not None and done.probs is not None:
+            batch.cams = cam_batch([rows.images[i] for i in done.rows], [rows.shapes[i] for i in done.rows],
+                                   done.features.entire_maps, done.features.lung_maps, done.probs.sdfn_logits,
+                                   done.features.entire_logits, self.cam_heads)
+        batch.frame = batch_frame(rows, done, self.engines.class_names)
+        batch.rows = RowBatch.from_decoded([], [])  # release the network inputs early
         return batch
 
 
-def _put(q: queue.Queue[Any], item: object, stop: threading.Event) -> bool:
-    """Put unless the pipeline is stopping; False when it stopped."""
-    while not stop.is_set():
+class _Control:
+    """Shared stop state of the stage threads.
+
+    ``failed_at`` is the position of the first stage that failed: stages before it stop taking
+    new batches, stages after it finish what they already hold. ``abandon`` is set when the caller
+    stops consuming (finished, or its sink failed): then every thread leaves at once.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.failures: list[BaseException] = []
+        self.failed_at: int | None = None
+        self.abandon = threading.Event()
+
+    def fail(self, position: int, exc: BaseException) -> None:
+        with self.lock:
+            self.failures.append(exc)
+            if self.failed_at is None or position < self.failed_at:
+                self.failed_at = position
+
+    def upstream_failed(self, position: int) -> bool:
+        """A stage at or after ``position`` failed: the stage at ``position`` takes no new batch."""
+        failed_at = self.failed_at
+        return failed_at is not None and failed_at >= position
+
+
+def _put(q: queue.Queue[Any], item: object, abandon: threading.Event) -> bool:
+    """Put, waiting for room, unless the caller abandoned the pipeline; False then."""
+    while not abandon.is_set():
         try:
             q.put(item, timeout=0.1)
             return True
@@ -247,40 +256,43 @@ def _put(q: queue.Queue[Any], item: object, stop: threading.Event) -> bool:
     return False
 
 
-def _get(q: queue.Queue[Any], stop: threading.Event) -> object:
+def _get(q: queue.Queue[Any], abandon: threading.Event) -> object:
     while True:
         try:
             return q.get(timeout=0.1)
         except queue.Empty:
-            if stop.is_set():
+            if abandon.is_set():
                 return _DONE
 
 
 def _stage_thread(
     name: str,
+    position: int,
     source: Iterator[Any] | queue.Queue[Any],
     work: Callable[[Any], _Batch],
     out: queue.Queue[Any],
-    stop: threading.Event,
-    failures: list[BaseException],
+    control: _Control,
 ) -> threading.Thread:
     """A thread applying ``work`` to each item from ``source`` (an iterator or an upstream queue).
 
-    An exception is recorded in ``failures`` and stops every stage; the caller re-raises it.
+    It ends by passing ``_DONE`` on, after its source is exhausted, after its own failure
+    (recorded in ``control``; the caller re-raises it), or when a later stage failed.
     """
 
     def body() -> None:
         try:
-            while not stop.is_set():
-                item = _get(source, stop) if isinstance(source, queue.Queue) else next(source, _DONE)
+            while not control.abandon.is_set():
+                if control.upstream_failed(position):  # a later stage failed: nobody takes more
+                    break
+                item = _get(source, control.abandon) if isinstance(source, queue.Queue) else next(source, _DONE)
                 if item is _DONE:
-                    _put(out, _DONE, stop)
-                    return
-                if not _put(out, work(item), stop):
+                    break
+                if not _put(out, work(item), control.abandon):
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the caller, which re-raises it
-            failures.append(exc)
-            stop.set()
+            control.fail(position, exc)
+        # Downstream stages finish what they hold, then end on _DONE.
+        _put(out, _DONE, control.abandon)
 
     return threading.Thread(target=body, name=f"sdfn-score-{name}", daemon=True)
 
@@ -299,6 +311,7 @@ def run_pipeline(
     serialize_inference: bool | None = None,
     cam_heads: HeadWeights | None = None,
     cam_sink: Callable[[CamBatch], None] | None = None,
+    limits: ReadLimits = DEFAULT_LIMITS,
 ) -> PipelineStats:
     """Score ``images`` (manifest entries, in order) in overlapping stages.
 
@@ -315,21 +328,26 @@ def run_pipeline(
         serialize_inference: run one network at a time (default: when the engines are on the CPU).
         cam_heads: with ``score --cams``: the heads to build each batch's maps with.
         cam_sink: called with each batch's maps before ``sink`` gets its rows.
+        limits: file-size and pixel-count guards of the CPU decoder.
 
     Returns:
-        The rows delivered and per-stage timings.
+        The rows delivered, per-stage timings and images per decoder.
+
+    Raises:
+        The first stage's exception, after every batch that got past the failing stage was given
+        to ``sink`` (a failure on batch k delivers exactly batches 0 .. k-1).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     clock = StageClock()
-    stop = threading.Event()
+    control = _Control()
     delivered = 0
     t_start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sdfn-score-pool") as pool:
         if decoder is None:
-            dec: BatchDecoder = CpuDecoder(resolver, pool)
+            dec: BatchDecoder = CpuDecoder(resolver, pool, limits)
         elif callable(decoder) and not hasattr(decoder, "decode"):
             dec = decoder(pool)
         else:
@@ -340,19 +358,18 @@ def run_pipeline(
         q_decoded: queue.Queue[Any] = queue.Queue(maxsize=queue_depth)
         q_segmented: queue.Queue[Any] = queue.Queue(maxsize=queue_depth)
         q_scored: queue.Queue[Any] = queue.Queue(maxsize=queue_depth)
-        failures: list[BaseException] = []
         threads = [
-            _stage_thread("decode", _batches(images, batch_size), stages.decode, q_decoded, stop, failures),
-            _stage_thread("segment", q_decoded, stages.segment, q_segmented, stop, failures),
-            _stage_thread("classify", q_segmented, stages.classify, q_scored, stop, failures),
+            _stage_thread("decode", 0, _batches(images, batch_size), stages.decode, q_decoded, control),
+            _stage_thread("segment", 1, q_decoded, stages.segment, q_segmented, control),
+            _stage_thread("classify", 2, q_segmented, stages.classify, q_scored, control),
         ]
         for t in threads:
             t.start()
         try:
             while True:
-                # After a stage failure the batches already scored (all earlier than the failing
+                # After a stage failure the batches that got past it (all earlier than the failing
                 # one, in order) are still delivered, so a resume only redoes what was lost.
-                item = _get(q_scored, stop)
+                item = _get(q_scored, control.abandon)
                 if item is _DONE:
                     break
                 t0 = time.perf_counter()
@@ -364,9 +381,13 @@ def run_pipeline(
                 if progress is not None:
                     progress(len(item.frame))
         finally:
-            stop.set()
+            control.abandon.set()
             for t in threads:
                 t.join()
-        if failures:
-            raise failures[0]
-    return PipelineStats(images=delivered, wall_s=time.perf_counter() - t_start, stages=clock.summary())
+        if control.failures:
+            raise control.failures[0]
+    counts = getattr(dec, "counts", None)
+    return PipelineStats(
+        images=delivered, wall_s=time.perf_counter() - t_start, stages=clock.summary(),
+        decoders=dict(counts()) if callable(counts) else {getattr(dec, "name", "cpu"): len(images)},
+    )
