@@ -6,14 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.special import expit
-from test_score_fakes import FakeEngine, FakeEngines, make_image_folder
+from test_score_fakes import FakeEngine, FakeEngines, chest_image, make_image_folder
 
 from sdfn_bench.classes import CLASS_NAMES
 from sdfn_bench.decode.reader import read_image
 from sdfn_bench.lrg import lung_box_in_image
 from sdfn_bench.manifest.image_root import ImageResolver
 from sdfn_bench.preprocess import prepare
-from sdfn_bench.score.batch import prediction_columns, score_batch
+from sdfn_bench.score.batch import prediction_columns, score_batch, score_decoded
 from sdfn_bench.score.pipeline import STAGES, run_pipeline
 
 
@@ -162,3 +162,97 @@ def test_pipeline_memory_is_bounded(tmp_path):
     assert delivered[0] == 20
     # 3 queues of `depth`, one batch in each of the 3 stage threads and one in the caller.
     assert max(in_flight) <= 3 * depth + 4
+
+
+def _probabilities(frame: pd.DataFrame) -> np.ndarray:
+    return frame[[f"{h}_{c}" for h in ("entire", "lung", "sdfn") for c in CLASS_NAMES]].to_numpy(float)
+
+
+def test_an_exception_for_one_image_is_that_rows_error(folder, monkeypatch):
+    """Issue 8 item 2: a reader/plugin exception of any type, or a preprocessing failure, is a row error."""
+    import sdfn_bench.score.batch as batch_module
+
+    _, rows, resolver = folder
+    real = batch_module.read_image
+
+    def flaky(path, **kwargs):
+        if path.name == "img_0003.png":
+            raise TypeError("float() argument must be a string or a real number, not 'NoneType'")
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(batch_module, "read_image", flaky)
+    out = score_batch(rows, FakeEngines(), resolver)
+    assert out.loc[3, "status"] == "error"
+    assert out.loc[3, "error"].startswith("images/img_0003.png: cannot read: TypeError: float()")
+    assert (out["status"] == "ok").sum() == 7  # the 3 broken files of the folder and this one
+    frames: list[pd.DataFrame] = []
+    run_pipeline(list(rows["image"]), FakeEngines(), resolver, sink=frames.append, batch_size=4, workers=2)
+    got = pd.concat(frames, ignore_index=True)
+    assert list(got["status"]) == list(out["status"]) and got.loc[3, "error"] == out.loc[3, "error"]
+    # Preprocessing that fails for one decoded image (an empty array: OpenCV refuses to resize it).
+    good = chest_image(np.random.default_rng(1))
+    out = score_decoded(["empty.png", "good.png"], [np.zeros((0, 7), np.uint8), good], FakeEngines())
+    assert list(out["status"]) == ["error", "ok"]
+    assert out.loc[0, "error"].startswith("empty.png: preprocessing failed: ")
+    expected = score_decoded(["good.png"], [good], FakeEngines())
+    np.testing.assert_array_equal(_probabilities(out.iloc[[1]]), _probabilities(expected))
+
+
+class _NonFinite(FakeEngine):
+    """A fake engine whose output ``key`` is NaN (or inf) in batch row ``row`` of every call."""
+
+    def __init__(self, inner: FakeEngine, key: str, row: int, value: float = np.nan) -> None:
+        super().__init__(inner.fn)
+        self.key, self.row, self.value = key, row, value
+
+    def run(self, inputs):
+        out = {k: v.copy() for k, v in super().run(inputs).items()}
+        if len(out[self.key]) > self.row:
+            out[self.key][self.row].flat[0] = self.value
+        return out
+
+
+@pytest.mark.parametrize(("engine", "key", "value", "where"), [
+    ("segmenter", "mask_logits", np.nan, "segmenter mask_logits"),
+    ("extractor_lung", "features", np.nan, "lung extractor features"),
+    ("extractor_entire", "logits", np.inf, "entire-image extractor logits"),
+    ("fusion", "logits", -np.inf, "fusion logits"),
+])
+def test_non_finite_engine_output_is_a_row_error(folder, engine, key, value, where):
+    """Issue 8 item 3: a row marked ok always has 42 finite probabilities.
+
+    (An infinite logit gives a probability of exactly 0 or 1, which looks finite; it is refused too.)
+    """
+    _, rows, resolver = folder
+    clean = score_batch(rows, FakeEngines(), resolver)
+    engines = FakeEngines()
+    setattr(engines, engine, _NonFinite(getattr(engines, engine), key, row=1, value=value))
+    out = score_batch(rows, engines, resolver)
+    # The 8 readable rows go through as one batch: batch row 1 is manifest row 1.
+    assert out.loc[1, "status"] == "error"
+    assert out.loc[1, "error"] == f"images/img_0001.png: non-finite engine output (NaN or infinite) in {where}"
+    ok = out["status"] == "ok"
+    assert ok.sum() == 7 and np.isfinite(_probabilities(out[ok])).all()
+    np.testing.assert_array_equal(_probabilities(out[ok]), _probabilities(clean[ok]))
+    assert out.loc[ok, "lung_x0"].equals(clean.loc[ok, "lung_x0"])
+
+
+def test_full_resolution_images_do_not_travel_past_the_lung_crop(folder):
+    """Issue 8 item 7: after the segment stage only network-input-sized arrays remain."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sdfn_bench.score.pipeline import CpuDecoder, StageClock, _Stages
+
+    _, rows, resolver = folder
+    engines = FakeEngines()
+    with ThreadPoolExecutor(2) as pool:
+        stages = _Stages(engines, CpuDecoder(resolver, pool), pool, StageClock(), True)
+        batch = stages.decode(list(rows["image"][:5]))
+        assert any(p is not None and p.shape[0] > 32 for p in batch.rows.pixels)
+        batch = stages.segment(batch)
+    held = batch.rows
+    assert all(p is None for p in held.pixels) and all(m is None for m in held.masks)
+    arrays = [a for per_row in (held.seg_x, held.entire_x, held.lung_x) for a in per_row if a is not None]
+    assert len(arrays) == 2 * 4  # entire and lung inputs of the 4 readable rows, nothing else
+    assert max(a.nbytes for a in arrays) == 24 * 24 * 4
+    assert held.shapes[0] == tuple(read_image(resolver.resolve(rows["image"][0])).shape)

@@ -67,6 +67,7 @@ class FakeEngines:
     pre_entire: Preprocessing = Preprocessing(input_size=24)
     pre_lung: Preprocessing = Preprocessing(input_size=24)
     mask_threshold: float = 0.5
+    lung_margin: dict | None = None  # as engines.json records it (None: the paper's margin)
     class_names: tuple[str, ...] = CLASS_NAMES
     backend: str = "fake"
     precision: str = "fp32"

@@ -158,3 +158,62 @@ def test_shards_atomic_order_and_checks(tmp_path):
     pd.DataFrame({"image": ["i1"], "v": [1]}).to_parquet(tmp_path / SHARD_DIR / "part-000000099.parquet")
     with pytest.raises(ScoreError, match="more than one shard"):
         read_shards(tmp_path, images)
+
+
+def test_stage_failure_keeps_every_delivered_batch_in_shards(cohort, tmp_path):
+    """Issue 8 item 6: the rows of batches finished before a failure reach disk, exactly those."""
+    manifest, rows, resolver = cohort
+    crashing = FakeEngines()
+    crashing.extractor_lung = FakeEngine(crashing.extractor_lung.fn, fail_on_call=4)
+    out = tmp_path / "run"
+    # One shard would hold 16 batches: before the fix the 3 finished batches stayed in the buffer.
+    with pytest.raises(RuntimeError, match="engine exploded"):
+        score_manifest(manifest, engines=crashing, out=out, batch_size=2, decoder="cpu", workers=2)
+    partial = read_shards(out, list(rows["image"]))
+    assert partial is not None and list(partial["image"]) == list(rows["image"][:6])
+    pd.testing.assert_frame_equal(partial, _expected(rows.iloc[:6], resolver, 2))
+    res = score_manifest(manifest, engines=FakeEngines(), out=out, decoder="cpu", resume=True)
+    pd.testing.assert_frame_equal(pd.read_parquet(res.predictions), _expected(rows, resolver, 2))
+    record = json.loads(res.run_json.read_text())
+    assert record["sessions"][0]["images"] == 13 - 6
+    assert record["decoder_counts"] == {"cpu": 13 - 6}  # this session decoded the rest
+
+
+def test_paths_outside_the_root_and_oversized_files_are_row_errors(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_image_folder(root, 4)
+    outside = tmp_path / "outside.png"
+    outside.write_bytes((root / "images" / "img_0000.png").read_bytes())
+    (root / "images" / "link.png").symlink_to(outside)
+    rows = pd.read_csv(manifest)
+    extra = [str(outside), "../outside.png", "images/link.png"]
+    rows = pd.concat([rows, rows.iloc[:3].assign(image=extra)], ignore_index=True)
+    rows.to_csv(manifest, index=False)
+    big = (root / "images" / "img_0001.png").stat().st_size
+    res = score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "a", decoder="cpu",
+                         max_file_mib=(big - 1) / 2**20)
+    pred = pd.read_parquet(res.predictions).set_index("image")
+    for entry in extra:
+        assert pred.loc[entry, "status"] == "error"
+        assert "file not found under the image root" in pred.loc[entry, "error"]
+    assert len({pred.loc[e, "error"].split(": ", 1)[1] for e in extra}) == 1  # one text for every case
+    too_big = pred["error"].str.contains("exceeds the limit of")
+    assert too_big.sum() >= 1 and (pred.loc[too_big, "status"] == "error").all()
+    record = json.loads(res.run_json.read_text())
+    assert record["allow_absolute_paths"] is False and record["max_file_bytes"] == big - 1
+    allowed = score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "b", decoder="cpu",
+                             allow_absolute_paths=True)
+    pred = pd.read_parquet(allowed.predictions).set_index("image")
+    assert pred.loc[str(outside), "status"] == "ok"
+    assert pred.loc["../outside.png", "status"] == "error" and pred.loc["images/link.png", "status"] == "error"
+    # A resume must keep the path and size rules of the interrupted run.
+    crashing = FakeEngines()
+    crashing.segmenter = FakeEngine(crashing.segmenter.fn, fail_on_call=2)
+    with pytest.raises(RuntimeError, match="engine exploded"):
+        score_manifest(manifest, engines=crashing, out=tmp_path / "c", decoder="cpu", batch_size=2)
+    with pytest.raises(ScoreError, match="--allow-absolute-paths"):
+        score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "c", decoder="cpu", resume=True,
+                       allow_absolute_paths=True)
+    with pytest.raises(ScoreError, match="--max-file-mib"):
+        score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "c", decoder="cpu", resume=True,
+                       max_file_mib=1)

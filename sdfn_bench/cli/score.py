@@ -97,6 +97,14 @@ def score(
     shard_rows: int | None = typer.Option(
         None, "--shard-rows", min=1, hidden=True, help="Rows per result shard (default 16 batches)."
     ),
+    allow_absolute_paths: bool = typer.Option(
+        False, "--allow-absolute-paths",
+        help="Accept absolute image paths in the manifest (default: every image must lie inside the image root).",
+    ),
+    max_file_mib: float = typer.Option(
+        512.0, "--max-file-mib", min=0.001,
+        help="Refuse image files larger than this (MiB; checked before reading; the row becomes an error).",
+    ),
     cams: bool = typer.Option(
         False, "--cams", help="Also store class activation maps (RUN/cams/; engines built with --cams)."
     ),
@@ -105,6 +113,7 @@ def score(
     options = dict(
         engines_dir=engines, image_root=image_root, out=out, batch_size=batch_size, decoder=decoder, workers=workers,
         resume=resume, limit=limit, max_errors=max_errors, backend=backend, shard_rows=shard_rows,
+        allow_absolute_paths=allow_absolute_paths, max_file_mib=max_file_mib,
         cams=cams,
     )
     if quiet:

@@ -13,6 +13,7 @@ suffix is added if that exists), an explicit ``--out`` must be empty or absent u
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -27,6 +28,7 @@ import pandas as pd
 from sdfn_bench.cam.maps import check_heads_classes
 from sdfn_bench.cam.store import CamWriter, read_heads
 from sdfn_bench.classes import check_class_names
+from sdfn_bench.decode.reader import DEFAULT_MAX_BYTES, ReadLimits
 from sdfn_bench.errors import BackendUnavailableError, ScoreError
 from sdfn_bench.manifest.image_root import ImageResolver
 from sdfn_bench.manifest.schema import file_sha256, has_labels, read_manifest
@@ -208,6 +210,8 @@ def _check_resume(state: dict[str, Any], fresh: dict[str, Any], run_dir: Path) -
         ("engines_digest", "engines"),
         ("limit", "--limit"),
         ("decoder", "decoder"),
+        ("allow_absolute_paths", "--allow-absolute-paths"),
+        ("max_file_bytes", "--max-file-mib"),
         ("cams", "--cams"),
     ):
         if state.get(key) != fresh.get(key):
@@ -215,6 +219,14 @@ def _check_resume(state: dict[str, Any], fresh: dict[str, Any], run_dir: Path) -
                 f"{run_dir}: cannot resume: the {what} differs from the interrupted run "
                 f"({state.get(key)!r} then, {fresh.get(key)!r} now); start a new run instead"
             )
+
+
+def _sum_counts(counts: list[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in counts:
+        for key, n in c.items():
+            out[key] = out.get(key, 0) + int(n)
+    return out
 
 
 def _sum_stages(sessions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -246,6 +258,8 @@ def score_manifest(
     backend: str | None = None,
     progress: Progress | None = None,
     shard_rows: int | None = None,
+    allow_absolute_paths: bool = False,
+    max_file_mib: float | None = None,
     cams: bool = False,
 ) -> ScoreResult:
     """Score every row of a manifest (or its first ``limit``) and write a run folder.
@@ -266,6 +280,11 @@ def score_manifest(
         backend: engine backend to load (default: the one recorded in engines.json).
         progress: progress hooks.
         shard_rows: rows per shard (default: 16 batches; rounded up to a whole number of batches).
+        allow_absolute_paths: accept absolute manifest entries (default: every entry must lie
+            inside the image root after resolving links and ``..``; others are error rows that
+            read like a missing file).
+        max_file_mib: refuse image files larger than this many MiB, from ``stat`` before reading
+            (default 512; such rows are errors).
         cams: also store each image's class activation maps in ``RUN/cams/`` (needs engines built
             with ``--cams``; see :mod:`sdfn_bench.cam.store`). Off, the extractors' feature maps
             are not even requested from the engines.
@@ -285,7 +304,10 @@ def score_manifest(
             raise ScoreError(f"--limit must be >= 1, got {limit}")
         df = df.iloc[:limit]
     images = [str(v) for v in df["image"]]
-    resolver = ImageResolver.for_manifest(manifest, image_root)
+    resolver = ImageResolver.for_manifest(manifest, image_root, allow_absolute=allow_absolute_paths)
+    if max_file_mib is not None and not max_file_mib > 0:
+        raise ScoreError(f"--max-file-mib must be > 0, got {max_file_mib}")
+    limits = ReadLimits(max_bytes=DEFAULT_MAX_BYTES if max_file_mib is None else int(max_file_mib * 2**20))
     decoder_name, decoder_device = choose_decoder(decoder)
     if engines is None:
         from sdfn_bench.engines import load_engines
@@ -309,6 +331,8 @@ def score_manifest(
         "limit": limit,
         "decoder": decoder_name,
         "cams": cams,
+        "allow_absolute_paths": allow_absolute_paths,
+        "max_file_bytes": limits.max_bytes,
     }
     state_path = run_dir / STATE_JSON
     if resume:
@@ -349,23 +373,31 @@ def score_manifest(
 
         def factory(pool: Executor) -> BatchDecoder:
             return DaliDecoder(lambda im: resolve_path(im, resolver), batch_size=bs, device=decoder_device,
-                               num_threads=workers)
+                               num_threads=workers, limits=limits)
 
-    stats = run_pipeline(
-        todo,
-        engines,
-        resolver,
-        sink=writer.add,
-        batch_size=bs,
-        workers=workers,
-        decoder=factory,
-        progress=progress.advance if progress is not None else None,
-        cam_heads=cam_heads,
-        cam_sink=cam_writer.add if cam_writer is not None else None,
-    )
+    try:
+        stats = run_pipeline(
+            todo,
+            engines,
+            resolver,
+            sink=writer.add,
+            batch_size=bs,
+            workers=workers,
+            decoder=factory,
+            progress=progress.advance if progress is not None else None,
+            cam_heads=cam_heads,
+            cam_sink=cam_writer.add if cam_writer is not None else None,
+            limits=limits,
+        )
+    except BaseException:
+        # Whole batches were delivered before the failure: keep them for --resume.
+        with contextlib.suppress(Exception):
+            writer.close()
+        raise
     writer.close()
     state["sessions"].append(
-        {"started": t_start.isoformat(), "images": stats.images, "wall_s": round(stats.wall_s, 3), "stages": stats.stages}
+        {"started": t_start.isoformat(), "images": stats.images, "wall_s": round(stats.wall_s, 3), "stages": stats.stages,
+         "decoders": dict(getattr(stats, "decoders", None) or {})}
     )
     _write_json(state_path, state)
 
@@ -412,6 +444,11 @@ def _finish(
         "precision": engines.precision,
         "decoder": decoder,
         "decoder_device": decoder_device,
+        # Images per decoder over all sessions; with DALI also the batches that fell back to the
+        # CPU reader and the pipeline rebuilds after a DALI error.
+        "decoder_counts": _sum_counts([s.get("decoders") or {} for s in sessions]),
+        "allow_absolute_paths": bool(state.get("allow_absolute_paths", False)),
+        "max_file_bytes": state.get("max_file_bytes"),
         "batch_size": batch_size,
         "workers": workers,
         "limit": state["limit"],
