@@ -263,7 +263,8 @@ def test_changed_manifest_is_refused_unless_allowed(tmp_path, monkeypatch) -> No
     run = json.loads((run_dir / "run.json").read_text())
     (run_dir / "run.json").write_text(json.dumps({**run, "manifest_sha256": file_sha256(manifest_path)}))
     assert compare_run(run_dir, n_bootstrap=0).manifest_check == "match"
-    manifest.loc[0, "Mass"] = 1 - manifest.loc[0, "Mass"]  # a relabelled image
+    manifest["Hernia"] = 0  # relabelled: one Hernia positive left
+    manifest.loc[0, "Hernia"] = 1
     manifest.to_csv(manifest_path, index=False)
     with pytest.raises(StatsError, match="changed since the run was scored.*--allow-changed-manifest"):
         compare_run(run_dir, n_bootstrap=0)
@@ -272,6 +273,9 @@ def test_changed_manifest_is_refused_unless_allowed(tmp_path, monkeypatch) -> No
     assert refused.exit_code == 1 and isinstance(refused.exception, StatsError)  # main() maps it to exit 1
     allowed = CliRunner().invoke(app, ["compare", str(run_dir), "--bootstrap", "0", "--allow-changed-manifest"])
     assert allowed.exit_code == 0, allowed.output
+    printed = " ".join(allowed.output.split())
+    assert "manifest changed (allowed)" in printed and "Mean AUC over 13 of 14 findings" in printed
+    assert "left out of every mean AUC: Hernia (1 positive: DeLong variance undefined)" in printed
     record = json.loads((run_dir / "comparison.json").read_text())
     assert record["manifest_check"]["status"].startswith("changed (allowed)")
     assert record["manifest_sha256"] == file_sha256(manifest_path) != record["manifest_check"]["run_json_sha256"]

@@ -108,6 +108,14 @@ def score(
     cams: bool = typer.Option(
         False, "--cams", help="Also store class activation maps (RUN/cams/; engines built with --cams)."
     ),
+    ray: str | None = typer.Option(
+        None, "--ray", metavar="ADDRESS",
+        help="Score on a Ray cluster: local (start one here), auto (this node's cluster) or ray://HOST:10001. "
+        "--workers is then CPUs per actor. Needs the 'ray' extra.",
+    ),
+    actors: int | None = typer.Option(
+        None, "--actors", min=1, help="With --ray: actor pool size (default: one per GPU; CPU-only: CPUs / --workers)."
+    ),
 ) -> None:
     """Score every image of MANIFEST: entire-image, lung and SDFN probabilities, lung boxes, errors."""
     options = dict(
@@ -116,6 +124,8 @@ def score(
         allow_absolute_paths=allow_absolute_paths, max_file_mib=max_file_mib,
         cams=cams,
     )
+    if ray is not None:
+        options.update(ray=ray, actors=actors)
     if quiet:
         result = score_manifest(manifest, **options)
         console.print(

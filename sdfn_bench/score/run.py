@@ -261,6 +261,8 @@ def score_manifest(
     allow_absolute_paths: bool = False,
     max_file_mib: float | None = None,
     cams: bool = False,
+    ray: str | None = None,
+    actors: int | None = None,
 ) -> ScoreResult:
     """Score every row of a manifest (or its first ``limit``) and write a run folder.
 
@@ -288,6 +290,10 @@ def score_manifest(
         cams: also store each image's class activation maps in ``RUN/cams/`` (needs engines built
             with ``--cams``; see :mod:`sdfn_bench.cam.store`). Off, the extractors' feature maps
             are not even requested from the engines.
+        ray: score on a Ray cluster (``local``, ``auto`` or ``ray://host:port``; see
+            :mod:`sdfn_bench.score.ray_runner`): same outputs; ``workers`` are then threads (CPUs)
+            per actor. None: in this process.
+        actors: with ``ray``, the actor pool size (default: one per GPU, or per CPU budget).
 
     Returns:
         The counts, timings and folder of the finished run.
@@ -308,7 +314,14 @@ def score_manifest(
     if max_file_mib is not None and not max_file_mib > 0:
         raise ScoreError(f"--max-file-mib must be > 0, got {max_file_mib}")
     limits = ReadLimits(max_bytes=DEFAULT_MAX_BYTES if max_file_mib is None else int(max_file_mib * 2**20))
-    decoder_name, decoder_device = choose_decoder(decoder)
+    if ray is not None:
+        from sdfn_bench.score import ray_runner
+
+        if cams:
+            raise ScoreError("--cams is not supported with --ray; score the maps without --ray")
+    decoder_name, decoder_device = choose_decoder(decoder) if ray is None else ray_runner.ray_decoder(decoder)
+    if engines is None and ray is not None:  # the actors load the engines; the driver reads engines.json
+        engines = ray_runner.engine_info(Path(engines_dir), backend=backend)
     if engines is None:
         from sdfn_bench.engines import load_engines
 
@@ -352,7 +365,7 @@ def score_manifest(
         state = {**fresh, "batch_size": bs, "shard_rows": rows_per_shard, "created": t_start.isoformat(), "sessions": []}
         _write_json(state_path, state)
     bs = int(state["batch_size"])
-    workers = workers or default_workers()
+    ray_workers, workers = workers, workers or default_workers()
 
     done = read_shards(run_dir, images)
     done_images = set() if done is None else set(done["image"])
@@ -376,19 +389,28 @@ def score_manifest(
                                num_threads=workers, limits=limits)
 
     try:
-        stats = run_pipeline(
-            todo,
-            engines,
-            resolver,
-            sink=writer.add,
-            batch_size=bs,
-            workers=workers,
-            decoder=factory,
-            progress=progress.advance if progress is not None else None,
-            cam_heads=cam_heads,
-            cam_sink=cam_writer.add if cam_writer is not None else None,
-            limits=limits,
-        )
+        if ray is not None:
+            stats = ray_runner.score_on_ray(
+                [positions[i] for i in todo], todo,
+                load=ray_runner.engines_loader(engines_dir, engines.backend),
+                gpu_engines=str(engines.device).startswith("cuda"), class_names=engines.class_names, resolver=resolver,
+                run_dir=run_dir, batch_size=bs, shard_rows=int(state["shard_rows"]), address=ray, actors=actors,
+                workers=ray_workers, progress=progress.advance if progress is not None else None,
+            )
+        else:
+            stats = run_pipeline(
+                todo,
+                engines,
+                resolver,
+                sink=writer.add,
+                batch_size=bs,
+                workers=workers,
+                decoder=factory,
+                progress=progress.advance if progress is not None else None,
+                cam_heads=cam_heads,
+                cam_sink=cam_writer.add if cam_writer is not None else None,
+                limits=limits,
+            )
     except BaseException:
         # Whole batches were delivered before the failure: keep them for --resume.
         with contextlib.suppress(Exception):
@@ -399,6 +421,8 @@ def score_manifest(
         {"started": t_start.isoformat(), "images": stats.images, "wall_s": round(stats.wall_s, 3), "stages": stats.stages,
          "decoders": dict(getattr(stats, "decoders", None) or {})}
     )
+    if ray is not None:
+        state["sessions"][-1]["ray"] = stats.ray
     _write_json(state_path, state)
 
     predictions = merge_shards(run_dir, images, run_dir / PREDICTIONS)
