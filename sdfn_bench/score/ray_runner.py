@@ -50,6 +50,7 @@ from sdfn_bench.score.shards import SHARD_DIR, write_parquet_atomic
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from sdfn_bench.decode.reader import ReadLimits
     from sdfn_bench.engines import EngineSet
 
 INSTALL_HINT = "pip install -e '.[ray]'  (the optional extra 'ray': Ray Data)"
@@ -183,20 +184,23 @@ class BlockScorer:
         resolver: maps manifest entries to files (paths must be valid on every node).
         batch_size: rows per network batch.
         workers: decode/resize threads of the actor's pipeline.
+        limits: file-size and pixel-count guards of the decoder (None: the pipeline's defaults).
     """
 
-    def __init__(self, load: Callable[..., EngineSet], resolver: Resolver, batch_size: int, workers: int) -> None:
+    def __init__(self, load: Callable[..., EngineSet], resolver: Resolver, batch_size: int, workers: int,
+                 limits: ReadLimits | None = None) -> None:
         self.engines = load(threads=workers)
         self.resolver = resolver
         self.batch_size = batch_size
         self.workers = workers
+        self.limits = {} if limits is None else {"limits": limits}
 
     def __call__(self, block: pd.DataFrame) -> pd.DataFrame:
         """(n, [position, image]) -> (n, prediction columns + position + stage timings)."""
         images = [str(i) for i in block["image"]]
         frames: list[pd.DataFrame] = []
         stats = run_pipeline(images, self.engines, self.resolver, sink=frames.append, batch_size=self.batch_size,
-                             workers=self.workers)
+                             workers=self.workers, **self.limits)
         out = pd.concat(frames, ignore_index=True)
         if list(out["image"]) != images:
             raise ScoreError(f"actor returned rows {list(out['image'])[:3]}... for block {images[:3]}...")
@@ -354,6 +358,7 @@ def score_on_ray(
     address: str = "local",
     actors: int | None = None,
     workers: int | None = None,
+    limits: ReadLimits | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> RayRunStats:
     """Score the given manifest rows on a Ray cluster; each result block becomes one atomic shard.
@@ -370,6 +375,7 @@ def score_on_ray(
         shard_rows: the most rows per block (and so per shard).
         address: ``local``, ``auto`` or ``ray://host:port``.
         actors, workers: pool size and CPUs/threads per actor (see :func:`actor_resources`).
+        limits: the decoder's file-size and pixel-count guards.
         progress: called with the number of rows of each committed block.
 
     Raises:
@@ -397,7 +403,7 @@ def score_on_ray(
                 batch_format="pandas",
                 compute=ray.data.ActorPoolStrategy(size=n_actors),
                 fn_constructor_kwargs={"load": load, "resolver": resolver, "batch_size": batch_size,
-                                       "workers": threads},
+                                       "workers": threads, "limits": limits},
                 num_cpus=cpus,
                 num_gpus=gpus,
             )

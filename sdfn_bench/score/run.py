@@ -395,7 +395,7 @@ def score_manifest(
                 load=ray_runner.engines_loader(engines_dir, engines.backend),
                 gpu_engines=str(engines.device).startswith("cuda"), class_names=engines.class_names, resolver=resolver,
                 run_dir=run_dir, batch_size=bs, shard_rows=int(state["shard_rows"]), address=ray, actors=actors,
-                workers=ray_workers, progress=progress.advance if progress is not None else None,
+                workers=ray_workers, limits=limits, progress=progress.advance if progress is not None else None,
             )
         else:
             stats = run_pipeline(
