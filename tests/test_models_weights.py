@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from torchvision.models import densenet121
@@ -24,6 +25,7 @@ from sdfn_bench.models.extractor import fold_conv0
 from sdfn_bench.models.weights import (
     import_extractor_weights,
     load_published_weights,
+    read_state_dict,
     remap_chexnet,
     rename_old_denselayer_keys,
 )
@@ -93,7 +95,8 @@ def test_published_chexnet_checkpoint_imports_exactly(tmp_path, tv_state):
     opt = torch.optim.Adam(params, lr=1e-4, betas=(0.9, 0.999))
     params[0].sum().backward()
     opt.step()
-    checkpoint = {"epoch": 7, "arch": "densenet121", "state_dict": state, "best_loss": torch.tensor(0.1513),
+    # best_loss as training scripts store it: a numpy scalar (allowlisted), not a tensor.
+    checkpoint = {"epoch": 7, "arch": "densenet121", "state_dict": state, "best_loss": np.float64(0.1513),
                   "optimizer": opt.state_dict()}
     torch.save(checkpoint, tmp_path / "model.pth.tar")
     loaded = load_published_weights(tmp_path / "model.pth.tar", "chexnet")
@@ -166,6 +169,21 @@ def test_wrong_layout_lists_missing_and_unexpected(tmp_path, tv_state):
     torch.save({"state_dict": [1, 2]}, tmp_path / "list.pth")
     with pytest.raises(CheckpointError, match="'state_dict' is a list"):
         import_extractor_weights(tmp_path / "list.pth", "chexnet")
+
+
+def test_numpy_scalars_in_wrappers_are_read_and_objects_refused(tmp_path):
+    torch.save({"best_loss": np.float64(0.15), "epoch": np.int64(3), "state_dict": {"w": torch.ones(2)}},
+               tmp_path / "np2.pth", _use_new_zipfile_serialization=False)
+    raw = (tmp_path / "np2.pth").read_bytes()
+    assert b"numpy._core.multiarray\nscalar" in raw
+    # The same file as numpy 1.x pickled it (the GLOBAL opcode names numpy.core).
+    (tmp_path / "np1.pth").write_bytes(raw.replace(b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar"))
+    for name in ("np2.pth", "np1.pth"):
+        got = read_state_dict(tmp_path / name)
+        assert got["best_loss"] == 0.15 and got["epoch"] == 3 and torch.equal(got["state_dict"]["w"], torch.ones(2))
+    torch.save({"x": np.array([None], dtype=object)}, tmp_path / "objects.pth")
+    with pytest.raises(CheckpointError, match="weights-only"):
+        read_state_dict(tmp_path / "objects.pth")
 
 
 class _Arbitrary:

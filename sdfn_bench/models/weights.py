@@ -28,7 +28,9 @@ not an old file and fails as a missing-key error. Every tensor that carries info
 (weights, biases, running means and variances) must be present with the right shape.
 
 Files are read with safetensors, or with ``torch.load(weights_only=True)`` (never unpickling
-arbitrary objects).
+arbitrary objects). Besides tensors and plain containers, numpy numeric scalars are accepted
+(training scripts store ``best_loss = np.float64(...)`` beside the weights): numpy's scalar and
+dtype constructors are allowlisted, as torch's documentation suggests, and nothing else.
 """
 
 from __future__ import annotations
@@ -70,6 +72,20 @@ class PublishedWeights:
     filled_buffers: tuple[str, ...]
 
 
+def _numpy_scalar_globals() -> list[object]:
+    """numpy's numeric scalar and dtype constructors, for wrapper entries such as ``best_loss``.
+
+    Pickles written with numpy 1.x name ``numpy.core.multiarray.scalar``, numpy 2's
+    ``numpy._core.multiarray.scalar``: both are allowed. Object dtypes stay refused (their class
+    is not listed).
+    """
+    import numpy as np
+    from numpy._core.multiarray import scalar  # numpy >= 2 (pyproject); no public name exists
+
+    numeric = [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFD"]
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *numeric]
+
+
 def read_state_dict(path: str | Path) -> dict[str, object]:
     """Read a ``.safetensors`` file, or a torch file with ``weights_only=True``.
 
@@ -88,7 +104,8 @@ def read_state_dict(path: str | Path) -> dict[str, object]:
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from exc
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
         raise CheckpointError(f"{path}: cannot be read as a weights-only torch file: {exc}") from exc
     if not isinstance(obj, Mapping):
@@ -232,7 +249,7 @@ def load_published_weights(path: str | Path, fmt: str) -> PublishedWeights:
         state = remap_torchvision(state, model.classifier)
         note = "ImageNet weights: features imported, conv0 folded to 1 channel; 14-way classifier freshly initialized"
     state, filled = fill_num_batches_tracked(state, model.state_dict())
-    load_state_strict(model, state, source=source)
+    load_state_strict(model, state, source=f"{source}, keys named after the documented renames")
     model.eval()
     if filled:
         note += (f"; {len(filled)} BatchNorm num_batches_tracked buffers absent (file saved before PyTorch 0.4.1) "
