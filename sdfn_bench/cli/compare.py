@@ -60,6 +60,18 @@ def compare(
     allow_changed_manifest: bool = typer.Option(
         False, "--allow-changed-manifest",
         help="Compare even if the manifest's sha256 differs from the one run.json recorded when it scored."),
+    labels: str | None = typer.Option(
+        None, "--labels", help="Also score against expert labels: google2019 (manifests/nih_test_expert.csv) or an "
+        "expert manifest CSV; a second table beside the NIH-label AUCs on the same images."),
+    thresholds_from: Path | None = typer.Option(
+        None, "--thresholds-from", help="Scored validation run (or a thresholds.json): operating points at thresholds "
+        "chosen there (operating_points.csv/.md, thresholds.json)."),
+    at: str | None = typer.Option(
+        None, "--at", help="Operating-point criterion: sensitivity=0.9 (default), specificity=0.9 or youden."),
+    allow_test_thresholds: bool = typer.Option(
+        False, "--allow-test-thresholds", help="Choose the thresholds on this test run itself (optimistic)."),
+    calibration: Path | None = typer.Option(
+        None, "--calibration", help="calibration.json (sdfn-bench calibrate): report calibration before and after it."),
 ) -> None:
     """Compare a run's model with its baselines: Table 1 (md/html/tex/csv), ROC curves, comparison.json."""
     run_dir = run if run is not None else latest_run(runs_dir.resolve())
@@ -71,7 +83,9 @@ def compare(
             warnings.simplefilter("always")
             result = compare_run(run_dir, baselines=tuple(baseline), model=model, n_bootstrap=bootstrap, seed=seed,
                                  progress=lambda done, total: progress.update(task, completed=done, total=total),
-                                 allow_changed_manifest=allow_changed_manifest)
+                                 allow_changed_manifest=allow_changed_manifest, expert_labels=labels,
+                                 thresholds_from=thresholds_from, at=at, allow_test_thresholds=allow_test_thresholds,
+                                 calibration=calibration)
     for w in {str(w.message): w for w in caught}.values():
         console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
     if result.leakage.leaked:
@@ -98,3 +112,31 @@ def compare(
         console.print(f"replaced the previous comparison's {len(result.replaced)} file(s)")
     console.print(f"[green]wrote[/] {result.paths['table1.md']} (+ .html .tex .csv), "
                   f"{result.paths['roc_curves.png']} (+ .svg), {result.paths['comparison.json']}", highlight=False)
+    _sections(result)
+
+
+def _sections(result: ComparisonResult) -> None:
+    sections = result.sections
+    if sections is None:
+        return
+    if sections.expert is not None:
+        e = sections.expert
+        table = Table(title=f"Expert labels: {e.n_matched} of {e.n_scored} scored images ({e.source})")
+        table.add_column("Finding")
+        for s in e.expert.scorers:
+            table.add_column(f"{display_name(s.name)} expert / NIH", justify="right")
+        for i, finding in enumerate([*e.findings, "Mean"]):
+            cells = [f"{e.expert.scorer(s.name).auc[i]:.3f} / {e.nih.scorer(s.name).auc[i]:.3f}" if i < len(e.findings)
+                     else f"{e.expert.scorer(s.name).mean_auc:.3f} / {e.nih.scorer(s.name).mean_auc:.3f}"
+                     for s in e.expert.scorers]
+            table.add_row(finding, *cells)
+        console.print(table)
+    if sections.operating_points is not None:
+        t = sections.operating_points.thresholds
+        if t.chosen_on.get("test_set"):
+            console.print("[yellow]thresholds chosen on the test run itself: the operating points are optimistic[/]")
+        console.print(f"operating points at {t.criterion.label}: {result.paths['operating_points.md']}", highlight=False)
+    cal = sections.calibration.frame
+    console.print("calibration (median over classes): " + ", ".join(
+        f"{display_name(s)} ECE {g['ece'].median():.3f} slope {g['slope'].median():.2f}"
+        for s, g in cal.groupby("set", sort=False)) + f" -> {result.paths['calibration.md']}", highlight=False)

@@ -43,6 +43,7 @@ def _register() -> None:
     # Command groups in pipeline order; a group is registered only once its commands work.
     from sdfn_bench.cli import train as train_cli
     from sdfn_bench.cli.bench import bench
+    from sdfn_bench.cli.calibrate import calibrate
     from sdfn_bench.cli.cams import cams, localize
     from sdfn_bench.cli.compare import compare
     from sdfn_bench.cli.demo import demo
@@ -60,6 +61,7 @@ def _register() -> None:
     app.command("build-engines")(build_engines_command)
     app.command("score")(score)
     app.command("compare")(compare)
+    app.command("calibrate")(calibrate)
     app.command("localize")(localize)
     app.command("cams")(cams)
     app.command("bench")(bench)

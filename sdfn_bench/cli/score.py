@@ -18,6 +18,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from sdfn_bench.score.postprocess import PostProcessing, load_postprocessing, postprocess_run
 from sdfn_bench.score.run import DECODERS, ScoreResult, score_manifest
 
 console = Console()
@@ -116,6 +117,12 @@ def score(
     actors: int | None = typer.Option(
         None, "--actors", min=1, help="With --ray: actor pool size (default: one per GPU; CPU-only: CPUs / --workers)."
     ),
+    calibration: Path | None = typer.Option(
+        None, "--calibration", help="calibration.json (sdfn-bench calibrate): add calibrated_<set>_<Class> columns."
+    ),
+    thresholds: Path | None = typer.Option(
+        None, "--thresholds", help="thresholds.json (compare --thresholds-from): add 0/1 decision_<set>_<Class> columns."
+    ),
 ) -> None:
     """Score every image of MANIFEST: entire-image, lung and SDFN probabilities, lung boxes, errors."""
     options = dict(
@@ -126,8 +133,11 @@ def score(
     )
     if ray is not None:
         options.update(ray=ray, actors=actors)
+    # Read both files before scoring: a bad file fails now, not after the run.
+    post = load_postprocessing(calibration, thresholds) if calibration or thresholds else None
     if quiet:
         result = score_manifest(manifest, **options)
+        _postprocess(result, post)
         console.print(
             f"scored {result.total} images ({result.ok} ok, {result.error} error) in {result.wall_s:.1f} s "
             f"({result.images_per_s:.2f} images/s) -> {result.run_dir}",
@@ -137,3 +147,12 @@ def score(
     with _bar() as bar:
         result = score_manifest(manifest, progress=_RateProgress(bar), **options)
     _summary(result)
+    _postprocess(result, post)
+
+
+def _postprocess(result: ScoreResult, post: PostProcessing | None) -> None:
+    if post is None:
+        return
+    postprocess_run(result.run_dir, post)
+    added = [w for w, f in (("calibrated", post.calibration), ("decision", post.thresholds)) if f is not None]
+    console.print(f"added {' and '.join(added)} columns to {result.predictions}", highlight=False)

@@ -25,7 +25,9 @@ from sdfn_bench import __version__
 from sdfn_bench.classes import CLASS_NAMES
 from sdfn_bench.errors import ManifestError, StatsError
 from sdfn_bench.manifest.schema import file_sha256, read_manifest
+from sdfn_bench.report.beyond_auc import ScoredRun, Sections, add_to_html, plan_sections, write_sections
 from sdfn_bench.report.breakdown import SubgroupAUC, subgroup_aucs
+from sdfn_bench.report.calibration import CalibrationFile, fit_run_calibration, save_calibration
 from sdfn_bench.report.gallery import link_reports
 from sdfn_bench.report.leakage import LeakageReport, check_leakage
 from sdfn_bench.report.paper import paper_table1
@@ -37,6 +39,7 @@ from sdfn_bench.stats.roc import roc_curves
 SCORERS: tuple[str, ...] = ("entire", "lung", "sdfn")
 OUTPUTS: tuple[str, ...] = (
     "table1.md", "table1.html", "table1.tex", "table1.csv", "roc_curves.png", "roc_curves.svg", "comparison.json",
+    "calibration.md", "calibration.csv", "calibration.png",
 )
 
 
@@ -56,6 +59,7 @@ class ComparisonResult:
         table1_markdown: the Markdown of table1.md, for embedding (README, demo).
         manifest_check: ``"match"`` (the manifest's sha256 equals run.json's), ``"changed (allowed)..."``
             or ``"unverified..."``.
+        sections: calibration (always), operating points and expert labels (when requested).
     """
 
     run_dir: Path
@@ -69,6 +73,7 @@ class ComparisonResult:
     replaced: tuple[str, ...]
     table1_markdown: str
     manifest_check: str = "match"
+    sections: Sections | None = None
 
 
 def latest_run(runs_dir: str | Path) -> Path:
@@ -223,6 +228,11 @@ def compare_run(
     level: float = 0.95,
     progress: Callable[[int, int], None] | None = None,
     allow_changed_manifest: bool = False,
+    expert_labels: str | os.PathLike[str] | None = None,
+    thresholds_from: str | os.PathLike[str] | None = None,
+    at: str | None = None,
+    allow_test_thresholds: bool = False,
+    calibration: str | os.PathLike[str] | None = None,
 ) -> ComparisonResult:
     """Compare a run's model against its baselines and write the Table 1 report into the run.
 
@@ -236,6 +246,12 @@ def compare_run(
         progress: bootstrap progress callback ``(done, total)``.
         allow_changed_manifest: compare even if the manifest's sha256 differs from the one
             run.json recorded (said in the notes and comparison.json).
+        expert_labels: ``google2019`` (manifests/nih_test_expert.csv) or an expert manifest: adds
+            the expert-label table (see :mod:`sdfn_bench.report.expert`).
+        thresholds_from: a scored validation run (or a thresholds.json) for operating points.
+        at: the operating-point criterion (``sensitivity=0.9``, ``specificity=0.9``, ``youden``).
+        allow_test_thresholds: choose thresholds on this (test) run; refused otherwise.
+        calibration: a calibration.json (``sdfn-bench calibrate``) to apply and report before/after.
 
     Returns:
         :class:`ComparisonResult` with the written paths and the Table 1 Markdown.
@@ -253,6 +269,10 @@ def compare_run(
             raise StatsError(f"{run_dir}: prediction set {name!r} not in predictions (has {list(inputs.scores)})")
     pairs = [(model, b) for b in baselines]
     patients = inputs.manifest["patient_id"].astype(str).to_numpy()
+    test_run = _scored_run(run_dir, inputs)
+    plan = plan_sections(test_run, load_run=lambda d: _scored_run(d, _load(d)), expert_labels=expert_labels,
+                         thresholds_from=thresholds_from, at=at, allow_test_thresholds=allow_test_thresholds,
+                         calibration=calibration)
     analysis = analyze_aucs(inputs.labels, inputs.scores, patients, pairs, class_names=CLASS_NAMES,
                             n_bootstrap=n_bootstrap, seed=seed, level=level, progress=progress)
     checkpoints = inputs.run.get("checkpoints") or {}
@@ -270,7 +290,9 @@ def compare_run(
     paths = {name: run_dir / name for name in OUTPUTS}
     replaced = tuple(name for name, p in paths.items() if p.exists())
     _write_text(paths["table1.md"], markdown)
-    _write_text(paths["table1.html"], to_html(table))
+    sections = write_sections(plan, test_run, patients, pairs, n_bootstrap=n_bootstrap, seed=seed, level=level,
+                              title="synthetic cohort" if synthetic else inputs.manifest_path.name)
+    _write_text(paths["table1.html"], add_to_html(to_html(table), sections.html))
     link_reports(run_dir)  # the CAM gallery and the localization table, when the run has them
     _write_text(paths["table1.tex"], to_latex(table))
     _write_text(paths["table1.csv"], to_csv(table))
@@ -317,10 +339,32 @@ def compare_run(
         "subgroups": _jsonable(subgroups),
         "paper_table1": paper_table1(),
         "table1_csv_columns": list(table.frame.columns),
+        **_jsonable(sections.record),
     }
     _write_text(paths["comparison.json"], json.dumps(record, indent=1, allow_nan=False) + "\n")
     return ComparisonResult(
         run_dir=run_dir, analysis=analysis, leakage=leakage, subgroups=subgroups, n_scored=len(inputs.labels),
-        n_excluded=inputs.n_excluded, synthetic=synthetic, paths=paths, replaced=replaced, table1_markdown=markdown,
-        manifest_check=inputs.manifest_check,
+        n_excluded=inputs.n_excluded, synthetic=synthetic, paths={**paths, **sections.paths}, replaced=replaced,
+        table1_markdown=markdown, sections=sections, manifest_check=inputs.manifest_check,
     )
+
+
+def _scored_run(run_dir: Path, inputs: _Inputs) -> ScoredRun:
+    return ScoredRun(Path(run_dir), inputs.labels, inputs.scores, tuple(inputs.manifest["image"].astype(str)),
+                     inputs.manifest_path, inputs.run.get("manifest_sha256"))
+
+
+def calibrate_run(val_run: str | Path, out: str | Path, method: str = "temperature") -> CalibrationFile:
+    """`sdfn-bench calibrate`: fit one calibration map per prediction set and class on a scored,
+    labelled validation run and write ``calibration.json`` (format in :mod:`sdfn_bench.report.calibration`).
+
+    Args:
+        val_run: the validation run folder.
+        out: the calibration file to write.
+        method: ``temperature``, ``platt`` or ``isotonic``.
+    """
+    val_run = Path(val_run)
+    inputs = _load(val_run)
+    fitted = fit_run_calibration(inputs.labels, inputs.scores, CLASS_NAMES, method,
+                                 fitted_on=_scored_run(val_run, inputs).provenance())
+    return save_calibration(fitted, out)
