@@ -1,9 +1,10 @@
 """Stage 1 input: run segmenter + LRG over a manifest and write the lung boxes (parquet).
 
 Each image is preprocessed with the segmenter's :class:`~sdfn_bench.preprocess.Preprocessing`,
-segmented (``sigmoid(logits) > mask_threshold``), boxed by :func:`sdfn_bench.lrg.lung_box` at the
-segmenter's resolution with the LRG margin stored in the checkpoint, and mapped back to
-original-image pixels with :func:`sdfn_bench.lrg.box_to_image`. The output columns are
+segmented (``sigmoid(logits) > mask_threshold``), boxed by :func:`sdfn_bench.lrg.lung_box_in_image`:
+the bare box at the segmenter's resolution, mapped to original-image pixels, then expanded there by
+the LRG margin stored in the checkpoint (the function scoring uses, so the lung crops of training
+and scoring are the same). The output columns are
 ``image, x0, y0, x1, y1, status, n_regions, error`` (docs/architecture.md), one row per manifest row;
 an unreadable image gets status ``unreadable`` and its reason. Long runs resume by chunks.
 
@@ -27,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sdfn_bench.decode.reader import read_mask
 from sdfn_bench.errors import ImageReadError, SdfnError
-from sdfn_bench.lrg import STATUSES, LungMargin, box_coverage, box_to_image, lung_box
+from sdfn_bench.lrg import STATUSES, LungMargin, box_coverage, box_to_image, lung_box_in_image
 from sdfn_bench.manifest.image_root import ImageResolver
 from sdfn_bench.manifest.schema import file_sha256, read_manifest
 from sdfn_bench.preprocess import Preprocessing, prepare
@@ -153,7 +154,7 @@ def compute_lung_boxes(manifest: str | Path, segmenter: str | Path, out: str | P
     dev = pick_device(device)
     seg = load_segmenter(segmenter, dev)
     ck, model, pre, threshold = seg.checkpoint, seg.model, seg.pre, seg.threshold
-    margin = LungMargin.from_dict(ck.meta["lung_margin"]) if ck.meta.get("lung_margin") else LungMargin()
+    margin = LungMargin.from_record(ck.meta.get("lung_margin"))
     images = read_images_column(manifest)
     identity = {"manifest_sha256": file_sha256(manifest), "segmenter_sha256": ck.sha256, "chunk_rows": chunk_rows,
                 "n_images": len(images)}
@@ -176,7 +177,7 @@ def compute_lung_boxes(manifest: str | Path, segmenter: str | Path, out: str | P
                 if error:
                     rows.append((0, 0, 0, 0, UNREADABLE, 0, error))
                     continue
-                box = box_to_image(lung_box(mask, margin), mask.shape, (shape[0], shape[1]))
+                box = lung_box_in_image(mask, (shape[0], shape[1]), margin)
                 rows.append((box.x0, box.y0, box.x1, box.y1, box.status, box.n_regions, ""))
             if on_batch is not None:
                 on_batch(len(x))
