@@ -7,7 +7,8 @@ command would, so the artifacts can be reused by hand afterwards::
     DIR/checkpoints/     sdfn-bench train segmenter|extractor|fusion --preset demo -o DIR/checkpoints
     DIR/cohort/boxes_*.parquet   sdfn-bench lung-boxes
     DIR/engines/         sdfn-bench build-engines --checkpoints DIR/checkpoints --out DIR/engines
-    DIR/reports/runs/<id>/       sdfn-bench score DIR/cohort/test.csv; sdfn-bench compare
+    DIR/reports/runs/<id>/       sdfn-bench score DIR/cohort/test.csv --cams; sdfn-bench compare;
+                                 sdfn-bench localize --boxes DIR/cohort/bbox.csv; sdfn-bench cams
 
 A step whose output already exists and is complete (the cohort with the same parameters, a
 checkpoint, the lung boxes) is reused, so an interrupted demo continues where it stopped; engines
@@ -22,7 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sdfn_bench.errors import SdfnError
 from sdfn_bench.steps import (
@@ -39,6 +40,7 @@ from sdfn_bench.steps import (
 )
 
 if TYPE_CHECKING:
+    from sdfn_bench.report.localization import LocalizationReport
     from sdfn_bench.train.presets import Preset
 
 DEFAULT_N = 800
@@ -50,7 +52,10 @@ DEFAULT_N = 800
 DEMO_COHORT = {"min_prevalence": 0.08, "test_fraction": 0.25, "max_images_per_patient": 4}
 DEFAULT_SIZE = 512
 STEPS = ("cohort", "segmenter", "lung boxes", "entire extractor", "lung extractor", "fusion", "engines",
-         "score", "compare")
+         "score", "compare", "localize", "cams")
+# Gallery of the demo: the classes with the most lesion boxes in the test split, top images each.
+GALLERY_CLASSES = 3
+GALLERY_TOP = 4
 README_START = "<!-- demo:start -->"
 README_END = "<!-- demo:end -->"
 
@@ -71,6 +76,9 @@ class DemoResult:
         summary: one line per step.
         table1_markdown: the report's Table 1.
         paths: the report files.
+        localization_markdown: the localization table (SDFN vs entire-image CAMs); "" without boxes.
+        verdict: whether SDFN's maps point at the lesions better, with the CI.
+        gallery: the CAM gallery page (None without boxes).
     """
 
     workdir: Path
@@ -81,6 +89,9 @@ class DemoResult:
     summary: dict[str, str] = field(repr=False)
     table1_markdown: str = field(repr=False)
     paths: dict[str, Path] = field(repr=False)
+    localization_markdown: str = field(default="", repr=False)
+    verdict: str = ""
+    gallery: Path | None = None
 
 
 def _cohort_matches(cohort: Path, n: int, size: int, seed: int) -> bool:
@@ -157,26 +168,65 @@ def run_demo(
     extractor_and_fusion_steps(log, inputs, boxes, preset, options)
 
     with step("engines", f"export and build ({backend})"):
-        engines_step(log, ckpts, engines_dir, backend, hooks.build_progress())
+        engines_step(log, ckpts, engines_dir, backend, hooks.build_progress(), cams=True)
 
     run_dir = new_run_dir(runs_dir)
     with step("score", f"{cohort / 'test.csv'} -> {run_dir}"):
         score_step(log, cohort / "test.csv", engines_dir, run_dir, image_root=None, workers=workers,
-                   progress=hooks.score_progress())
+                   progress=hooks.score_progress(), cams=True)
 
     with step("compare", f"SDFN vs entire and lung baselines, {n_bootstrap} patient-bootstrap replicates"):
         comparison, mean_auc = compare_step(log, run_dir, n_bootstrap=n_bootstrap, seed=seed,
                                             progress=hooks.counter("bootstrap"))
 
+    localization, gallery = _localize_and_draw(step, summary, cohort / "bbox.csv", run_dir, n_bootstrap, seed)
     wall = time.perf_counter() - t_start
+    paths = dict(comparison.paths)
+    if localization is not None:
+        paths.update(localization.paths)
     result = DemoResult(workdir=workdir, run_dir=run_dir, step_seconds=seconds, wall_s=wall, mean_auc=mean_auc,
-                        summary=summary, table1_markdown=comparison.table1_markdown, paths=dict(comparison.paths))
+                        summary=summary, table1_markdown=comparison.table1_markdown, paths=paths,
+                        localization_markdown=(run_dir / "localization.md").read_text() if localization else "",
+                        verdict=summary.get("localize", ""), gallery=gallery)
     record = {
         "workdir": str(workdir), "run_dir": str(run_dir), "n": n, "size": size, "seed": seed,
         "step_seconds": seconds, "wall_s": wall, "mean_auc": mean_auc, "summary": summary,
+        "localization": None if localization is None else {
+            "verdict": result.verdict, "pooled": localization.pooled.values,
+            "pooled_difference": localization.pooled.difference},
     }
     (run_dir / "demo.json").write_text(json.dumps(record, indent=2) + "\n")
     return result
+
+
+def _localize_and_draw(
+    step: Any, summary: dict[str, str], boxes: Path, run_dir: Path, n_bootstrap: int, seed: int
+) -> tuple[LocalizationReport | None, Path | None]:
+    """The demo's `localize` (the cohort's lesion boxes) and `cams` (a gallery of the most boxed classes)."""
+    from sdfn_bench.cam.boxes import read_boxes
+    from sdfn_bench.cam.store import load_cams
+    from sdfn_bench.report.gallery import write_gallery
+    from sdfn_bench.report.localization import POOLED, localize_run, verdict
+
+    with step("localize", f"CAM localization, SDFN vs entire, against {boxes.name} ({n_bootstrap} replicates)"):
+        scored = list(load_cams(run_dir).images)
+        if not boxes.is_file() or not read_boxes(boxes)["image"].isin(scored).any():
+            summary["localize"] = "no lesion box on the scored images: skipped"
+            report = None
+        else:
+            report = localize_run(run_dir, boxes, n_boot=n_bootstrap, seed=seed)
+            summary["localize"] = verdict(report.pooled, report.level)
+    gallery = None
+    with step("cams", f"overlays of the {GALLERY_CLASSES} most boxed classes, top {GALLERY_TOP} images each"):
+        if report is None:
+            summary["cams"] = "skipped (no localization)"
+        else:
+            ranked = sorted((c for c in report.classes if c.finding != POOLED), key=lambda c: -c.n_boxes)
+            drawn = [c.finding for c in ranked[:GALLERY_CLASSES]]
+            for finding in drawn:
+                gallery = write_gallery(run_dir, finding, top=GALLERY_TOP).index
+            summary["cams"] = f"{', '.join(drawn)} -> {gallery}"
+    return report, gallery
 
 
 def publish(result: DemoResult, repo_root: str | Path) -> Path:
@@ -193,10 +243,12 @@ def publish(result: DemoResult, repo_root: str | Path) -> Path:
         raise SdfnError(f"{readme}: no '{README_START}' ... '{README_END}' block to fill")
     docs = repo_root / "docs" / "demo"
     docs.mkdir(parents=True, exist_ok=True)
-    for name in ("table1.md", "roc_curves.png", "roc_curves.svg", "comparison.json", "demo.json", "run.json"):
+    for name in ("table1.md", "roc_curves.png", "roc_curves.svg", "comparison.json", "demo.json", "run.json",
+                 "localization.md", "localization.json"):
         src = result.run_dir / name
         if src.is_file():
             shutil.copyfile(src, docs / name)
+    cam_lines = _publish_cams(result, docs)
     steps = " | ".join(f"{k} {v:.0f} s" for k, v in result.step_seconds.items())
     table = _demote_headings(result.table1_markdown.strip())
     block = "\n".join([
@@ -208,6 +260,7 @@ def publish(result: DemoResult, repo_root: str | Path) -> Path:
         "",
         "![ROC curves of the demo run](docs/demo/roc_curves.png)",
         "",
+        *cam_lines,
         "The full report of that run: [docs/demo/](docs/demo/) (`table1.md`, `comparison.json`, `run.json`, "
         "`demo.json`).",
         README_END,
@@ -215,6 +268,21 @@ def publish(result: DemoResult, repo_root: str | Path) -> Path:
     pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
     readme.write_text(pattern.sub(lambda _m: block, text, count=1))
     return docs
+
+
+def _publish_cams(result: DemoResult, docs: Path) -> list[str]:
+    """README lines for the localization table and a picture of the CAM gallery ([] without them)."""
+    from sdfn_bench.report.gallery import screenshot
+
+    if not result.localization_markdown or result.gallery is None:
+        return []
+    picture = docs / "cam_gallery.png"
+    if screenshot(result.gallery, picture) is not None:
+        caption = "The demo's CAM gallery (gallery/index.html of the run, headless Chromium screenshot)"
+    else:  # no browser here: the gallery's first overlay instead of a page screenshot
+        shutil.copyfile(sorted(result.gallery.parent.rglob("*.png"))[0], picture)
+        caption = "One overlay of the demo's CAM gallery (no Chromium to screenshot the page)"
+    return [_demote_headings(result.localization_markdown.strip()), "", f"![{caption}](docs/demo/cam_gallery.png)", ""]
 
 
 def _demote_headings(markdown: str) -> str:

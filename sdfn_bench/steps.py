@@ -174,11 +174,11 @@ def extractor_and_fusion_steps(log: StepLog, inputs: TrainingInputs, boxes: Sequ
 
 
 def engines_step(log: StepLog, checkpoints: Path, engines_dir: Path, backend: str,
-                 progress: Callable[[str, str], None] | None) -> BuildReport:
-    """Export and build the engines of ``checkpoints`` (with the parity check)."""
+                 progress: Callable[[str, str], None] | None, *, cams: bool = False) -> BuildReport:
+    """Export and build the engines of ``checkpoints`` (with the parity check; ``cams``: with feature maps)."""
     from sdfn_bench.engines.build import build_engines
 
-    report = build_engines(checkpoints, engines_dir, backend=backend, progress=progress)
+    report = build_engines(checkpoints, engines_dir, backend=backend, progress=progress, cams=cams)
     worst = max(r.parity_max_abs for r in report.results)
     log.summary["engines"] = (f"{report.backend} {report.backend_version} {report.precision}: {len(report.results)} "
                               f"engines, max |logit diff| vs PyTorch {worst:.1e}")
@@ -186,12 +186,12 @@ def engines_step(log: StepLog, checkpoints: Path, engines_dir: Path, backend: st
 
 
 def score_step(log: StepLog, manifest: Path, engines_dir: Path, run_dir: Path, *, image_root: Path | None,
-               workers: int | None, progress: Any, resume: bool = False) -> None:
-    """Score ``manifest`` into ``run_dir`` (``resume`` continues an interrupted run there)."""
+               workers: int | None, progress: Any, resume: bool = False, cams: bool = False) -> None:
+    """Score ``manifest`` into ``run_dir`` (``resume`` continues an interrupted run there; ``cams``: store maps)."""
     from sdfn_bench.score.run import score_manifest
 
     scored = score_manifest(manifest, engines_dir=engines_dir, image_root=image_root, out=run_dir, workers=workers,
-                            progress=progress, resume=resume)
+                            progress=progress, resume=resume, cams=cams)
     log.summary["score"] = f"{scored.ok} images ok, {scored.error} errors, {scored.images_per_s:.1f} images/s"
 
 

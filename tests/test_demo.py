@@ -64,6 +64,10 @@ def test_demo_end_to_end_then_reuse(tmp_path: Path) -> None:
     assert "SYNTHETIC" in (result.run_dir / "table1.md").read_text()
     record = json.loads((result.run_dir / "demo.json").read_text())
     assert set(record["step_seconds"]) == set(STEPS)
+    # CAMs: localization against the cohort's lesion boxes and a gallery, linked from Table 1
+    assert (result.run_dir / "localization.json").is_file() and result.gallery.is_file()
+    assert record["localization"]["verdict"] == result.verdict and "pointing game" in result.verdict
+    assert "gallery/index.html" in (result.run_dir / "table1.html").read_text()
 
     # A second demo reuses the cohort and the checkpoints and scores into a new run folder.
     again = run_demo(tmp_path, RecordingHooks(), n=48, size=64, seed=0, n_bootstrap=20, workers=1,

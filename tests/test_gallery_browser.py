@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cam_helpers import CLASS, fake_cams_run
 
-from sdfn_bench.report.gallery import link_reports, write_gallery
+from sdfn_bench.report.gallery import link_reports, screenshot, write_gallery
 from sdfn_bench.report.localization import localize_run
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -80,3 +80,6 @@ def test_report_site_opens_in_chromium(tmp_path):
             assert seen_images == 5
         finally:
             browser.close()
+    # the demo's README picture: the browser's own --screenshot with the flags of CHROMIUM_FLAGS
+    shot = screenshot(run_dir / "gallery" / "index.html", tmp_path / "cli.png", width=800, height=600)
+    assert shot is not None and shot.stat().st_size > 10_000

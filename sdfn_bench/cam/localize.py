@@ -228,10 +228,10 @@ def stack_units(scores: Sequence[MapScore], patients: Sequence[int]) -> Units:
 
 def unit_means(values: np.ndarray) -> np.ndarray:
     """Column means over units, NaN-aware (a pair without boxes has no box size)."""
-    if values.shape[0] == 0:
-        return np.full(values.shape[1], np.nan)
-    with np.errstate(invalid="ignore"):
-        return np.nanmean(values, axis=0) if np.isnan(values).any() else values.mean(axis=0)
+    present = ~np.isnan(values)
+    count = present.sum(axis=0)
+    total = np.where(present, values, 0.0).sum(axis=0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 @dataclass(frozen=True)

@@ -91,13 +91,18 @@ def demo(
     publish_to: bool = typer.Option(False, "--publish", help="Copy Table 1 and the ROC figure into docs/demo/ and "
                                     "rewrite the README's demo section (run from the repo root)."),
 ) -> None:
-    """Run everything end to end on a synthetic cohort: synth, train (demo preset), build-engines, score, compare."""
+    """Run everything end to end on a synthetic cohort: synth, train (demo preset), build-engines, score (with CAMs),
+    compare, localize (the cohort's lesion boxes) and a CAM gallery."""
     result = run_demo(workdir, RichDemoHooks(), n=n, size=size, seed=seed, n_bootstrap=bootstrap, backend=backend,
                       workers=workers)
     console.rule("[bold]Table 1")
     console.print(Markdown(result.table1_markdown))
     aucs = ", ".join(f"{k} {v:.3f}" for k, v in result.mean_auc.items())
     console.print(f"\nmean AUC: {aucs}", highlight=False)
+    if result.localization_markdown:
+        console.rule("[bold]Localization from class activation maps")
+        console.print(Markdown(result.localization_markdown))
+        console.print(f"CAM gallery: [bold]{result.gallery}[/]", highlight=False)
     console.print(f"demo finished in {result.wall_s / 60:.1f} min; report: [bold]{result.run_dir}[/]", highlight=False)
     for name, path in sorted(result.paths.items()):
         console.print(f"  {name}: {path}", highlight=False)

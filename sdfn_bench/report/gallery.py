@@ -22,6 +22,8 @@ import html
 import json
 import os
 import re
+import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,9 @@ from sdfn_bench.lrg import LungBox
 from sdfn_bench.manifest.image_root import ImageResolver
 from sdfn_bench.preprocess import to_unit
 
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (`make browser`)
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+                  "--hide-scrollbars")
 GALLERY_DIR = "gallery"
 INDEX = "index.html"
 RECORD = "gallery.json"
@@ -274,3 +279,25 @@ def link_reports(run_dir: str | Path) -> bool:
         text = text.replace("<body>", "<body>" + nav, 1)
     _write_atomic(table, text.encode("utf-8"))
     return True
+
+
+def screenshot(page: Path, out_png: Path, *, width: int = 1280, height: int = 1400, chromium: Path = CHROMIUM,
+               timeout_s: float = 120.0) -> Path | None:
+    """A headless-Chromium screenshot of a local page (its own ``--screenshot``); None without Chromium.
+
+    Raises:
+        CamError: Chromium ran but wrote no screenshot (its output is in the message).
+    """
+    if not chromium.is_file():
+        return None
+    out_png = Path(out_png).resolve()
+    with tempfile.TemporaryDirectory(prefix="sdfn-chromium-") as profile:
+        cmd = [str(chromium), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
+               f"--screenshot={out_png}", Path(page).resolve().as_uri()]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise CamError(f"{chromium}: screenshot of {page} failed: {exc}") from exc
+    if not out_png.is_file():
+        raise CamError(f"{chromium}: no screenshot of {page} (exit {done.returncode}): {done.stderr[-500:]}")
+    return out_png
