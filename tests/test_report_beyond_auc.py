@@ -5,6 +5,7 @@ score's post-processing columns."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from sdfn_bench.errors import StatsError
 from sdfn_bench.manifest.expert import DEFAULT_EXPERT_MANIFEST, map_labels, map_scores, read_expert_manifest
 from sdfn_bench.report.compare import calibrate_run, compare_run
 from sdfn_bench.score.postprocess import load_postprocessing, postprocess_run
+from sdfn_bench.score.run import ScoreResult
 
 SETS = ("entire", "lung", "sdfn")
 
@@ -146,6 +148,8 @@ def val_test(tmp_path_factory):
     fitted = calibrate_run(val, tmp / "calibration.json", "temperature")
     result = compare_run(test, n_bootstrap=0, calibration=tmp / "calibration.json", thresholds_from=val,
                          at="sensitivity=0.9")
+    # Later tests compare the run again; keep this comparison's thresholds.
+    shutil.copyfile(test / "thresholds.json", tmp / "thresholds.json")
     return tmp, val, test, fitted, result
 
 
@@ -206,8 +210,7 @@ def test_thresholds_on_the_test_set_are_refused_unless_allowed(tmp_path: Path) -
 
 def test_score_postprocessing_adds_columns(val_test) -> None:
     tmp, val, test, fitted, _ = val_test
-    thresholds = tmp / "thresholds_pp.json"
-    thresholds.write_text((test / "thresholds.json").read_text())
+    thresholds = tmp / "thresholds.json"
     with pytest.raises(StatsError, match="no calibration is applied here"):
         load_postprocessing(None, thresholds)
     post = load_postprocessing(tmp / "calibration.json", thresholds)
@@ -228,6 +231,30 @@ def test_score_postprocessing_adds_columns(val_test) -> None:
     assert ops.loc[("sdfn", "Atelectasis"), "tp"] == int(((pred["decision_sdfn_Atelectasis"] == 1) & (labels == 1)).sum())
     record = json.loads((run_dir / "run.json").read_text())
     assert record["postprocessing"]["calibration"]["sha256"] == fitted.sha256
+
+
+def test_score_cli_reads_the_files_first_then_adds_columns(val_test, tmp_path: Path, monkeypatch) -> None:
+    tmp, _, test, _, _ = val_test
+    scored: list[str] = []
+
+    def fake_score_manifest(manifest, *, out, **_options) -> ScoreResult:
+        scored.append(str(manifest))
+        shutil.copytree(test, out)
+        return ScoreResult(run_dir=Path(out), total=2000, ok=2000, error=0, wall_s=1.0, images_per_s=2000.0,
+                           stages={}, errors=())
+
+    monkeypatch.setattr("sdfn_bench.cli.score.score_manifest", fake_score_manifest)
+    runner = CliRunner()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    r = runner.invoke(app, ["score", "m.csv", "--out", str(tmp_path / "r1"), "-q", "--calibration", str(bad)])
+    assert r.exit_code != 0 and "not a 'sdfn-bench calibration' file" in str(r.exception) and not scored
+    r = runner.invoke(app, ["score", "m.csv", "--out", str(tmp_path / "r2"), "-q",
+                            "--calibration", str(tmp / "calibration.json"), "--thresholds", str(tmp / "thresholds.json")])
+    assert r.exit_code == 0, r.output
+    pred = pd.read_parquet(tmp_path / "r2" / "predictions.parquet")
+    assert {f"calibrated_{s}_{c}" for s in SETS for c in CLASS_NAMES} <= set(pred.columns)
+    assert {f"decision_{s}_{c}" for s in SETS for c in CLASS_NAMES} <= set(pred.columns)
 
 
 def test_cli_calibrate_and_compare_flags(val_test) -> None:
