@@ -257,12 +257,16 @@ def test_one_positive_class_gives_finite_mean_results(tmp_path) -> None:
 
 def test_changed_manifest_is_refused_unless_allowed(tmp_path, monkeypatch) -> None:
     from sdfn_bench.manifest.schema import file_sha256
+    from sdfn_bench.report.compare import check_manifest_sha256
 
     run_dir, manifest, _ = make_run(tmp_path, n_patients=30)
     manifest_path = tmp_path / "cohort" / "test.csv"
+    recorded = file_sha256(manifest_path)
     run = json.loads((run_dir / "run.json").read_text())
-    (run_dir / "run.json").write_text(json.dumps({**run, "manifest_sha256": file_sha256(manifest_path)}))
-    assert compare_run(run_dir, n_bootstrap=0).manifest_check == "match"
+    (run_dir / "run.json").write_text(json.dumps({**run, "manifest_sha256": recorded}))
+    check = dict(run_json=run_dir / "run.json", allow_changed=False)
+    assert check_manifest_sha256(manifest_path, recorded, **check) == (recorded, "match")
+    assert check_manifest_sha256(manifest_path, None, **check)[1].startswith("unverified")
     manifest["Hernia"] = 0  # relabelled: one Hernia positive left
     manifest.loc[0, "Hernia"] = 1
     manifest.to_csv(manifest_path, index=False)
