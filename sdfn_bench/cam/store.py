@@ -177,12 +177,13 @@ class StoredCams:
     sdfn_logits: np.ndarray
     entire_logits: np.ndarray
     heads: HeadWeights
-    _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    _index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {name: i for i, name in enumerate(self.images)})
 
     def index(self, image: str) -> int:
         """Row of ``image``; CamError when the run has no maps for it."""
-        if not self._index:
-            self._index.update({name: i for i, name in enumerate(self.images)})
         if image not in self._index:
             raise CamError(f"no maps for image {image!r} (not scored, or unreadable)")
         return self._index[image]
