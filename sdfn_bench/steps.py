@@ -97,6 +97,7 @@ class TrainingInputs:
     Attributes:
         seg_manifest: segmentation manifest of the segmenter (JSRT/SCR or the synthetic one).
         seg_val: its validation manifest (None: the segmenter holds out patients itself).
+        seg_root: root of the segmentation manifests' paths (None: each manifest's folder).
         train, val: labelled classification manifests.
         image_root: root of the classification images (None: each manifest's folder).
         checkpoints: the checkpoint folder.
@@ -110,6 +111,7 @@ class TrainingInputs:
     image_root: Path | None
     checkpoints: Path
     boxes: Path
+    seg_root: Path | None = None
 
 
 def segmenter_step(log: StepLog, inputs: TrainingInputs, preset: Preset, options: Callable[[str, bool], Any]) -> None:
@@ -117,8 +119,8 @@ def segmenter_step(log: StepLog, inputs: TrainingInputs, preset: Preset, options
     from sdfn_bench.train.segmenter import train_segmenter
 
     train_stage(log, "segmenter", inputs.checkpoints / "segmenter", preset.segmenter.epochs, lambda resume: train_segmenter(
-        inputs.seg_manifest, inputs.checkpoints, val_manifest=inputs.seg_val, preset=preset.segmenter,
-        options=options("segmenter", resume)))
+        inputs.seg_manifest, inputs.checkpoints, val_manifest=inputs.seg_val, image_root=inputs.seg_root,
+        preset=preset.segmenter, options=options("segmenter", resume)))
 
 
 def lung_boxes_step(log: StepLog, inputs: TrainingInputs, *, workers: int = 0,

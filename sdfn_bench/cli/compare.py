@@ -72,6 +72,9 @@ def compare(
         False, "--allow-test-thresholds", help="Choose the thresholds on this test run itself (optimistic)."),
     calibration: Path | None = typer.Option(
         None, "--calibration", help="calibration.json (sdfn-bench calibrate): report calibration before and after it."),
+    predictions: list[str] = typer.Option(
+        [], "--predictions", help="NAME=FILE: an outside model's predictions (CSV or Parquet: an image column and the "
+        "14 class columns) as a further Table 1 column compared with the model, on the images all cover; repeatable."),
 ) -> None:
     """Compare a run's model with its baselines: Table 1 (md/html/tex/csv), ROC curves, comparison.json."""
     run_dir = run if run is not None else latest_run(runs_dir.resolve())
@@ -85,7 +88,7 @@ def compare(
                                  progress=lambda done, total: progress.update(task, completed=done, total=total),
                                  allow_changed_manifest=allow_changed_manifest, expert_labels=labels,
                                  thresholds_from=thresholds_from, at=at, allow_test_thresholds=allow_test_thresholds,
-                                 calibration=calibration)
+                                 calibration=calibration, predictions=predictions or None)
     for w in {str(w.message): w for w in caught}.values():
         console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
     if result.leakage.leaked:

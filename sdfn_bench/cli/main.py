@@ -49,6 +49,7 @@ def _register() -> None:
     from sdfn_bench.cli.demo import demo
     from sdfn_bench.cli.engines import build_engines_command
     from sdfn_bench.cli.manifest import app as manifest_app
+    from sdfn_bench.cli.reproduce import reproduce
     from sdfn_bench.cli.score import score
     from sdfn_bench.cli.synth import synth
 
@@ -66,6 +67,7 @@ def _register() -> None:
     app.command("cams")(cams)
     app.command("bench")(bench)
     app.command("demo")(demo)
+    app.command("reproduce")(reproduce)
 
 
 _register()

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, is_dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, is_dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from sdfn_bench.report.breakdown import SubgroupAUC, subgroup_aucs
 from sdfn_bench.report.calibration import CalibrationFile, fit_run_calibration, save_calibration
 from sdfn_bench.report.gallery import link_reports
 from sdfn_bench.report.leakage import LeakageReport, check_leakage
+from sdfn_bench.report.outside import join_outside, parse_all
 from sdfn_bench.report.paper import paper_table1
 from sdfn_bench.report.roc_figure import draw_roc_figure, save_figure
 from sdfn_bench.report.table1 import build_table1, display_name, to_csv, to_html, to_latex, to_markdown
@@ -233,6 +234,7 @@ def compare_run(
     at: str | None = None,
     allow_test_thresholds: bool = False,
     calibration: str | os.PathLike[str] | None = None,
+    predictions: Sequence[str] | Mapping[str, str | os.PathLike[str]] | None = None,
 ) -> ComparisonResult:
     """Compare a run's model against its baselines and write the Table 1 report into the run.
 
@@ -252,6 +254,9 @@ def compare_run(
         at: the operating-point criterion (``sensitivity=0.9``, ``specificity=0.9``, ``youden``).
         allow_test_thresholds: choose thresholds on this (test) run; refused otherwise.
         calibration: a calibration.json (``sdfn-bench calibrate``) to apply and report before/after.
+        predictions: outside models, ``NAME=FILE`` strings or ``{NAME: FILE}``
+            (:mod:`sdfn_bench.report.outside`): each becomes a Table 1 column compared with ``model``;
+            every statistic is then computed on the images all files cover.
 
     Returns:
         :class:`ComparisonResult` with the written paths and the Table 1 Markdown.
@@ -268,6 +273,13 @@ def compare_run(
         if name not in inputs.scores:
             raise StatsError(f"{run_dir}: prediction set {name!r} not in predictions (has {list(inputs.scores)})")
     pairs = [(model, b) for b in baselines]
+    joined = None
+    if predictions:
+        outside = parse_all(predictions)
+        joined = join_outside(inputs.manifest["image"], inputs.scores, outside)
+        inputs = replace(inputs, manifest=inputs.manifest.loc[joined.keep].reset_index(drop=True),
+                         labels=inputs.labels[joined.keep], scores=joined.scores)
+        pairs += [(o.name, model) for o in outside]
     patients = inputs.manifest["patient_id"].astype(str).to_numpy()
     test_run = _scored_run(run_dir, inputs)
     plan = plan_sections(test_run, load_run=lambda d: _scored_run(d, _load(d)), expert_labels=expert_labels,
@@ -282,6 +294,8 @@ def compare_run(
     source = inputs.manifest_path.name
     if inputs.limit is not None:
         source += f" (first {inputs.limit} rows, score --limit)"
+    if joined is not None:
+        source += f"; {joined.note()}"
     table = build_table1(analysis, analysis.comparisons, source=source, synthetic=synthetic,
                          n_excluded=inputs.n_excluded, leakage=leakage, subgroups=subgroups,
                          manifest_note="" if inputs.manifest_check == "match" else f"Manifest: {inputs.manifest_check}.")
@@ -312,6 +326,7 @@ def compare_run(
         "model": model,
         "baselines": list(baselines),
         "counts": {"scored": len(inputs.labels), "excluded_not_ok": inputs.n_excluded},
+        "outside_predictions": joined.record if joined is not None else {},
         "limit": inputs.limit,
         "significance_level": 0.01,
         "definitions": {
