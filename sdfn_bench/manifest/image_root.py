@@ -104,9 +104,10 @@ class ImageResolver:
             if not self.allow_absolute:
                 return None
             path = Path(image)
-            return path if path.is_file() else None
+            return path if path.exists() else None
         direct = self.root / image
-        if direct.is_file() and self.inside_root(direct):
+        # Any existing entry inside the root (a folder or a pipe too): the reader names its problem.
+        if direct.exists() and self.inside_root(direct):
             return direct
         indexed = self._by_name.get(entry.name)
         if indexed is not None and self.inside_root(indexed):
