@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -122,3 +124,39 @@ def test_mixed_decoder_on_gpu(files):
         # PNG is decoded on the CPU even by the mixed decoder; nvJPEG's IDCT may differ by a level.
         tolerance = 0 if name.endswith(".png") else 2
         assert np.abs(value.astype(int) - want.astype(int)).max() <= tolerance, name
+
+
+def test_failed_batch_rebuilds_the_pipeline_and_is_counted(files):
+    """Issue 8 item 6: a DALI failure falls back to the CPU reader, is counted, and the pipeline is rebuilt."""
+    resolver = ImageResolver(files)
+    decoder = DaliDecoder(lambda im: resolve_path(im, resolver), batch_size=3, device="cpu")
+    first_pipe = decoder.pipe
+    decoder.decode(["gray.png", "scrambled.png", "gray2.png"])
+    assert decoder.pipe is not first_pipe  # the executor that raised is not reused
+    after = decoder.decode(["gray.png", "gray2.png", "gray.jpg"])  # the new pipeline decodes again
+    np.testing.assert_array_equal(after[2], read_image(files / "gray.jpg"))
+    assert decoder.counts() == {"dali": 3, "cpu": 3, "dali_failed_batches": 1, "dali_pipeline_rebuilds": 1}
+
+
+def test_run_json_counts_per_decoder_and_paths_confined_alike(tmp_path):
+    root = tmp_path / "d"
+    manifest = make_image_folder(root, 6, broken={3: "corrupt"})
+    png = (root / "images" / "img_0000.png").read_bytes()
+    idat = png.index(b"IDAT")
+    (root / "images" / "scrambled.png").write_bytes(png[: idat + 8] + bytes(len(png) - idat - 20) + png[-12:])
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(png)
+    (root / "images" / "link.png").symlink_to(outside)
+    rows = pd.read_csv(manifest)
+    extra = ["images/scrambled.png", str(outside), "../outside.png", "images/link.png"]
+    pd.concat([rows, rows.iloc[:4].assign(image=extra)], ignore_index=True).to_csv(manifest, index=False)
+    a = score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "a", batch_size=5, decoder="dali")
+    b = score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "b", batch_size=5, decoder="cpu")
+    pa, pb = pd.read_parquet(a.predictions), pd.read_parquet(b.predictions)
+    pd.testing.assert_frame_equal(pa, pb)  # the same rows and the same error texts on both paths
+    assert (pa["error"].str.contains("file not found under the image root")).sum() == 3
+    counts = json.loads(a.run_json.read_text())["decoder_counts"]
+    # 10 rows: 3 refused before any decoder; the scrambled PNG's batch fell back to the CPU reader.
+    assert counts["dali_failed_batches"] == 1 and counts["dali_pipeline_rebuilds"] == 1
+    assert counts["dali"] + counts["cpu"] == 10 - 3 and counts["cpu"] >= 2
+    assert json.loads(b.run_json.read_text())["decoder_counts"] == {"cpu": 10}
