@@ -7,4 +7,22 @@ manifest -> decode -> segment (models.segmenter) -> lrg -> crop -> extract (mode
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+# The notebook API (sdfn_bench.api), imported on first use so that `import sdfn_bench` (the CLI's
+# version lookup) stays free of torch and the engine backends.
+_API = ("ImageScore", "load_engines", "score_images")
+__all__ = ["ImageScore", "__version__", "load_engines", "score_images"]
+
+if TYPE_CHECKING:
+    from sdfn_bench.api import ImageScore, load_engines, score_images
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from sdfn_bench import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'sdfn_bench' has no attribute {name!r}")

@@ -13,8 +13,9 @@ Each checkpoint gets one verdict:
   through the ``init`` and ``extractors`` records of the metadata). Its training patients overlap
   the official test split.
 
-ImageNet weights (``import-weights --format torchvision``, ``--init imagenet``) saw no chest
-X-rays: a model started from them is judged by its own training patients.
+ImageNet weights saw no chest X-rays: a model started from them (``--init imagenet``, which
+records ``source.training_data``, or an import of torchvision's own file, recognised by its
+sha256) is judged by its own training patients. Any other import is ``not verifiable``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ KNOWN_RANDOM_SPLIT: dict[str, str] = {
     "densenet121-res224-nih": "torchxrayvision's NIH DenseNet (densenet121-res224-nih), trained on a random split of "
                               "ChestX-ray14",
 }
-IMAGENET_FORMATS = ("torchvision",)
+# torchvision's ImageNet DenseNet-121 file (densenet121-a639ec97.pth): the name carries its sha256 prefix.
+IMAGENET_SHA256_PREFIX = "a639ec97"
 MAX_DEPTH = 8
 
 
@@ -171,7 +173,8 @@ def provenance(path: Path, depth: int = 0) -> tuple[str, str, list[str] | None]:
     source = meta.get("source")
     ids = meta.get("train_patient_ids")
     if isinstance(source, Mapping):
-        if str(source.get("format", "")) in IMAGENET_FORMATS:
+        if str(source.get("training_data", "")).startswith("ImageNet") or str(source.get("sha256", "")).startswith(
+                IMAGENET_SHA256_PREFIX):
             problem, ids = "", []  # ImageNet: natural images, no chest X-ray patients
         else:
             problem, ids = f"imported weights ({Path(str(source.get('path', '?'))).name}); training patients unknown", None

@@ -13,6 +13,7 @@ Without network the cached file must already be there; the error says which file
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from urllib.parse import urlparse
@@ -21,6 +22,7 @@ from sdfn_bench.errors import CheckpointError, SdfnError
 from sdfn_bench.models.checkpoint import checkpoint_paths
 
 INIT_CHOICES = ("imagenet", "none")
+IMAGENET_TRAINING_DATA = "ImageNet-1k (torchvision DenseNet121_Weights.IMAGENET1K_V1): no chest X-ray patients"
 
 
 class InitError(SdfnError):
@@ -105,4 +107,16 @@ def resolve_init(init: str | Path | None, view: str, out_dir: str | Path, *, inp
         import_weights(source, "torchvision", view, stem, input_size=input_size)
     except CheckpointError as exc:
         raise InitError(f"--init {init}: {exc}") from exc
+    if str(init) == "imagenet":
+        _record_training_data(stem, IMAGENET_TRAINING_DATA)
     return stem
+
+
+def _record_training_data(stem: Path, training_data: str) -> None:
+    """Add ``source.training_data`` to an imported checkpoint's metadata (read by the leakage guard)."""
+    _, meta_path = checkpoint_paths(stem)
+    meta = json.loads(meta_path.read_text())
+    meta["source"] = {**meta.get("source", {}), "training_data": training_data}
+    tmp = meta_path.with_name(meta_path.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1) + "\n")
+    os.replace(tmp, meta_path)
