@@ -33,13 +33,21 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
-from scipy.special import expit
 
-from sdfn_bench.crop import crop_lung
 from sdfn_bench.decode.reader import ReadLimits, read_image
-from sdfn_bench.errors import EngineError, ImageReadError, ScoreError
-from sdfn_bench.lrg import PAPER_MARGIN, LungBox, LungMargin, lung_box_in_image
-from sdfn_bench.preprocess import Preprocessing, prepare
+from sdfn_bench.errors import ImageReadError
+from sdfn_bench.lrg import LungBox, LungMargin, lung_box_in_image
+from sdfn_bench.preprocess import prepare
+from sdfn_bench.score.networks import (
+    Features,
+    Probabilities,
+    extract,
+    fuse,
+    image_boxes,
+    lung_input,
+    lung_margin_of,
+    segmenter_masks,
+)
 
 if TYPE_CHECKING:
     from sdfn_bench.engines import EngineSet
@@ -51,6 +59,14 @@ DEFAULT_LIMITS = ReadLimits()
 # must not tell which of these it is (a manifest could otherwise probe files outside the root).
 NOT_FOUND = "file not found under the image root (absolute paths and links leading outside it are not followed)"
 _T = TypeVar("_T")
+# The network helpers lived here before networks.py; callers import them from this module too.
+__all__ = [
+    "BOX_COLUMNS", "DEFAULT_LIMITS", "HEADS", "NOT_FOUND", "Classified", "Features", "Probabilities", "Resolver",
+    "RowBatch", "batch_frame", "box_rows", "classify_rows", "crop_rows", "decode_all", "decode_image",
+    "decode_or_error", "extract", "fuse", "image_boxes", "lung_input", "lung_margin_of", "non_finite_rows",
+    "prediction_columns", "prepare_rows", "resolve_path", "result_frame", "score_batch", "score_decoded",
+    "score_rows", "segment_rows", "segmenter_masks",
+]
 
 
 class Resolver(Protocol):
@@ -90,92 +106,6 @@ def decode_or_error(image: str, resolver: Resolver, limits: ReadLimits = DEFAULT
         return f"{image}: not enough memory to read this image"
     except Exception as exc:  # noqa: BLE001 - a resolver or reader bug must not end the run either
         return f"{image}: cannot read: {type(exc).__name__}: {exc}"
-
-
-def segmenter_masks(mask_logits: np.ndarray, threshold: float) -> np.ndarray:
-    """(B, 1, S, S) logits -> (B, S, S) bool lung masks: ``sigmoid(logits) > threshold``."""
-    if mask_logits.ndim != 4 or mask_logits.shape[1] != 1:
-        raise ValueError(f"mask logits must be (B, 1, S, S), got {mask_logits.shape}")
-    return expit(mask_logits[:, 0]) > threshold
-
-
-def lung_margin_of(engines: EngineSet) -> LungMargin:
-    """The segmenter checkpoint's recorded ``lung_margin`` (the paper's when none is recorded).
-
-    Raises:
-        EngineError: the recorded value is not a margin (names the engines folder and the value).
-    """
-    value = getattr(engines, "lung_margin", None)
-    try:
-        return LungMargin.from_record(value)
-    except (TypeError, ValueError, AttributeError) as exc:
-        where = getattr(engines, "engines_dir", "the engines")
-        raise EngineError(f"{where}: engines.json lung_margin {value!r} is not a lung margin: {exc}") from exc
-
-
-def image_boxes(
-    masks: np.ndarray, image_shapes: Sequence[tuple[int, int]], margin: LungMargin = PAPER_MARGIN
-) -> list[LungBox]:
-    """LRG boxes of a (B, S, S) mask batch in each original image's pixels, margin applied there."""
-    return [lung_box_in_image(m, shape, margin) for m, shape in zip(masks, image_shapes, strict=True)]
-
-
-def lung_input(image: np.ndarray, box: LungBox, pre: Preprocessing) -> np.ndarray:
-    """The lung extractor's (1, S, S) input: crop ``box`` from the full-resolution image, then prepare."""
-    return prepare(crop_lung(image, box), pre)
-
-
-@dataclass(frozen=True)
-class Probabilities:
-    """Sigmoid probabilities of the three heads, each (B, n_classes) float32."""
-
-    entire: np.ndarray
-    lung: np.ndarray
-    sdfn: np.ndarray
-    sdfn_logits: np.ndarray | None = None  # (B, n_classes) the fusion engine's logits
-
-
-@dataclass(frozen=True)
-class Features:
-    """Outputs of the two extractors on the same images: pooled features (B, 1024) and logits (B, C);
-    with ``maps``, also the last feature maps (B, 1024, h, w) that the pooling averaged."""
-
-    entire_features: np.ndarray
-    entire_logits: np.ndarray
-    lung_features: np.ndarray
-    lung_logits: np.ndarray
-    entire_maps: np.ndarray | None = None
-    lung_maps: np.ndarray | None = None
-
-
-def extract(entire_x: np.ndarray, lung_x: np.ndarray, engines: EngineSet, *, maps: bool = False) -> Features:
-    """Both extractors on a batch.
-
-    Args:
-        entire_x: (B, 1, S, S) entire-image inputs.
-        lung_x: (B, 1, S, S) lung-crop inputs of the same images, same order.
-        maps: also return the feature maps (engines loaded with ``cams``; for ``score --cams``).
-    """
-    out_entire = engines.extractor_entire.run({"image": entire_x})
-    out_lung = engines.extractor_lung.run({"image": lung_x})
-    if maps:
-        if "feature_maps" not in out_entire or "feature_maps" not in out_lung:
-            raise ScoreError(f"engines in {engines.engines_dir} give no feature maps: build them with "
-                             "`sdfn-bench build-engines --cams` and load them with cams=True")
-        return Features(out_entire["features"], out_entire["logits"], out_lung["features"], out_lung["logits"],
-                        out_entire["feature_maps"], out_lung["feature_maps"])
-    return Features(out_entire["features"], out_entire["logits"], out_lung["features"], out_lung["logits"])
-
-
-def fuse(features: Features, engines: EngineSet) -> Probabilities:
-    """The fusion head on the extractors' features; sigmoid probabilities of all three heads."""
-    fused = engines.fusion.run({"features_entire": features.entire_features, "features_lung": features.lung_features})
-    return Probabilities(
-        entire=expit(features.entire_logits).astype(np.float32, copy=False),
-        lung=expit(features.lung_logits).astype(np.float32, copy=False),
-        sdfn=expit(fused["logits"]).astype(np.float32, copy=False),
-        sdfn_logits=fused["logits"],
-    )
 
 
 def _take(result: _T, rows: Sequence[int]) -> _T:
