@@ -15,9 +15,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from test_score_fakes import make_image_folder
+from typer.testing import CliRunner
 
 from sdfn_bench.bench.run import seeded_checkpoints
-from sdfn_bench.cli.main import main
+from sdfn_bench.cli.main import app
 from sdfn_bench.engines import build_engines, load_engines
 from sdfn_bench.errors import BackendUnavailableError, EngineError, ScoreError
 from sdfn_bench.score import ray_runner
@@ -97,13 +98,10 @@ def _use_loader(monkeypatch, wrap):
     monkeypatch.setattr(ray_runner, "engines_loader", lambda d, b: partial(_wrapped_load, d, b, wrap))
 
 
-def _cli(monkeypatch, *args) -> int:
-    monkeypatch.setattr(sys, "argv", ["sdfn-bench", "score", *map(str, args)])
-    try:
-        main()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+def _cli(*args) -> int:
+    result = CliRunner().invoke(app, ["score", *map(str, args)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return result.exit_code
 
 
 def test_ray_equals_single_process_and_survives_a_killed_actor(cluster, setup, monkeypatch, tmp_path):
@@ -111,7 +109,7 @@ def test_ray_equals_single_process_and_survives_a_killed_actor(cluster, setup, m
     marker = tmp_path / "crashed"
     _use_loader(monkeypatch, partial(CrashOnce, marker=marker))
     out = tmp_path / "run"
-    code = _cli(monkeypatch, manifest, "--engines", root / "engines", "--out", out, "--batch-size", BATCH,
+    code = _cli(manifest, "--engines", root / "engines", "--out", out, "--batch-size", BATCH,
                 "--ray", "local", "--actors", 2, "--max-errors", 5, "-q")
     assert code == 0
     assert marker.exists()  # an actor really died mid-run

@@ -7,6 +7,7 @@ Argument parsing and Rich output only; the work is in :mod:`sdfn_bench.train` an
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ EPOCHS = typer.Option(None, "--epochs", help="Override the preset's epochs.")
 BATCH = typer.Option(None, "--batch-size", help="Override the preset's batch size.")
 SIZE = typer.Option(None, "--input-size", help="Override the preset's input size (pixels).")
 LR = typer.Option(None, "--lr", help="Override the preset's initial learning rate.")
+NPROC = typer.Option(1, "--nproc-per-node", min=1, help="DistributedDataParallel processes on this machine, launched "
+                     "like torchrun (one per GPU with NCCL; gloo on the CPU); --batch-size stays the global batch.")
 
 
 class RichTrainProgress(TrainProgress):
@@ -112,6 +115,19 @@ def _run(stage: str, fn) -> TrainResult:
     return result
 
 
+def _run_or_launch(stage: str, fn, options, nproc: int, device: str | None, threads: int | None) -> TrainResult:
+    """``fn(options=options(progress))`` here with a progress bar, or in ``nproc`` DDP processes
+    (no bar; rank 0's result is reported)."""
+    if nproc == 1:
+        return _run(stage, lambda prog: fn(options=options(prog)))
+    from sdfn_bench.train.distributed import launch
+
+    console.print(f"{stage}: {nproc} DistributedDataParallel processes", highlight=False)
+    result = launch(fn, options=options(None), nproc_per_node=nproc, device=device, threads=threads)
+    _report(stage, result)
+    return result
+
+
 @train_app.command("segmenter")
 def train_segmenter_cmd(
     manifest: Path = typer.Option(..., "--manifest", help="Segmentation manifest (image, mask, patient_id)."),
@@ -119,15 +135,16 @@ def train_segmenter_cmd(
     out: Path = OUT, preset: str = PRESET, image_root: Path = ROOT, epochs: int = EPOCHS, batch_size: int = BATCH,
     input_size: int = SIZE, lr: float = LR, seed: int = SEED, device: str = DEVICE, workers: int = WORKERS,
     threads: int = THREADS, resume: bool = RESUME, overwrite: bool = OVERWRITE, no_amp: bool = NO_AMP,
+    nproc_per_node: int = NPROC,
 ) -> None:
     """Train the lung U-Net (section 2.2.2.1); keeps the lowest validation loss."""
     from sdfn_bench.train.presets import get_preset, override
     from sdfn_bench.train.segmenter import train_segmenter
 
     p = override(get_preset(preset).segmenter, epochs=epochs, batch_size=batch_size, input_size=input_size, lr=lr)
-    _run("segmenter", lambda prog: train_segmenter(
-        manifest, out, val_manifest=val, image_root=image_root, preset=p,
-        options=_options(seed, device, workers, threads, resume, overwrite, no_amp, prog)))
+    _run_or_launch("segmenter", partial(train_segmenter, manifest, out, val_manifest=val, image_root=image_root, preset=p),
+                   lambda prog: _options(seed, device, workers, threads, resume, overwrite, no_amp, prog),
+                   nproc_per_node, device, threads)
 
 
 @train_app.command("extractor")
@@ -142,15 +159,17 @@ def train_extractor_cmd(
     out: Path = OUT, preset: str = PRESET, image_root: Path = ROOT, epochs: int = EPOCHS, batch_size: int = BATCH,
     input_size: int = SIZE, lr: float = LR, seed: int = SEED, device: str = DEVICE, workers: int = WORKERS,
     threads: int = THREADS, resume: bool = RESUME, overwrite: bool = OVERWRITE, no_amp: bool = NO_AMP,
+    nproc_per_node: int = NPROC,
 ) -> None:
     """Train a DenseNet-121 extractor (section 2.2.3); keeps the highest validation mean AUC."""
     from sdfn_bench.train.extractor import train_extractor
     from sdfn_bench.train.presets import get_preset, override
 
     p = override(get_preset(preset).extractor, epochs=epochs, batch_size=batch_size, input_size=input_size, lr=lr)
-    _run(f"extractor_{view}", lambda prog: train_extractor(
-        view, manifest, val, out, boxes=boxes or None, image_root=image_root, preset=p, init=init,
-        options=_options(seed, device, workers, threads, resume, overwrite, no_amp, prog)))
+    _run_or_launch(f"extractor_{view}", partial(train_extractor, view, manifest, val, out, boxes=boxes or None,
+                                                image_root=image_root, preset=p, init=init),
+                   lambda prog: _options(seed, device, workers, threads, resume, overwrite, no_amp, prog),
+                   nproc_per_node, device, threads)
 
 
 @train_app.command("fusion")

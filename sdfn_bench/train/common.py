@@ -273,6 +273,7 @@ def fit(
     overwrite: bool = False,
     validate_before: bool = False,
     progress: TrainProgress | None = None,
+    rank: int = 0,
     n_images: int | None = None,
 ) -> TrainResult:
     """Train ``model`` and keep its best checkpoint at ``stem``.
@@ -295,6 +296,9 @@ def fit(
             fusion head starts as the two-view ensemble).
         n_images: training images per epoch; each epoch's row then has ``images_per_s`` (training
             and validation time included). Every row has ``peak_gpu_mib`` (NaN on a CPU).
+        rank: this process's rank under DistributedDataParallel (:mod:`sdfn_bench.train.distributed`):
+            only rank 0 writes the checkpoint, metrics and state; each rank draws its own
+            augmentations. ``validate`` must return the same metrics on every rank.
 
     Raises:
         TrainError: outputs exist and neither ``resume`` nor ``overwrite``; the saved state was
@@ -319,11 +323,13 @@ def fit(
         if info.get("scaler"):
             scaler.load_state_dict(info["scaler"])
         history, best, best_epoch, start = info["history"], info["best"], info["best_epoch"], info["epoch"] + 1
-        log.reset(history)
+        if rank == 0:
+            log.reset(history)
     elif weights.exists() or log.csv.exists():
         if not (overwrite or resume):
             raise TrainError(f"{weights.parent}: outputs of {stem.name!r} exist; pass resume or overwrite")
-        log.reset([])
+        if rank == 0:
+            log.reset([])
     schedule.apply(optimizer)
     t0 = time.perf_counter()
 
@@ -334,8 +340,10 @@ def fit(
 
     def keep(epoch: int, metrics: dict[str, float]) -> None:
         nonlocal best, best_epoch
-        if _better(metrics[monitor], best, mode):
-            best, best_epoch = metrics[monitor], epoch
+        if not _better(metrics[monitor], best, mode):
+            return
+        best, best_epoch = metrics[monitor], epoch
+        if rank == 0:
             save_checkpoint(
                 stem, model, {**meta, "epochs": epoch, "best_metric": {"name": monitor, "value": best}, "train_config": config}
             )
@@ -346,13 +354,14 @@ def fit(
                "images_per_s": float("nan"), "peak_gpu_mib": peak_gpu_mib(device)}
         keep(0, metrics)
         history.append(row)
-        log.append(row)
+        if rank == 0:
+            log.append(row)
         progress.end_epoch(row)
     for epoch in range(start, epochs + 1):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         te = time.perf_counter()
-        gen = epoch_generator(seed, epoch)
+        gen = epoch_generator(seed, epoch, AUGMENT_STREAM if rank == 0 else ORDER_STREAM + rank)
         model.train()
         progress.start_epoch(epoch, epochs, n_batches)
         total, count = 0.0, 0
@@ -375,15 +384,17 @@ def fit(
                "peak_gpu_mib": peak_gpu_mib(device)}
         keep(epoch, metrics)
         history.append(row)
-        log.append(row)
-        _save_state(stem, model, optimizer, {
-            "epoch": epoch, "best": best, "best_epoch": best_epoch, "history": history, "config": config,
-            "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-        })
+        if rank == 0:
+            log.append(row)
+        if rank == 0:
+            _save_state(stem, model, optimizer, {
+                "epoch": epoch, "best": best, "best_epoch": best_epoch, "history": history, "config": config,
+                "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            })
         progress.end_epoch(row)
     if best is None:
         raise TrainError(f"{stem.name}: no epoch produced a finite {monitor}; nothing was saved")
-    if not weights.exists():
+    if rank == 0 and not weights.exists():
         raise CheckpointError(f"{weights}: best checkpoint missing after training")
     return TrainResult(
         checkpoint=weights,

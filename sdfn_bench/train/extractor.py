@@ -25,6 +25,7 @@ from sdfn_bench.manifest.schema import file_sha256, read_manifest
 from sdfn_bench.models.checkpoint import load_checkpoint
 from sdfn_bench.models.extractor import DEFAULT_ARCH, build_extractor
 from sdfn_bench.preprocess import Preprocessing
+from sdfn_bench.train import distributed
 from sdfn_bench.train.common import (
     ORDER_STREAM,
     LRSchedule,
@@ -32,7 +33,6 @@ from sdfn_bench.train.common import (
     epoch_generator,
     fit,
     patients_metadata,
-    pick_device,
     validation_auc,
 )
 from sdfn_bench.train.data import ClassifierItems, batches_of, preload, random_hflip, read_boxes
@@ -82,7 +82,8 @@ def train_extractor(
         raise SdfnError("the lung view needs --boxes (the output of `sdfn-bench lung-boxes`)")
     preset = preset or ExtractorPreset()
     opt = options or RunOptions()
-    device = pick_device(opt.device)
+    ctx = distributed.context(opt.device)  # one process, or one of `--nproc-per-node` DDP processes
+    device = ctx.device
     torch.manual_seed(opt.seed)
     pre = Preprocessing(input_size=preset.input_size)
     init = preset.init if init is None else init
@@ -99,9 +100,13 @@ def train_extractor(
         model.load_state_dict(start.module.state_dict(), strict=True)
         init_record = {"path": str(start.path), "sha256": start.sha256}
     model = model.to(device)
+    net = distributed.wrap(model, ctx)
     bce = torch.nn.BCEWithLogitsLoss()
 
     def batches(epoch: int):
+        if ctx.distributed:
+            return distributed.train_batches(train_ds, global_batch=preset.batch_size, seed=opt.seed, epoch=epoch,
+                                             ctx=ctx, workers=opt.workers)
         return batches_of(train_ds, batch_size=preset.batch_size, shuffle=True, generator=epoch_generator(opt.seed, epoch, ORDER_STREAM),
                           workers=opt.workers, device=device)
 
@@ -109,19 +114,20 @@ def train_extractor(
         x, y = (t.to(device, non_blocking=True) for t in batch)
         if preset.hflip:
             x = random_hflip(x, gen)
-        return bce(model(x)[1], y)
+        return bce(net(x)[1], y)
 
     def validate() -> dict[str, float]:
         scores, labels, loss_sum = [], [], 0.0
-        for x, y in batches_of(val_ds, batch_size=preset.batch_size, shuffle=False, generator=None,
-                               workers=opt.workers, device=device):
+        distributed.sync_buffers(model, ctx)  # under DDP: this process's shard, rank 0's BatchNorm statistics
+        for x, y in batches_of(distributed.shard(val_ds, ctx), batch_size=preset.batch_size, shuffle=False,
+                               generator=None, workers=opt.workers, device=device):
             logits = model(x.to(device))[1].float()
             loss_sum += float(F.binary_cross_entropy_with_logits(logits, y.to(device), reduction="sum"))
             scores.append(logits.cpu().numpy())
             labels.append(y.numpy())
-        y_true, y_score = np.concatenate(labels), np.concatenate(scores)
+        y_true, y_score = (distributed.gather(np.concatenate(a), ctx) for a in (labels, scores))  # the whole set
         mean, _ = validation_auc(y_true, y_score)
-        return {"val_loss": loss_sum / y_true.size, "val_mean_auc": mean}
+        return {"val_loss": distributed.all_sum(loss_sum, ctx) / y_true.size, "val_mean_auc": mean}
 
     meta = {
         "kind": "extractor",
@@ -142,5 +148,5 @@ def train_extractor(
         n_batches=-(-len(train_ds) // preset.batch_size), step=step, validate=validate, monitor="val_mean_auc",
         mode="max", epochs=preset.epochs, schedule=schedule, meta=meta, config=config, seed=opt.seed,
         device=device, amp=opt.amp, resume=opt.resume, overwrite=opt.overwrite, progress=opt.progress,
-        n_images=len(train_ds),
+        n_images=len(train_ds), rank=ctx.rank,
     )

@@ -19,6 +19,7 @@ from sdfn_bench.lrg import PAPER_MARGIN
 from sdfn_bench.manifest.image_root import ImageResolver
 from sdfn_bench.models.segmenter import build_segmenter
 from sdfn_bench.preprocess import Preprocessing
+from sdfn_bench.train import distributed
 from sdfn_bench.train.common import (
     ORDER_STREAM,
     LRSchedule,
@@ -28,7 +29,6 @@ from sdfn_bench.train.common import (
     epoch_generator,
     fit,
     patients_metadata,
-    pick_device,
 )
 from sdfn_bench.train.data import SegItems, batches_of, preload, random_affine, read_seg_manifest
 from sdfn_bench.train.presets import SegmenterPreset
@@ -90,7 +90,8 @@ def train_segmenter(
     """
     preset = preset or SegmenterPreset()
     opt = options or RunOptions()
-    device = pick_device(opt.device)
+    ctx = distributed.context(opt.device)  # one process, or one of `--nproc-per-node` DDP processes
+    device = ctx.device
     torch.manual_seed(opt.seed)
     df = read_seg_manifest(manifest)
     resolver = ImageResolver.for_manifest(manifest, image_root)
@@ -107,27 +108,33 @@ def train_segmenter(
         train_ds, val_ds = preload(train_ds, opt.workers), preload(val_ds, opt.workers)
 
     model = build_segmenter(preset.arch).to(device)
+    net = distributed.wrap(model, ctx)
     bce = torch.nn.BCEWithLogitsLoss()
 
     def batches(epoch: int):
+        if ctx.distributed:
+            return distributed.train_batches(train_ds, global_batch=preset.batch_size, seed=opt.seed, epoch=epoch,
+                                             ctx=ctx, workers=opt.workers)
         return batches_of(train_ds, batch_size=preset.batch_size, shuffle=True, generator=epoch_generator(opt.seed, epoch, ORDER_STREAM),
                           workers=opt.workers, device=device)
 
     def step(batch, gen: torch.Generator) -> torch.Tensor:
         x, m = (t.to(device, non_blocking=True) for t in batch)
         x, m = random_affine(x, m, gen, rotation_deg=preset.rotation_deg, shift=preset.shift, zoom=preset.zoom)
-        return bce(model(x), m)
+        return bce(net(x), m)
 
     def validate() -> dict[str, float]:
         loss_sum, n, dices = 0.0, 0, []
-        for x, m in batches_of(val_ds, batch_size=preset.batch_size, shuffle=False, generator=None,
-                               workers=opt.workers, device=device):
+        distributed.sync_buffers(model, ctx)  # under DDP: this process's shard, rank 0's BatchNorm statistics
+        for x, m in batches_of(distributed.shard(val_ds, ctx), batch_size=preset.batch_size, shuffle=False,
+                               generator=None, workers=opt.workers, device=device):
             x, m = x.to(device), m.to(device)
             logits = model(x).float()
             loss_sum += float(F.binary_cross_entropy_with_logits(logits, m, reduction="sum"))
             n += m.numel()
             dices.append(dice_iou(torch.sigmoid(logits) > preset.mask_threshold, m > 0.5)[0].cpu())
-        return {"val_loss": loss_sum / n, "val_dice": float(torch.cat(dices).mean())}
+        dice = torch.from_numpy(distributed.gather(torch.cat(dices).numpy(), ctx))  # every validation image
+        return {"val_loss": distributed.all_sum(loss_sum, ctx) / distributed.all_sum(n, ctx), "val_dice": float(dice.mean())}
 
     meta = {
         "kind": "segmenter",
@@ -145,4 +152,5 @@ def train_segmenter(
         n_batches=-(-len(train_ds) // preset.batch_size), step=step, validate=validate, monitor="val_loss", mode="min",
         epochs=preset.epochs, schedule=LRSchedule(preset.lr), meta=meta, config=config, seed=opt.seed, device=device,
         amp=opt.amp, resume=opt.resume, overwrite=opt.overwrite, progress=opt.progress, n_images=len(train_ds),
+        rank=ctx.rank,
     )
