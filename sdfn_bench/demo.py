@@ -9,6 +9,8 @@ command would, so the artifacts can be reused by hand afterwards::
     DIR/engines/         sdfn-bench build-engines --checkpoints DIR/checkpoints --out DIR/engines
     DIR/reports/runs/<id>/       sdfn-bench score DIR/cohort/test.csv --cams; sdfn-bench compare;
                                  sdfn-bench localize --boxes DIR/cohort/bbox.csv; sdfn-bench cams
+    DIR/reports/val_runs/<id>/   sdfn-bench score DIR/cohort/val.csv; sdfn-bench calibrate (calibration.json);
+                                 then compare --thresholds-from it --at sensitivity=0.9 --calibration
 
 A step whose output already exists and is complete (the cohort with the same parameters, a
 checkpoint, the lung boxes) is reused, so an interrupted demo continues where it stopped; engines
@@ -30,7 +32,6 @@ from sdfn_bench.steps import (
     StepHooks,
     StepLog,
     TrainingInputs,
-    compare_step,
     engines_step,
     extractor_and_fusion_steps,
     lung_boxes_step,
@@ -52,7 +53,9 @@ DEFAULT_N = 800
 DEMO_COHORT = {"min_prevalence": 0.08, "test_fraction": 0.25, "max_images_per_patient": 4}
 DEFAULT_SIZE = 512
 STEPS = ("cohort", "segmenter", "lung boxes", "entire extractor", "lung extractor", "fusion", "engines",
-         "score", "compare", "localize", "cams")
+         "score", "score val", "calibrate", "compare", "localize", "cams")
+# Operating points of the demo: thresholds reaching this sensitivity on the validation split.
+DEMO_AT = "sensitivity=0.9"
 # Gallery of the demo: the classes with the most lesion boxes in the test split, top images each.
 GALLERY_CLASSES = 3
 GALLERY_TOP = 4
@@ -79,6 +82,8 @@ class DemoResult:
         localization_markdown: the localization table (SDFN vs entire-image CAMs); "" without boxes.
         verdict: whether SDFN's maps point at the lesions better, with the CI.
         gallery: the CAM gallery page (None without boxes).
+        val_run_dir: the scored validation split (thresholds and calibration were fitted there).
+        sections_markdown: operating points and calibration before/after, on the test split.
     """
 
     workdir: Path
@@ -92,6 +97,8 @@ class DemoResult:
     localization_markdown: str = field(default="", repr=False)
     verdict: str = ""
     gallery: Path | None = None
+    val_run_dir: Path | None = None
+    sections_markdown: str = field(default="", repr=False)
 
 
 def _cohort_matches(cohort: Path, n: int, size: int, seed: int) -> bool:
@@ -127,7 +134,9 @@ def run_demo(
         workers: processes for the cohort and decode threads for scoring (default: all cores).
         preset: training settings (default: the ``demo`` preset; tests pass a smaller one).
     """
-    from sdfn_bench.score.run import new_run_dir
+    from sdfn_bench.report.beyond_auc import section_markdown
+    from sdfn_bench.report.compare import calibrate_run, compare_run
+    from sdfn_bench.score.run import new_run_dir, score_manifest
     from sdfn_bench.synth import make_cohort
     from sdfn_bench.train.presets import get_preset
     from sdfn_bench.train.seg_eval import evaluate_segmenter
@@ -175,9 +184,25 @@ def run_demo(
         score_step(log, cohort / "test.csv", engines_dir, run_dir, image_root=None, workers=workers,
                    progress=hooks.score_progress(), cams=True)
 
-    with step("compare", f"SDFN vs entire and lung baselines, {n_bootstrap} patient-bootstrap replicates"):
-        comparison, mean_auc = compare_step(log, run_dir, n_bootstrap=n_bootstrap, seed=seed,
-                                            progress=hooks.counter("bootstrap"))
+    # The validation split picks the thresholds and the calibration; the test split only reports them.
+    val_dir = workdir / "reports" / "val_runs" / run_dir.name
+    with step("score val", f"{cohort / 'val.csv'} -> {val_dir}"):
+        val_scored = score_manifest(cohort / "val.csv", engines_dir=engines_dir, out=val_dir, workers=workers,
+                                    progress=hooks.score_progress())
+        summary["score val"] = f"{val_scored.ok} images ok, {val_scored.error} errors"
+    with step("calibrate", "per-class temperature scaling fitted on the validation split"):
+        calibration = calibrate_run(val_dir, val_dir / "calibration.json", "temperature")
+        temperatures = [m.params["temperature"] for m in calibration.maps["sdfn"].values() if m is not None]
+        summary["calibrate"] = f"{len(temperatures)} of 14 SDFN classes calibrated" + (
+            f", temperatures {min(temperatures):.2f}-{max(temperatures):.2f}" if temperatures else "")
+
+    with step("compare", f"SDFN vs entire and lung baselines, {n_bootstrap} patient-bootstrap replicates; "
+                         f"operating points at {DEMO_AT} and calibration from the validation split"):
+        comparison = compare_run(run_dir, baselines=("entire", "lung"), model="sdfn", n_bootstrap=n_bootstrap,
+                                 seed=seed, progress=hooks.counter("bootstrap"), thresholds_from=val_dir, at=DEMO_AT,
+                                 calibration=val_dir / "calibration.json")
+        mean_auc = {s.name: float(s.mean_auc) for s in comparison.analysis.scorers}
+        summary["compare"] = ", ".join(f"{k} {v:.3f}" for k, v in mean_auc.items())
 
     localization, gallery = _localize_and_draw(step, summary, cohort / "bbox.csv", run_dir, n_bootstrap, seed)
     wall = time.perf_counter() - t_start
@@ -187,7 +212,8 @@ def run_demo(
     result = DemoResult(workdir=workdir, run_dir=run_dir, step_seconds=seconds, wall_s=wall, mean_auc=mean_auc,
                         summary=summary, table1_markdown=comparison.table1_markdown, paths=paths,
                         localization_markdown=(run_dir / "localization.md").read_text() if localization else "",
-                        verdict=summary.get("localize", ""), gallery=gallery)
+                        verdict=summary.get("localize", ""), gallery=gallery, val_run_dir=val_dir,
+                        sections_markdown=section_markdown(comparison.sections) if comparison.sections else "")
     record = {
         "workdir": str(workdir), "run_dir": str(run_dir), "n": n, "size": size, "seed": seed,
         "step_seconds": seconds, "wall_s": wall, "mean_auc": mean_auc, "summary": summary,
@@ -244,7 +270,7 @@ def publish(result: DemoResult, repo_root: str | Path) -> Path:
     docs = repo_root / "docs" / "demo"
     docs.mkdir(parents=True, exist_ok=True)
     for name in ("table1.md", "roc_curves.png", "roc_curves.svg", "comparison.json", "demo.json", "run.json",
-                 "localization.md", "localization.json"):
+                 "localization.md", "localization.json", "operating_points.md", "calibration.md", "calibration.png"):
         src = result.run_dir / name
         if src.is_file():
             shutil.copyfile(src, docs / name)

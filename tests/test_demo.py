@@ -64,6 +64,15 @@ def test_demo_end_to_end_then_reuse(tmp_path: Path) -> None:
     assert "SYNTHETIC" in (result.run_dir / "table1.md").read_text()
     record = json.loads((result.run_dir / "demo.json").read_text())
     assert set(record["step_seconds"]) == set(STEPS)
+    # Thresholds and calibration come from the validation split and are reported on the test split.
+    val = pd.read_csv(tmp_path / "cohort" / "val.csv")
+    assert pd.read_parquet(result.val_run_dir / "predictions.parquet")["image"].tolist() == val["image"].tolist()
+    thresholds = json.loads((result.run_dir / "thresholds.json").read_text())
+    assert thresholds["chosen_on"]["run_dir"] == str(result.val_run_dir) and not thresholds["chosen_on"]["test_set"]
+    assert thresholds["calibration"]["path"] == str(result.val_run_dir / "calibration.json")
+    for name in ("operating_points.md", "calibration.md", "calibration.png"):
+        assert (result.run_dir / name).is_file()
+    assert "Operating points at sensitivity=0.9" in result.sections_markdown
     # CAMs: localization against the cohort's lesion boxes and a gallery, linked from Table 1
     assert (result.run_dir / "localization.json").is_file() and result.gallery.is_file()
     assert record["localization"]["verdict"] == result.verdict and "pointing game" in result.verdict

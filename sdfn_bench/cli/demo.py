@@ -92,13 +92,17 @@ def demo(
                                     "rewrite the README's demo section (run from the repo root)."),
 ) -> None:
     """Run everything end to end on a synthetic cohort: synth, train (demo preset), build-engines, score (with CAMs),
-    compare, localize (the cohort's lesion boxes) and a CAM gallery."""
+    compare (with operating points and a calibration fitted on the validation split), localize (the cohort's
+    lesion boxes) and a CAM gallery."""
     result = run_demo(workdir, RichDemoHooks(), n=n, size=size, seed=seed, n_bootstrap=bootstrap, backend=backend,
                       workers=workers)
     console.rule("[bold]Table 1")
     console.print(Markdown(result.table1_markdown))
     aucs = ", ".join(f"{k} {v:.3f}" for k, v in result.mean_auc.items())
     console.print(f"\nmean AUC: {aucs}", highlight=False)
+    if result.sections_markdown:
+        console.rule("[bold]Operating points and calibration (chosen on the validation split, shown on test)")
+        console.print(Markdown(result.sections_markdown))
     if result.localization_markdown:
         console.rule("[bold]Localization from class activation maps")
         console.print(Markdown(result.localization_markdown))

@@ -166,7 +166,7 @@ def evaluate_thresholds(labels: np.ndarray, scores: Mapping[str, np.ndarray], cl
             t = thresholds.values[name][cls]
             row: dict[str, object] = {"set": name, "finding": cls, "threshold": t}
             if math.isnan(t):
-                row.update({"tp": 0, "fp": 0, "fn": 0, "tn": 0})
+                row.update({"tp": pd.NA, "fp": pd.NA, "fn": pd.NA, "tn": pd.NA})
                 for r in RATES:
                     row.update({r: np.nan, f"{r}_ci_low": np.nan, f"{r}_ci_high": np.nan})
             else:
@@ -180,6 +180,8 @@ def evaluate_thresholds(labels: np.ndarray, scores: Mapping[str, np.ndarray], cl
         raise StatsError(f"the thresholds cover none of the run's prediction sets {list(scores)} "
                          f"(they have {list(thresholds.values)})")
     frame = pd.DataFrame.from_records(records)
+    for k in ("tp", "fp", "fn", "tn"):
+        frame[k] = frame[k].astype("Int64")
     chosen = thresholds.chosen_on
     where = "on the evaluated (test) run itself: OPTIMISTIC, the numbers below overstate what new images give" \
         if chosen.get("test_set") else f"on the validation run {chosen.get('run_dir', '?')} ({chosen.get('n_images', '?')} images)"
@@ -195,7 +197,7 @@ def evaluate_thresholds(labels: np.ndarray, scores: Mapping[str, np.ndarray], cl
     body = [
         (display_name(str(r["set"])), str(r["finding"]).replace("_", " "),
          "n/a" if math.isnan(r["threshold"]) else f"{r['threshold']:.4g}",
-         str(r["tp"]), str(r["fp"]), str(r["fn"]), str(r["tn"]),
+         *("n/a" if r[k] is pd.NA else str(r[k]) for k in ("tp", "fp", "fn", "tn")),
          *(_cell(r[m], r[f"{m}_ci_low"], r[f"{m}_ci_high"]) for m in RATES))
         for r in frame.to_dict("records")
     ]
