@@ -90,12 +90,15 @@ def jsrt_tree(tmp_path: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
 
 def test_jsrt_manifest(tmp_path: Path, jsrt_tree: tuple[Path, Path, dict[str, np.ndarray]]) -> None:
     images, masks, expected = jsrt_tree
-    out = tmp_path / "seg" / "jsrt.csv"
+    # Paths may not leave the image root: images outside the manifest's folder need a root above both.
+    with pytest.raises(ManifestError, match="outside the manifest's folder"):
+        build_jsrt_manifest(images, masks, tmp_path / "seg" / "jsrt.csv")
+    out = tmp_path / "jsrt.csv"
     df = build_jsrt_manifest(images, masks, out)
     assert df.columns.tolist() == ["image", "mask", "patient_id"]
     assert df["patient_id"].tolist() == ["JPCLN001", "JPCNN002"]
     assert df["mask"].tolist() == ["jsrt_masks/JPCLN001.png", "jsrt_masks/JPCNN002.png"]
-    assert df["image"].tolist()[0] == "../jsrt/All247images/JPCLN001.IMG"
+    assert df["image"].tolist()[0] == "jsrt/All247images/JPCLN001.IMG"
     resolver = ImageResolver.for_manifest(out, None)
     for _, row in df.iterrows():
         merged = read_mask(resolver.resolve(row["mask"]))

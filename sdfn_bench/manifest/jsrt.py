@@ -8,7 +8,9 @@ JSRT ships 247 raw ``.IMG`` files (2048x2048, 12-bit, big-endian, no header). Th
 :func:`build_jsrt_manifest` merges each image's left and right masks into one PNG (0 background,
 255 lung, at the SCR resolution 1024x1024: half the image side; the segmenter resizes both) and
 writes a segmentation manifest ``image, mask, patient_id`` whose paths are relative to a root: by
-default the manifest's own folder, so no ``--image-root`` is needed when using it.
+default the manifest's own folder, so no ``--image-root`` is needed when using it. Every command
+confines manifest paths to their root (no ``..`` out of it), so with the default root the images
+must lie below the manifest's folder; otherwise pass a ``root`` holding both.
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ def build_jsrt_manifest(
         The manifest ``image, mask, patient_id`` (``patient_id`` = the JSRT stem, e.g. JPCLN001).
 
     Raises:
-        ManifestError: an image without both lung masks, a wrongly sized ``.IMG``, unequal mask sizes.
+        ManifestError: an image without both lung masks, a wrongly sized ``.IMG``, unequal mask sizes;
+            without ``root``, images outside the manifest's folder (their paths would need ``..``).
     """
     out_csv = Path(out_csv)
     out_dir = out_csv.resolve().parent
@@ -101,6 +104,12 @@ def build_jsrt_manifest(
     if not masks_dir.is_dir():
         raise ManifestError(f"{masks_dir}: SCR mask folder not found")
     images = list_jsrt_images(images_dir)
+    if root is None and images and not images[0].resolve().is_relative_to(base):
+        raise ManifestError(
+            f"{images[0].parent}: the JSRT images are outside the manifest's folder {base}, and manifest paths "
+            "may not lead out of their image root; write the manifest into a folder above the images, or pass "
+            "--root DIR (a folder holding the images and the manifest) and use --image-root DIR with it"
+        )
     left_index = _index_masks(masks_dir, LEFT_LUNG_DIR)
     right_index = _index_masks(masks_dir, RIGHT_LUNG_DIR)
     for image in images:
