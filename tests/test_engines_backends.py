@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import types
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -13,7 +14,7 @@ import torch
 from engines_helpers import FEATURES, tiny_sources
 
 from sdfn_bench.engines import load_engines
-from sdfn_bench.engines.backends import Availability, choose_backend
+from sdfn_bench.engines.backends import Availability, choose_backend, cpu_backends
 from sdfn_bench.engines.backends import tensorrt as trt_backend
 from sdfn_bench.engines.build import build_from_sources
 from sdfn_bench.errors import BackendUnavailableError, EngineError
@@ -63,8 +64,16 @@ def test_explicit_choice_is_checked():
         choose_backend("tensorrt", AVAIL["trt no gpu"])
     with pytest.raises(BackendUnavailableError, match="onnxruntime is not installed"):
         choose_backend("onnxruntime", AVAIL["nothing"])
-    with pytest.raises(EngineError, match="unknown backend"):
+    with pytest.raises(BackendUnavailableError, match="openvino is not installed"):
         choose_backend("openvino", AVAIL["cpu only"])
+    with pytest.raises(EngineError, match="unknown backend"):
+        choose_backend("tflite", AVAIL["cpu only"])
+
+
+def test_cpu_backends_are_the_auto_candidates():
+    assert cpu_backends(AVAIL["cpu only"]) == ["onnxruntime", "torch"]
+    assert cpu_backends(replace(AVAIL["cpu only"], openvino_installed=True)) == ["onnxruntime", "openvino", "torch"]
+    assert cpu_backends(AVAIL["nothing"]) == ["torch"]
 
 
 def test_fp16_onnx_has_half_weights_and_float_io(tmp_path, monkeypatch):

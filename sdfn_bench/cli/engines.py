@@ -1,5 +1,6 @@
 """`sdfn-bench build-engines`: export the four networks and build inference engines
-(logic in :mod:`sdfn_bench.engines.build`)."""
+(logic in :mod:`sdfn_bench.engines.build`; reduced precision through the accuracy gate of
+:mod:`sdfn_bench.score.gated_build`: build -> gate -> commit)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sdfn_bench.engines.backends.base import ENGINE_NAMES
-from sdfn_bench.engines.build import BuildReport, build_engines
+from sdfn_bench.engines.build import BuildReport
+from sdfn_bench.score.gate import GateThresholds
+from sdfn_bench.score.gated_build import build_gated
 
 console = Console()
 _STEPS = {"export": "exporting ONNX", "quantize": "quantizing (int8 Q/DQ)", "build": "building",
-          "parity": "checking parity", "done": "done"}
+          "parity": "checking parity", "probe": "timing", "done": "done"}
 
 
 def _summary(report: BuildReport) -> Table:
@@ -33,16 +36,34 @@ def _summary(report: BuildReport) -> Table:
 def build_engines_command(
     checkpoints: Path = typer.Option(Path("checkpoints"), "--checkpoints", help="Checkpoint folder (NAME.safetensors + NAME.json)."),
     out: Path = typer.Option(Path("engines"), "--out", help="Engines folder; engines.json is written there."),
-    backend: str = typer.Option("auto", "--backend", help="auto|onnxruntime|torch|tensorrt (auto: tensorrt > torch on CUDA > onnxruntime)."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32|fp16|int8 (int8 needs --calib-manifest)."),
+    backend: str = typer.Option("auto", "--backend", help="auto|onnxruntime|openvino|torch|tensorrt (auto: tensorrt > "
+                                "torch on CUDA; on a CPU the fastest per network by a timing probe)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32|fp16|bf16|int8|auto (int8 needs --calib-manifest; "
+                                  "all but fp32 need --gate-manifest or --no-gate; auto: per network the fastest "
+                                  "precision passing the gate)."),
     max_batch: int = typer.Option(32, "--max-batch", min=1, help="Largest batch per engine call (TensorRT profile max)."),
     cams: bool = typer.Option(False, "--cams", help="Extractors also output their last feature maps (for CAMs)."),
     calib_manifest: Path | None = typer.Option(None, "--calib-manifest", help="Manifest whose first 32 images calibrate int8."),
     calib_image_root: Path | None = typer.Option(None, "--calib-image-root", help="Image root of --calib-manifest (default: its folder)."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda[:N] (default: the backend's best here)."),
     torch_compile: bool = typer.Option(False, "--torch-compile", help="torch backend: torch.compile the networks at load."),
+    gate_manifest: Path | None = typer.Option(None, "--gate-manifest", help="Labelled manifest the accuracy gate scores "
+                                              "with the new engines and with fp32 PyTorch."),
+    gate_image_root: Path | None = typer.Option(None, "--gate-image-root", help="Image root of --gate-manifest "
+                                                "(default: its folder)."),
+    no_gate: bool = typer.Option(False, "--no-gate", help="Build reduced precision without the accuracy gate "
+                                 "(recorded in engines.json)."),
+    max_mean_auc_delta: float = typer.Option(GateThresholds.mean_abs_auc_delta, "--max-mean-auc-delta",
+                                             help="Gate: limit on |mean AUC delta| per head."),
+    max_auc_delta: float = typer.Option(GateThresholds.max_abs_auc_delta, "--max-auc-delta",
+                                        help="Gate: limit on the largest per-class |AUC delta|."),
+    min_box_agreement: float = typer.Option(GateThresholds.box_agreement, "--min-box-agreement",
+                                            help="Gate: least share of images with lung box IoU >= 0.95 and equal LRG status."),
 ) -> None:
-    """Export the segmenter, both extractors and the fusion head, build engines, check parity, write engines.json."""
+    """Export the segmenter, both extractors and the fusion head, build engines, check parity, write engines.json.
+
+    Reduced precision (fp16, bf16, int8, auto) is built in a staged folder, scored on --gate-manifest
+    next to fp32 PyTorch, and moved into --out only when the accuracy gate passes."""
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("loading checkpoints", total=len(ENGINE_NAMES))
@@ -50,13 +71,22 @@ def build_engines_command(
         def advance(name: str, step: str) -> None:
             progress.update(task, description=f"{name}: {_STEPS.get(step, step)}", advance=1 if step == "done" else 0)
 
-        report = build_engines(
+        gated = build_gated(
             checkpoints, out, backend=backend, precision=precision, max_batch=max_batch, cams=cams,
             calib_manifest=calib_manifest, calib_image_root=calib_image_root, device=device,
-            torch_compile=torch_compile, progress=advance,
+            torch_compile=torch_compile, progress=advance, gate_manifest=gate_manifest,
+            gate_image_root=gate_image_root, no_gate=no_gate,
+            thresholds=GateThresholds(mean_abs_auc_delta=max_mean_auc_delta, max_abs_auc_delta=max_auc_delta,
+                                      box_agreement=min_box_agreement),
+            log=lambda message: progress.console.log(message, highlight=False),
         )
+    report = gated.report
     console.print(_summary(report))
     console.print(f"wrote [bold]{report.engines_json}[/] (sha256 {report.digest[:16]}...) in {report.build_s:.1f} s",
                   highlight=False)
     if report.previous is not None:
         console.print(f"previous engines.json kept as [bold]{report.previous}[/]", highlight=False)
+    if gated.gate is not None:
+        console.print("[green]accuracy gate passed[/]\n" + gated.gate.summary(), highlight=False)
+    elif gated.record.get("skipped"):
+        console.print(f"[yellow]accuracy gate skipped[/] ({gated.record['reason']})", highlight=False)

@@ -153,11 +153,24 @@ def write_record(engines_dir: str | Path, record: Mapping[str, Any]) -> tuple[Pa
 def rebuild_command(record: Mapping[str, Any], engines_dir: str | Path) -> str:
     """The command line that rebuilds ``record``'s engines here."""
     checkpoints = record.get("checkpoints_dir") or "checkpoints/"
+    requested = record.get("requested") or {}
+    backend = requested.get("backend") or record.get("backend", "auto")
+    precision = requested.get("precision") or record.get("precision", "fp32")
     parts = ["sdfn-bench", "build-engines", "--checkpoints", str(checkpoints), "--out", str(engines_dir),
-             "--backend", str(record.get("backend", "auto")), "--precision", str(record.get("precision", "fp32")),
+             "--backend", str(backend), "--precision", str(precision),
              "--max-batch", str(record.get("max_batch", 32))]
     if record.get("cams"):
         parts.append("--cams")
+    calib = (record.get("build_options") or {}).get("calib_manifest")
+    if calib:
+        parts += ["--calib-manifest", str(calib)]
+    gate = record.get("accuracy_gate") or {}
+    if gate.get("manifest"):
+        parts += ["--gate-manifest", str(gate["manifest"])]
+        if gate.get("image_root"):
+            parts += ["--gate-image-root", str(gate["image_root"])]
+    elif gate.get("skipped"):
+        parts.append("--no-gate")
     return shlex.join(parts)
 
 
@@ -178,7 +191,7 @@ def check_record(
     record: Mapping[str, Any],
     engines_dir: Path,
     *,
-    backend_version: str,
+    backend_version: str | Mapping[str, str],
     device: Mapping[str, Any],
     checkpoint_sha256: Mapping[str, str | None],
     file_sha256: Mapping[str, Mapping[str, str | None]],
@@ -187,7 +200,8 @@ def check_record(
 
     Args:
         record: the engines.json dict.
-        backend_version: the installed backend's version now.
+        backend_version: the installed version now of the recorded backend, or of each backend
+            the engines use (``{name: version}``; engines.json records one per network).
         device: :func:`device_info` of the device they would run on now.
         checkpoint_sha256: per engine, the current sha256 of its source checkpoint (None: missing).
         file_sha256: per engine, per file role, the current sha256 of the engine file (None: missing).
@@ -196,10 +210,14 @@ def check_record(
         EngineError: listing every problem and the command that rebuilds the engines.
     """
     problems: list[str] = []
-    if record.get("backend_version") != backend_version:
-        problems.append(
-            f"built with {record.get('backend')} {record.get('backend_version')}, installed now: {backend_version}"
-        )
+    installed = backend_version if isinstance(backend_version, Mapping) else {record.get("backend"): backend_version}
+    recorded = record.get("backend")
+    if recorded in installed and record.get("backend_version") != installed[recorded]:
+        problems.append(f"built with {recorded} {record.get('backend_version')}, installed now: {installed[recorded]}")
+    for name, entry in record.get("engines", {}).items():
+        be, version = entry.get("backend"), entry.get("backend_version")
+        if be is not None and version is not None and installed.get(be) != version:
+            problems.append(f"{name}: built with {be} {version}, installed now: {installed.get(be)}")
     built_on = record.get("device", {})
     for key in ("kind", "name", "compute_capability"):
         if built_on.get(key) != device.get(key):

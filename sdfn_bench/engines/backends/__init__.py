@@ -19,6 +19,7 @@ class Availability:
     tensorrt_installed: bool
     cuda_available: bool
     ort_providers: tuple[str, ...]
+    openvino_installed: bool = False
 
 
 def probe_availability() -> Availability:
@@ -35,13 +36,16 @@ def probe_availability() -> Availability:
         tensorrt_installed=importlib.util.find_spec("tensorrt") is not None,
         cuda_available=bool(torch.cuda.is_available()),
         ort_providers=providers,
+        openvino_installed=importlib.util.find_spec("openvino") is not None,
     )
 
 
 def choose_backend(requested: str, available: Availability) -> str:
     """Resolve ``--backend``: ``auto`` picks tensorrt > torch on CUDA > onnxruntime.
 
-    A pure function of ``available`` so the rule is testable anywhere.
+    A pure function of ``available`` so the rule is testable anywhere. On a CPU, ``auto`` builds
+    go further: they time every one of :func:`cpu_backends` per network and keep the fastest
+    (:mod:`sdfn_bench.engines.build`); the name returned here is then only the default device's.
 
     Raises:
         BackendUnavailableError: an explicit request that cannot work here, or nothing usable.
@@ -66,7 +70,19 @@ def choose_backend(requested: str, available: Availability) -> str:
             raise BackendUnavailableError("backend 'tensorrt' requested but no CUDA GPU is visible to PyTorch")
     if requested == "onnxruntime" and not available.ort_providers:
         raise BackendUnavailableError("backend 'onnxruntime' requested but onnxruntime is not installed")
+    if requested == "openvino" and not available.openvino_installed:
+        raise BackendUnavailableError(
+            "backend 'openvino' requested but openvino is not installed (pip install 'sdfn-bench[openvino]')"
+        )
     return requested
+
+
+def cpu_backends(available: Availability) -> list[str]:
+    """The installed backends that run on a CPU, candidates of ``--backend auto`` there."""
+    names = ["onnxruntime"] if available.ort_providers else []
+    if available.openvino_installed:
+        names.append("openvino")
+    return [*names, "torch"]
 
 
 def get_backend(name: str) -> Backend:
@@ -79,6 +95,10 @@ def get_backend(name: str) -> Backend:
         from sdfn_bench.engines.backends.torch import TorchBackend
 
         return TorchBackend()
+    if name == "openvino":
+        from sdfn_bench.engines.backends.openvino import OpenVinoBackend
+
+        return OpenVinoBackend()
     if name == "tensorrt":
         from sdfn_bench.engines.backends.tensorrt import TensorRTBackend
 
@@ -86,4 +106,4 @@ def get_backend(name: str) -> Backend:
     raise EngineError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["Availability", "probe_availability", "choose_backend", "get_backend"]
+__all__ = ["Availability", "probe_availability", "choose_backend", "cpu_backends", "get_backend"]

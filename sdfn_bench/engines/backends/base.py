@@ -38,8 +38,8 @@ ENGINE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "fusion": (("features_entire", "features_lung"), ("logits",)),
 }
 CAM_OUTPUT = "feature_maps"
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
-BACKENDS: tuple[str, ...] = ("onnxruntime", "torch", "tensorrt")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
+BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino", "torch", "tensorrt")
 
 
 def io_names(kind: str, *, cams: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:

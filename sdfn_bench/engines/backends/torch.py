@@ -4,7 +4,9 @@ No artifact is written: the engine is the source checkpoint itself (its sha256 i
 load time like every engine's), wrapped to the engine's named tensors, in eval mode under
 ``torch.inference_mode``, in ``channels_last`` memory format for the convolutional networks,
 optionally ``torch.compile``'d (``build_options.torch_compile``; the first batch then compiles),
-on CPU or CUDA. ``fp16`` runs the module in half precision on CUDA only.
+on CPU or CUDA. ``fp16`` runs the module in half precision on CUDA only. ``bf16`` runs the module's
+weights and activations in bfloat16 (oneDNN on the CPU, channels-last), on CUDA or on a CPU with
+AVX512-BF16 or AMX only (:mod:`sdfn_bench.engines.cpu_features`); inputs and outputs stay float32.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from torch import nn
 from sdfn_bench.engines.backends.base import Backend, BuildJob, Engine, EngineSpec, LoadContext
 from sdfn_bench.errors import BackendUnavailableError, EngineError
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
 
 class TorchEngine(Engine):
     backend = "torch"
@@ -26,7 +30,7 @@ class TorchEngine(Engine):
     def __init__(self, spec: EngineSpec, module: nn.Module, *, precision: str, device: str, compiled: bool) -> None:
         super().__init__(spec, precision=precision, device=device)
         self._device = torch.device(device)
-        self._dtype = torch.float16 if precision == "fp16" else torch.float32
+        self._dtype = DTYPES.get(precision, torch.float32)
         self._channels_last = spec.kind != "fusion"
         module = module.to(device=self._device, dtype=self._dtype).eval()
         if self._channels_last:
@@ -75,13 +79,17 @@ class TorchBackend(Backend):
         if precision == "int8":
             return "the torch backend runs fp32 or fp16 only; use --backend tensorrt or onnxruntime for int8"
         if precision == "fp16" and not device.startswith("cuda"):
-            return "the torch backend runs fp16 on CUDA only; use fp32 on the CPU"
+            return "the torch backend runs fp16 on CUDA only; use fp32 (or bf16 where the CPU has it) on the CPU"
+        if precision == "bf16" and device == "cpu":
+            from sdfn_bench.engines.cpu_features import cpu_features
+
+            return cpu_features().bf16_refusal()
         return None
 
     def build(self, job: BuildJob) -> tuple[dict[str, str], dict[str, Any]]:
         # The checkpoint is the artifact; nothing to write.
         return {}, {"torch": torch.__version__, "torch_compile": bool(job.options.get("torch_compile", False)),
-                    "channels_last": job.spec.kind != "fusion"}
+                    "channels_last": job.spec.kind != "fusion", "dtype": str(DTYPES[job.precision])}
 
     def load(self, ctx: LoadContext) -> Engine:
         from sdfn_bench.engines.export import io_module

@@ -1,0 +1,247 @@
+"""One network built one way (a backend and a precision), checked and timed: a *candidate*.
+
+``--backend auto`` on a CPU and ``--precision auto`` build several candidates per network, keep
+those whose parity check passes, and pick by a short timing probe measured here at build time
+(:func:`probe_rate`), not by a fixed order. The ONNX export (and the int8 quantization) of a
+network is made once and shared by every backend that reads ONNX.
+
+int8 calibration uses each network's real inputs (:func:`calibration_inputs`): the segmenter and
+the entire-image extractor see the calibration images prepared with their own preprocessing; the
+lung extractor sees the lung crops that the fp32 segmenter and the Lung Region Generator cut from
+them, as in scoring.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sdfn_bench.engines.backends import get_backend
+from sdfn_bench.engines.backends.base import KIND_OF, BuildJob, EngineSpec, LoadContext
+from sdfn_bench.engines.export import engine_spec, example_inputs, export_onnx, io_module, torch_outputs
+from sdfn_bench.engines.parity import TOLERANCES, Tolerance, check_parity, tolerance_key
+from sdfn_bench.errors import EngineError
+from sdfn_bench.manifest.schema import file_sha256
+from sdfn_bench.preprocess import Preprocessing, prepare
+
+PROBE_BATCH = 4
+PROBE_REPEATS = 3
+Progress = Callable[[str, str], None]  # (engine name, step: export|quantize|build|parity|probe|done)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One network to build: the module and its checkpoint."""
+
+    name: str
+    module: nn.Module
+    meta: dict[str, Any] = field(repr=False)
+    path: Path | None
+    sha256: str
+
+    @property
+    def kind(self) -> str:
+        return KIND_OF[self.name]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One built engine of one network.
+
+    Attributes:
+        folder: where its files are (``entry["files"]`` are names in this folder).
+        entry: its engines.json entry (with ``backend``, ``backend_version``, ``parity``).
+        passed: whether the parity check passed (``message`` says why not).
+        images_per_s: the timing probe (None when not probed: a single candidate).
+    """
+
+    name: str
+    backend: str
+    precision: str
+    folder: Path
+    entry: dict[str, Any] = field(repr=False)
+    passed: bool
+    message: str
+    images_per_s: float | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"backend": self.backend, "precision": self.precision, "parity_passed": self.passed,
+                "images_per_s": None if self.images_per_s is None else round(self.images_per_s, 3),
+                **({"why_not": self.message} if self.message else {})}
+
+
+def engine_precision(kind: str, precision: str) -> str:
+    """The precision a network of ``kind`` is built in for a requested reduced ``precision``.
+
+    The fusion head is one linear layer (a negligible share of the FLOPs): int8 or bf16 would gain
+    nothing there and only add error, so it stays fp32.
+    """
+    return "fp32" if kind == "fusion" and precision in ("int8", "bf16") else precision
+
+
+def parity_tolerance(key: str) -> Tolerance:
+    """The parity limits of a precision; bf16 (8-bit mantissa) shares int8's loose sanity limits:
+    for every reduced precision the accuracy gate (``score.gate``), not this check, decides."""
+    return TOLERANCES.get(key) or TOLERANCES["int8"]
+
+
+def feature_dim(sources: Mapping[str, Source]) -> int:
+    probe = np.zeros((1, 1, 32, 32), dtype=np.float32)
+    features = torch_outputs(io_module("extractor", sources["extractor_entire"].module), {"image": probe}, ("image",))[0]
+    return int(features.shape[1])
+
+
+def calibration_inputs(sources: Mapping[str, Source], images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Each network's int8 calibration batch made from decoded images, as scoring would feed it.
+
+    Args:
+        images: decoded 2-D grayscale images (original resolution).
+
+    Returns:
+        ``{"segmenter", "extractor_entire", "extractor_lung": (N, 1, S, S) float32}``; the lung
+        extractor's rows are lung crops cut with the fp32 segmenter's LRG boxes.
+    """
+    from scipy.special import expit
+
+    from sdfn_bench.crop import crop_lung
+    from sdfn_bench.lrg import LungMargin, lung_box_in_image
+
+    pre = {n: Preprocessing.from_dict(sources[n].meta["preprocessing"])
+           for n in ("segmenter", "extractor_entire", "extractor_lung")}
+    seg_x = np.stack([prepare(image, pre["segmenter"]) for image in images]).astype(np.float32, copy=False)
+    threshold = float(sources["segmenter"].meta.get("mask_threshold", 0.5))
+    with torch.inference_mode():
+        logits = np.concatenate([sources["segmenter"].module.eval()(torch.from_numpy(seg_x[i:i + 8])).numpy()
+                                 for i in range(0, len(seg_x), 8)])
+    masks = expit(logits[:, 0]) > threshold
+    margin = LungMargin.from_record(sources["segmenter"].meta.get("lung_margin"))  # as scoring does
+    boxes = [lung_box_in_image(mask, image.shape, margin) for mask, image in zip(masks, images, strict=True)]
+    lung = [prepare(crop_lung(image, box), pre["extractor_lung"]) for image, box in zip(images, boxes, strict=True)]
+    return {
+        "segmenter": seg_x,
+        "extractor_entire": np.stack([prepare(image, pre["extractor_entire"]) for image in images]).astype(np.float32),
+        "extractor_lung": np.stack(lung).astype(np.float32, copy=False),
+    }
+
+
+def probe_rate(engine: Any, spec: EngineSpec, *, batch: int = PROBE_BATCH, repeats: int = PROBE_REPEATS) -> float:
+    """Images/s of ``engine`` on one seeded batch: median of ``repeats`` calls after one warm-up."""
+    first = spec.inputs[0].shape
+    inputs = example_inputs(spec.kind, input_size=int(first[-1]) if len(first) == 4 else 0,
+                            feature_dim=int(first[1]) if len(first) == 2 else 0,
+                            batch=min(batch, spec.max_batch), rng=np.random.default_rng(0))
+    engine.run(inputs)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        engine.run(inputs)
+        times.append(time.perf_counter() - start)
+    return min(batch, spec.max_batch) / statistics.median(times)
+
+
+class OnnxCache:
+    """The exported (and quantized) ONNX files of one network, made once per precision."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._made: dict[tuple[str, str], tuple[Path, dict[str, Any]]] = {}
+
+    def get(self, source: Source, wrapper: nn.Module, spec: EngineSpec, precision: str,
+            calibration: np.ndarray | None, report: Progress) -> tuple[Path, dict[str, Any]]:
+        key = (source.name, precision)
+        if key in self._made:
+            return self._made[key]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if precision == "int8":
+            fp32, facts = self.get(source, wrapper, spec, "fp32", calibration, report)
+            if calibration is None:
+                raise EngineError(f"{source.name}: int8 needs calibration images (--calib-manifest)")
+            from sdfn_bench.engines.quantize import quantize_int8
+
+            report(source.name, "quantize")
+            path = self.folder / f"{source.name}.int8.onnx"
+            facts = dict(facts, quantization=quantize_int8(fp32, path, {"image": calibration}))
+        else:
+            report(source.name, "export")
+            path = self.folder / f"{source.name}.{precision}.onnx"
+            exported = export_onnx(wrapper, spec, path, precision=precision)
+            facts = {"exporter": exported.exporter, "opset": exported.opset, "seconds": round(exported.seconds, 3)}
+        self._made[key] = (path, facts)
+        return path, facts
+
+
+def build_candidate(
+    source: Source, folder: Path, *, backend: str, precision: str, max_batch: int, cams: bool, device: str,
+    torch_compile: bool, calibration: np.ndarray | None, feature_dim: int, onnx_cache: OnnxCache,
+    report: Progress, probe: bool,
+) -> Candidate:
+    """Build, parity-check and (``probe``) time one network with one backend in one precision.
+
+    A parity failure is returned (``passed`` False), not raised, so a caller choosing among
+    candidates can go on; export and build errors are raised.
+    """
+    start = time.perf_counter()
+    be = get_backend(backend)
+    kind = source.kind
+    pre = Preprocessing.from_dict(source.meta["preprocessing"])
+    wrapper = io_module(kind, source.module, cams=cams)
+    spec = engine_spec(source.name, kind, wrapper, input_size=pre.input_size, feature_dim=feature_dim,
+                       cams=cams, max_batch=max_batch)
+    folder.mkdir(parents=True, exist_ok=True)
+    export_facts: dict[str, Any] = {}
+    onnx_path = None
+    if be.needs_onnx:
+        shared, export_facts = onnx_cache.get(source, wrapper, spec, "fp16" if precision == "fp16" else
+                                              ("int8" if precision == "int8" else "fp32"), calibration, report)
+        onnx_path = folder / shared.name
+        shutil.copy2(shared, onnx_path)
+
+    report(source.name, "build")
+    # the torch backend runs the module itself and mutates it (dtype, memory format): give it a copy
+    job = BuildJob(spec=spec, out_dir=folder, onnx_path=onnx_path, precision=precision, device=device,
+                   module=None if be.needs_onnx else copy.deepcopy(wrapper), options={"torch_compile": torch_compile})
+    files, facts = be.build(job)
+    build_s = time.perf_counter() - start
+
+    report(source.name, "parity")
+    entry: dict[str, Any] = {
+        "kind": kind,
+        "backend": backend,
+        "backend_version": be.version(),
+        "precision": precision,
+        "checkpoint": {"path": str(source.path) if source.path else None, "sha256": source.sha256},
+        "inputs": [t.to_dict() for t in spec.inputs],
+        "outputs": [t.to_dict() for t in spec.outputs],
+        "max_batch": max_batch,
+        "files": files,
+        "preprocessing": source.meta["preprocessing"] if kind != "fusion" else None,
+        "export": export_facts,
+        "backend_facts": facts,
+    }
+    engine = be.load(LoadContext(spec=spec, engines_dir=folder, entry=entry, device=device,
+                                 options={"module": job.module, "torch_compile": torch_compile}))
+    key = tolerance_key(precision, device)
+    parity = check_parity(engine, wrapper, spec, key, images=calibration if kind != "fusion" else None,
+                          tolerance=parity_tolerance(key))
+    entry["file_sha256"] = {role: file_sha256(folder / f) for role, f in files.items()}
+    entry["parity"] = parity.to_dict()
+    entry["build_s"] = round(build_s, 3)
+    rate = None
+    if probe and parity.passed:
+        report(source.name, "probe")
+        rate = probe_rate(engine, spec)
+        entry["probe_images_per_s"] = round(rate, 3)
+    del engine
+    return Candidate(name=source.name, backend=backend, precision=precision, folder=folder, entry=entry,
+                     passed=parity.passed, message="" if parity.passed else parity.message(source.name),
+                     images_per_s=rate)

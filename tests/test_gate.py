@@ -1,0 +1,158 @@
+"""The accuracy gate: the pure comparison on crafted runs, and the gated build end to end
+(a deliberately bad int8 calibration is refused and leaves the engines folder unchanged)."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from engines_helpers import make_checkpoints
+
+from sdfn_bench.classes import CLASS_NAMES
+from sdfn_bench.score.gate import GateError, GateThresholds, box_iou, compare_runs, implicated, labels_of
+from sdfn_bench.score.gated_build import auto_precisions, build_gated
+
+CLASSES = tuple(CLASS_NAMES[:3])
+
+
+def _run(probs: np.ndarray, boxes: np.ndarray | None = None, status: str = "clean") -> pd.DataFrame:
+    n = len(probs)
+    frame = {"image": [f"im{i}.png" for i in range(n)]}
+    for head in ("entire", "lung", "sdfn"):
+        for c, name in enumerate(CLASSES):
+            frame[f"{head}_{name}"] = probs[:, c]
+    boxes = np.tile([10, 10, 90, 90], (n, 1)) if boxes is None else boxes
+    for k, col in enumerate(("lung_x0", "lung_y0", "lung_x1", "lung_y1")):
+        frame[col] = boxes[:, k]
+    frame["lrg_status"] = [status] * n
+    frame["status"] = ["ok"] * n
+    return pd.DataFrame(frame)
+
+
+@pytest.fixture()
+def labelled():
+    rng = np.random.default_rng(0)
+    labels = pd.DataFrame(rng.integers(0, 2, (200, len(CLASSES))), columns=list(CLASSES))
+    probs = np.clip(labels.to_numpy() * 0.3 + rng.random((200, len(CLASSES))) * 0.7, 0, 1)
+    return labels, probs
+
+
+def test_box_iou_hand_worked():
+    a = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 0, 0], [0, 0, 10, 10]])
+    b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [0, 0, 0, 0], [20, 20, 30, 30]])
+    np.testing.assert_allclose(box_iou(a, b), [1.0, 50 / 150, 1.0, 0.0])
+
+
+def test_identical_runs_pass_with_zero_deltas(labelled):
+    labels, probs = labelled
+    result = compare_runs(_run(probs), _run(probs), labels, CLASSES)
+    assert result.passed and result.labelled and result.box_agreement == 1.0
+    assert all(g.max_abs_auc_delta == 0.0 and g.max_abs_prob_diff == 0.0 for g in result.heads.values())
+    record = result.to_dict()
+    assert record["heads"]["sdfn"]["auc_delta"] == dict.fromkeys(CLASSES, 0.0)
+
+
+def test_auc_change_boxes_and_status_fail_with_numbers(labelled):
+    labels, probs = labelled
+    worse = probs.copy()
+    worse[:, 1] = np.random.default_rng(1).random(200)  # one class loses its signal
+    boxes = np.tile([10, 10, 90, 90], (200, 1))
+    boxes[:5] = [30, 10, 110, 90]  # IoU 0.6 on 5 of 200 images: 0.975 < 0.99
+    result = compare_runs(_run(worse, boxes), _run(probs), labels, CLASSES)
+    assert not result.passed
+    assert result.heads["entire"].max_abs_auc_delta > 0.1 and result.box_agreement == pytest.approx(0.975)
+    assert any(f.startswith("entire: max |AUC delta|") for f in result.failures)
+    assert any(f.startswith("lung boxes: agreement 0.9750") for f in result.failures)
+    assert implicated(result) == ["segmenter", "extractor_entire", "extractor_lung"]
+    status = compare_runs(_run(probs, status="mirrored"), _run(probs), labels, CLASSES)
+    assert status.lrg_status_equal == 0.0 and status.box_iou_share == 1.0 and not status.passed
+
+
+def test_small_rounding_passes_and_unlabelled_gate_uses_probabilities(labelled):
+    labels, probs = labelled
+    nudged = probs + np.random.default_rng(2).normal(0, 1e-4, probs.shape)
+    result = compare_runs(_run(nudged), _run(probs), labels, CLASSES)
+    assert result.passed and 0 < result.heads["lung"].p99_abs_prob_diff <= result.heads["lung"].max_abs_prob_diff
+    assert labels_of(pd.DataFrame({"image": ["a"]}), CLASSES) is None
+    far = compare_runs(_run(probs + 0.06), _run(probs), None, CLASSES)
+    assert not far.passed and not far.labelled and "unlabelled manifest" in far.failures[0]
+    assert implicated(far) == ["extractor_entire", "extractor_lung"]
+    assert compare_runs(_run(probs + 0.04), _run(probs), None, CLASSES).passed
+
+
+def test_runs_of_different_images_cannot_be_gated(labelled):
+    labels, probs = labelled
+    other = _run(probs)
+    other.loc[0, "image"] = "x.png"
+    with pytest.raises(GateError, match="different images"):
+        compare_runs(other, _run(probs), labels, CLASSES)
+
+
+def test_auto_precisions_follow_the_device():
+    assert auto_precisions("cpu", has_calibration=True) == ["int8", "bf16", "fp32"]
+    assert auto_precisions("cpu", has_calibration=False) == ["bf16", "fp32"]
+    assert auto_precisions("cuda:0", has_calibration=False) == ["fp16", "fp32"]
+
+
+# --- the gated build end to end (tiny real networks at 32 px) -------------------------------------
+
+def _manifest(folder, name, images):
+    rows = ["image,patient_id,view,age,sex"]
+    for i, image in enumerate(images):
+        cv2.imwrite(str(folder / f"{name}{i}.png"), image)
+        rows.append(f"{name}{i}.png,{name}{i},PA,50,M")
+    (folder / f"{name}.csv").write_text("\n".join(rows) + "\n")
+    return folder / f"{name}.csv"
+
+
+@pytest.fixture(scope="module")
+def gated_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gate")
+    checkpoints = make_checkpoints(root / "checkpoints")
+    seg = checkpoints / "segmenter.json"
+    meta = json.loads(seg.read_text())
+    meta.pop("lung_margin", None)  # the paper's margin
+    seg.write_text(json.dumps(meta))
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    chest = [((np.exp(-((xx - 32) ** 2 + (yy - 32) ** 2) / (300 + 40 * i)) * 180 + rng.integers(0, 60, (64, 64)))
+              .astype(np.uint8)) for i in range(12)]
+    return root, checkpoints, _manifest(root, "calib", chest[:6]), _manifest(root, "gate", chest[6:]), \
+        _manifest(root, "flat", [np.full((64, 64), 115, np.uint8)] * 4)
+
+
+def test_reduced_precision_without_gate_is_refused_unless_no_gate(gated_setup, tmp_path):
+    _, checkpoints, calib, _, _ = gated_setup
+    with pytest.raises(GateError, match="--gate-manifest MANIFEST .* or --no-gate"):
+        build_gated(checkpoints, tmp_path / "engines", precision="int8", calib_manifest=calib)
+    assert not (tmp_path / "engines").exists()
+
+
+def test_bad_int8_calibration_is_refused_and_changes_nothing(gated_setup, tmp_path):
+    root, checkpoints, calib, gate, blank = gated_setup
+    thresholds = GateThresholds(unlabelled_max_abs_prob_diff=0.05)
+    out = tmp_path / "engines"
+    good = build_gated(checkpoints, out, backend="onnxruntime", precision="int8", calib_manifest=calib,
+                       gate_manifest=gate, thresholds=thresholds, max_batch=4)
+    assert good.gate is not None and good.gate.passed and not good.gate.labelled
+    record = json.loads((out / "engines.json").read_text())
+    assert record["accuracy_gate"]["passed"] and record["engines"]["segmenter"]["precision"] == "int8"
+    assert record["engines"]["fusion"]["precision"] == "fp32"
+    assert "--gate-manifest" in __import__("sdfn_bench.engines.registry", fromlist=["x"]).rebuild_command(record, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # flat mid-grey calibration images normalize to ~0: every activation range is tiny, so real
+    # images saturate the int8 ranges
+    with pytest.raises(GateError, match=r"accuracy gate failed .* unchanged") as failed:
+        build_gated(checkpoints, out, backend="onnxruntime", precision="int8", calib_manifest=blank,
+                    gate_manifest=gate, thresholds=thresholds, max_batch=4)
+    assert "max |probability diff|" in str(failed.value) or "lung boxes" in str(failed.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not list(out.parent.glob(".engines.*"))  # no staged or candidate folder left behind
+
+    skipped = build_gated(checkpoints, tmp_path / "nogate", backend="onnxruntime", precision="int8",
+                          calib_manifest=blank, no_gate=True, max_batch=4)
+    assert skipped.gate is None
+    assert json.loads((tmp_path / "nogate" / "engines.json").read_text())["accuracy_gate"]["skipped"] is True
