@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean browser
+.PHONY: gpu-check install test lint demo bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/sdfn-bench bench
+
+# One call on a GPU machine (< 8 min on one H100): gpu tests, torch-CUDA (+TensorRT) engines in
+# fp32/fp16, synthetic images through `score`, reports/bench/gpu-<UTC>.json and a summary table.
+# No install step: the GPU machine has no network, so it runs from the source tree (the venv's
+# python when there is one). Exit status 2 = refused, no CUDA GPU (nothing run or written).
+GPU_PYTHON ?= $(shell test -x $(BIN)/python && echo $(BIN)/python || echo $(PYTHON))
+gpu-check:
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PYTHON) -m sdfn_bench.cli.gpu_check
 
 clean:
 	rm -rf $(VENV) build *.egg-info
