@@ -171,7 +171,7 @@ def inspect_data(nih: str | Path, jsrt: str | Path, scr: str | Path, *, val_frac
 
 @dataclass(frozen=True)
 class Probe:
-    """Seconds per image measured on this machine (median of timed repeats after a warm-up).
+    """Seconds per image measured on this machine (median of the timed repeats after one warm-up).
 
     Attributes:
         device: ``cuda`` or ``cpu`` (and the GPU's name).
@@ -210,7 +210,7 @@ def _median_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None
     return statistics.median(times)
 
 
-def probe(report: DataReport, preset: Preset, *, device: str | None = None, repeats: int = 2) -> Probe:
+def probe(report: DataReport, preset: Preset, *, device: str | None = None, repeats: int = 1) -> Probe:
     """Time a few real images' decode and one batch through each network on ``device``."""
     import numpy as np
     import torch

@@ -123,6 +123,21 @@ def _open_parts(parts: Path, identity: dict[str, object], resume: bool, overwrit
     return {}
 
 
+def _result(path: Path, df: pd.DataFrame, wall_s: float, resumed: int) -> LungBoxesResult:
+    counts = {s: int((df["status"] == s).sum()) for s in (*STATUSES, UNREADABLE)}
+    bad = df[df["status"] == UNREADABLE]
+    return LungBoxesResult(path, len(df), counts, wall_s, resumed,
+                           tuple(zip(bad["image"].tolist(), bad["error"].tolist(), strict=True)))
+
+
+def finished_lung_boxes(path: str | Path) -> LungBoxesResult:
+    """The result of a finished ``lung-boxes`` output (nothing recomputed; all rows count as resumed)."""
+    df = pd.read_parquet(path)
+    if "error" not in df.columns:  # written before unreadable images were recorded
+        df["error"] = ""
+    return _result(Path(path), df, 0.0, len(df))
+
+
 def compute_lung_boxes(manifest: str | Path, segmenter: str | Path, out: str | Path, *,
                        image_root: str | Path | None = None, batch_size: int = 16, workers: int = 0,
                        device: str | None = None, overwrite: bool = False, resume: bool = False,
@@ -131,7 +146,8 @@ def compute_lung_boxes(manifest: str | Path, segmenter: str | Path, out: str | P
 
     The images are processed in chunks of ``chunk_rows``; each finished chunk is written to
     ``OUT.parts/part-<first row>.parquet``, so an interrupted run continues with ``resume`` after
-    its last finished chunk (with the same manifest, segmenter and chunk size). When every chunk is
+    its last finished chunk (with the same manifest, segmenter and chunk size); ``resume`` with a
+    finished ``out`` returns it unchanged. When every chunk is
     done they are joined into ``out`` and the parts folder is removed. An image that cannot be read
     does not stop the run: its row has status ``unreadable``, a zero box and the reason in ``error``.
 
@@ -146,8 +162,10 @@ def compute_lung_boxes(manifest: str | Path, segmenter: str | Path, out: str | P
             is not a segmenter.
     """
     out = Path(out)
+    if out.exists() and resume and not overwrite:
+        return finished_lung_boxes(out)
     if out.exists() and not overwrite:
-        raise SdfnError(f"{out}: exists; pass --overwrite to replace it")
+        raise SdfnError(f"{out}: exists; pass --overwrite to replace it (or --resume to keep it)")
     if chunk_rows < 1:
         raise SdfnError(f"chunk_rows must be >= 1, got {chunk_rows}")
     t0 = time.perf_counter()
@@ -188,10 +206,7 @@ def compute_lung_boxes(manifest: str | Path, segmenter: str | Path, out: str | P
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(df, out)
     shutil.rmtree(parts)
-    counts = {s: int((df["status"] == s).sum()) for s in (*STATUSES, UNREADABLE)}
-    bad = df[df["status"] == UNREADABLE]
-    return LungBoxesResult(out, len(df), counts, time.perf_counter() - t0, resumed,
-                           tuple(zip(bad["image"].tolist(), bad["error"].tolist(), strict=True)))
+    return _result(out, df, time.perf_counter() - t0, resumed)
 
 
 @dataclass(frozen=True)
