@@ -139,3 +139,21 @@ def test_operating_point_counts_and_wilson() -> None:
 def test_bad_criteria_are_refused(text: str) -> None:
     with pytest.raises(StatsError, match="--at|target"):
         parse_criterion(text)
+
+
+def test_slope_and_intercept_match_statsmodels_glm() -> None:
+    """The hand-written Newton fit against the reference: statsmodels' binomial GLM (with an offset
+    for the intercept)."""
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(7)
+    p = rng.beta(1.0, 4.0, 2_000)
+    y = (rng.random(2_000) < expit(0.3 + 0.7 * logit(p))).astype(int)
+    m = calibration_metrics(y, p)
+    z = logit(p)
+    full = sm.GLM(y, np.column_stack([np.ones_like(z), z]), family=sm.families.Binomial()).fit()
+    offset = sm.GLM(y, np.ones((z.size, 1)), family=sm.families.Binomial(), offset=z).fit()
+    assert m.slope == pytest.approx(full.params[1], abs=1e-7)
+    assert m.intercept == pytest.approx(offset.params[0], abs=1e-7)
+    platt = fit_calibration(y, p, "platt")
+    assert (platt.params["b"], platt.params["a"]) == pytest.approx(tuple(full.params), abs=1e-7)

@@ -30,15 +30,13 @@ Probabilities are clipped to ``[EPS, 1 - EPS]`` before a logit so that 0 and 1 s
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import brentq, minimize_scalar
 from scipy.special import expit, logit
 from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import brier_score_loss
-from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
 
 from sdfn_bench.errors import StatsError
 from sdfn_bench.stats.operating_points import wilson
@@ -110,19 +108,44 @@ def expected_calibration_error(y_true: np.ndarray, y_prob: np.ndarray, n_bins: i
     return float(np.sum(bins.count * np.abs(bins.observed - bins.mean_predicted)) / bins.count.sum())
 
 
-def _logistic_fit(y: np.ndarray, x: np.ndarray | None, offset: np.ndarray) -> np.ndarray:
-    """Maximum-likelihood ``logit P(y) = a [+ b x] + offset``; returns (a[, b])."""
-    import statsmodels.api as sm
+def _loglik(y: np.ndarray, eta: np.ndarray) -> float:
+    return float(np.sum(y * eta - np.logaddexp(0.0, eta)))
 
-    exog = np.ones((y.size, 1)) if x is None else np.column_stack([np.ones_like(x), x])
-    with warnings.catch_warnings():
-        # Separable or nearly separable data still give usable (large) estimates; the caller
-        # sees them as they are.
-        warnings.simplefilter("ignore", PerfectSeparationWarning)
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        fit = sm.GLM(y, exog, family=sm.families.Binomial(), offset=offset).fit()
-    return np.asarray(fit.params, dtype=np.float64)
+
+def _logistic_slope(y: np.ndarray, z: np.ndarray, max_iter: int = 100) -> tuple[float, float]:
+    """Maximum-likelihood ``logit P(y) = a + b z``: (a, b).
+
+    Newton-Raphson with step halving on the two-parameter log-likelihood (the same estimates as
+    statsmodels' GLM and scikit-learn's unpenalised LogisticRegression to 1e-8, which took 0.3-0.9 s
+    per fit on 25,000 images here: 40 s for a NIH-sized report). Separable data stop at large
+    estimates after ``max_iter`` steps, as those libraries do.
+    """
+    x = np.column_stack([np.ones_like(z), z])
+    beta = np.zeros(2)
+    current = _loglik(y, x @ beta)
+    for _ in range(max_iter):
+        mu = expit(x @ beta)
+        hessian = (x * (mu * (1.0 - mu))[:, None]).T @ x
+        try:
+            step = np.linalg.solve(hessian, x.T @ (y - mu))
+        except np.linalg.LinAlgError:
+            break
+        for _halving in range(30):
+            candidate = _loglik(y, x @ (beta + step))
+            if candidate >= current - 1e-12:
+                break
+            step = step / 2.0
+        beta, current = beta + step, candidate
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(beta[0]), float(beta[1])
+
+
+def _logistic_offset_intercept(y: np.ndarray, z: np.ndarray) -> float:
+    """Maximum-likelihood ``a`` of ``logit P(y) = a + z`` (``z`` an offset): the root of the score
+    equation sum(y) = sum(sigmoid(a + z)), which decreases in ``a`` (scipy ``brentq``)."""
+    n_pos = float(y.sum())
+    return float(brentq(lambda a: n_pos - float(expit(a + z).sum()), -60.0, 60.0, xtol=1e-12))
 
 
 @dataclass(frozen=True)
@@ -162,8 +185,8 @@ def calibration_metrics(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = DE
     n_pos = int(y.sum())
     if 0 < n_pos < y.size:
         z = _logit(p)
-        slope = float(_logistic_fit(y, z, np.zeros_like(z))[1])
-        intercept = float(_logistic_fit(y, None, z)[0])
+        slope = _logistic_slope(y, z)[1]
+        intercept = _logistic_offset_intercept(y, z)
     else:
         slope = intercept = float("nan")
     return CalibrationMetrics(n=int(y.size), n_positive=n_pos, brier=float(brier_score_loss(y, p)), ece=ece,
@@ -246,7 +269,7 @@ def fit_calibration(y_true: np.ndarray, y_prob: np.ndarray, method: str = "tempe
         y_true: (n,) 0/1 labels.
         y_prob: (n,) uncalibrated probabilities.
         method: ``temperature`` (bounded 1-D search of log T in [log 0.01, log 100], scipy),
-            ``platt`` (unpenalised logistic regression on logit(p), statsmodels) or ``isotonic``.
+            ``platt`` (unpenalised logistic regression on logit(p), Newton-Raphson) or ``isotonic``.
 
     Raises:
         StatsError: one label value only; a Platt fit whose slope is not positive.
@@ -261,7 +284,7 @@ def fit_calibration(y_true: np.ndarray, y_prob: np.ndarray, method: str = "tempe
                               options={"xatol": 1e-6})
         params: dict[str, float | list[float]] = {"temperature": float(math.exp(res.x))}
     elif method == "platt":
-        b, a = _logistic_fit(y, z, np.zeros_like(z))
+        b, a = _logistic_slope(y, z)
         if not (a > 0 and math.isfinite(a) and math.isfinite(b)):
             raise StatsError(f"Platt scaling fitted slope a = {a:.4g}: the scores do not rank positives above "
                              "negatives on the validation sample, and a map with a <= 0 would reverse them; "
