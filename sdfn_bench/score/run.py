@@ -110,16 +110,22 @@ def new_run_dir(base: Path = DEFAULT_RUNS_DIR, now: _dt.datetime | None = None) 
 
 
 def choose_decoder(decoder: str) -> tuple[str, str]:
-    """(decoder, device) for ``auto|dali|cpu``: ``auto`` is DALI on a GPU when installed, else cpu."""
+    """(decoder, device) for ``auto|dali|cpu``.
+
+    ``auto`` keeps the CPU pool: the manifests are PNG, which DALI decodes on the CPU even with
+    ``mixed``, and the decoded image then goes back to the host for the shared ``INTER_AREA``
+    resize, so DALI adds two copies and saves nothing (docs/performance.md). ``make gpu-check``
+    times both decoders on a GPU; ``--decoder dali`` stays available explicitly.
+    """
     if decoder not in DECODERS:
         raise ScoreError(f"--decoder must be one of {list(DECODERS)}, got {decoder!r}")
     from sdfn_bench.decode.dali import dali_available
 
     if decoder == "cpu":
         return "cpu", "cpu"
-    gpu = _cuda_available()
     if decoder == "auto":
-        return ("dali", "gpu") if gpu and dali_available() else ("cpu", "cpu")
+        return "cpu", "cpu"
+    gpu = _cuda_available()
     if not dali_available():
         raise BackendUnavailableError("--decoder dali needs NVIDIA DALI: pip install -e '.[dali]'")
     return "dali", "gpu" if gpu else "cpu"
