@@ -217,7 +217,9 @@ class RayRunStats:
         images: rows committed to shards this session.
         wall_s: seconds from submitting the dataset to the last shard (actor start-up included).
         stages: per-stage busy seconds summed over actors (CPU-seconds; more than ``wall_s``).
-        ray: address, actors, resources per actor, the cluster's resources, connect seconds.
+        ray: address, actors, resources per actor, the cluster's resources, connect seconds, and
+            when the first shard was committed (``first_commit_s``, ``first_commit_rows``): the
+            steady-state rate is ``(images - first_commit_rows) / (wall_s - first_commit_s)``.
     """
 
     images: int
@@ -397,6 +399,9 @@ def score_on_ray(
                 "threads_per_actor": threads, "blocks": len(blocks), "cluster": cluster, "connect_s": round(connect_s, 3)}
         t0 = time.perf_counter()
         if blocks:
+            data_context = ray.data.DataContext.get_current()
+            # The CLI draws its own bar; Ray Data's (a log line every few seconds off a terminal) would garble it.
+            progress_bars, data_context.enable_progress_bars = data_context.enable_progress_bars, False
             ds = ray.data.from_pandas(blocks).map_batches(
                 BlockScorer,
                 batch_size=None,  # one call per block: blocks are whole batches
@@ -411,10 +416,13 @@ def score_on_ray(
             try:
                 while (frame := _next_result(results)) is not None:
                     n = committer.add(frame)
+                    if n and "first_commit_s" not in info:  # actor start-up + one block: the rest is steady state
+                        info.update(first_commit_s=round(time.perf_counter() - t0, 3), first_commit_rows=n)
                     if progress is not None and n:
                         progress(n)
             finally:  # stops the actor pool at once when the driver is interrupted
                 getattr(results, "close", lambda: None)()
+                data_context.enable_progress_bars = progress_bars
             if committer.pending is not None and len(committer.pending):
                 raise ScoreError(f"Ray returned incomplete batches (rows at positions "
                                  f"{sorted(committer.pending[POSITION])[:5]}...); rerun with --resume")
