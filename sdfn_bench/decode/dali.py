@@ -192,6 +192,8 @@ class DaliDecoder:
                 raw[i] = (np.frombuffer(data, dtype=np.uint8), str(path))
             except ImageReadError as exc:
                 results[i] = str(exc)
+            except Exception as exc:  # noqa: BLE001 - as the CPU path: one entry's problem is its row's error
+                results[i] = f"{image}: cannot read: {type(exc).__name__}: {exc}"
         on_dali = [i for i, (data, _) in raw.items() if dali_decodable(data, max_pixels=self.limits.max_pixels)]
         if on_dali:
             try:
