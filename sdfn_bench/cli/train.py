@@ -123,7 +123,8 @@ def _run_or_launch(stage: str, fn, options, nproc: int, device: str | None, thre
     from sdfn_bench.train.distributed import launch
 
     console.print(f"{stage}: {nproc} DistributedDataParallel processes", highlight=False)
-    result = launch(fn, options=options(None), nproc_per_node=nproc, device=device, threads=threads)
+    result = launch(fn, options=options(None), nproc_per_node=nproc, device=device, threads=threads,
+                    global_batch=fn.keywords["preset"].batch_size)
     _report(stage, result)
     return result
 

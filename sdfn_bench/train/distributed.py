@@ -148,7 +148,7 @@ def sync_buffers(model: nn.Module, ctx: DistContext) -> None:
 
 
 def launch(fn: Callable[..., T], *args: Any, nproc_per_node: int, device: str | None = None,
-           threads: int | None = None, **kwargs: Any) -> T:
+           threads: int | None = None, global_batch: int | None = None, **kwargs: Any) -> T:
     """Run ``fn(*args, **kwargs)`` in ``nproc_per_node`` DDP processes; returns rank 0's result.
 
     Args:
@@ -157,15 +157,20 @@ def launch(fn: Callable[..., T], *args: Any, nproc_per_node: int, device: str | 
         device: ``cpu`` (gloo), ``cuda`` (NCCL, one GPU per process) or None (cuda when there
             are enough GPUs, else cpu).
         threads: torch CPU threads per process (default: the usable cores / processes).
+        global_batch: the stage's batch size, checked here (before any process starts) to divide
+            by ``nproc_per_node``.
 
     Raises:
-        TrainError: too few GPUs for NCCL, or a process failed (its error message is included).
+        TrainError: too few GPUs for NCCL, a global batch that does not divide, or a process
+            failed (its error message is included).
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     if nproc_per_node < 1:
         raise TrainError(f"--nproc-per-node must be >= 1, got {nproc_per_node}")
+    if global_batch is not None:
+        per_process_batch(global_batch, nproc_per_node)
     backend = "nccl" if pick_device(device).type == "cuda" else "gloo"
     if backend == "nccl" and torch.cuda.device_count() < nproc_per_node:
         raise TrainError(f"--nproc-per-node {nproc_per_node} needs as many GPUs; {torch.cuda.device_count()} visible")
@@ -180,9 +185,16 @@ def launch(fn: Callable[..., T], *args: Any, nproc_per_node: int, device: str | 
     try:
         results = elastic_launch(config, _worker)(fn, args, kwargs, backend, threads)
     except ChildFailedError as exc:
-        messages = "; ".join(f"rank {r}: {f.message}" for r, f in sorted(exc.failures.items()))
+        messages = "; ".join(f"rank {r}: {_failure_text(f.message)}" for r, f in sorted(exc.failures.items()))
         raise TrainError(f"distributed training failed ({messages})") from exc
     return results[0]
+
+
+def _failure_text(message: str | dict[str, Any]) -> str:
+    """The exception line of a failed process's recorded traceback (``Type: message``)."""
+    text = message.get("message", str(message)) if isinstance(message, dict) else str(message)
+    lines = [line for line in str(text).splitlines() if line.strip()]
+    return lines[-1] if lines else str(text)
 
 
 def _worker(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], backend: str, threads: int) -> T:
