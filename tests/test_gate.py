@@ -12,6 +12,7 @@ import pytest
 from engines_helpers import make_checkpoints
 
 from sdfn_bench.classes import CLASS_NAMES
+from sdfn_bench.engines.cpu_features import cpu_features
 from sdfn_bench.score.gate import GateError, GateThresholds, box_iou, compare_runs, implicated, labels_of
 from sdfn_bench.score.gated_build import auto_precisions, build_gated
 
@@ -131,8 +132,9 @@ def test_reduced_precision_without_gate_is_refused_unless_no_gate(gated_setup, t
     assert not (tmp_path / "engines").exists()
 
 
+@pytest.mark.slow
 def test_bad_int8_calibration_is_refused_and_changes_nothing(gated_setup, tmp_path):
-    root, checkpoints, calib, gate, blank = gated_setup
+    _, checkpoints, calib, gate, flat = gated_setup
     thresholds = GateThresholds(unlabelled_max_abs_prob_diff=0.05)
     out = tmp_path / "engines"
     good = build_gated(checkpoints, out, backend="onnxruntime", precision="int8", calib_manifest=calib,
@@ -146,13 +148,22 @@ def test_bad_int8_calibration_is_refused_and_changes_nothing(gated_setup, tmp_pa
     # flat mid-grey calibration images normalize to ~0: every activation range is tiny, so real
     # images saturate the int8 ranges
     with pytest.raises(GateError, match=r"accuracy gate failed .* unchanged") as failed:
-        build_gated(checkpoints, out, backend="onnxruntime", precision="int8", calib_manifest=blank,
+        build_gated(checkpoints, out, backend="onnxruntime", precision="int8", calib_manifest=flat,
                     gate_manifest=gate, thresholds=thresholds, max_batch=4)
     assert "max |probability diff|" in str(failed.value) or "lung boxes" in str(failed.value)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not list(out.parent.glob(".engines.*"))  # no staged or candidate folder left behind
 
-    skipped = build_gated(checkpoints, tmp_path / "nogate", backend="onnxruntime", precision="int8",
-                          calib_manifest=blank, no_gate=True, max_batch=4)
+
+
+def test_no_gate_is_recorded(gated_setup, tmp_path):
+    _, checkpoints, _, _, _ = gated_setup
+    if cpu_features().bf16_refusal():
+        pytest.skip(cpu_features().bf16_refusal())
+    # torch bf16: no export, so the cheapest reduced-precision build
+    skipped = build_gated(checkpoints, tmp_path / "nogate", backend="torch", precision="bf16", no_gate=True,
+                          max_batch=4)
     assert skipped.gate is None
-    assert json.loads((tmp_path / "nogate" / "engines.json").read_text())["accuracy_gate"]["skipped"] is True
+    record = json.loads((tmp_path / "nogate" / "engines.json").read_text())
+    assert record["accuracy_gate"]["skipped"] is True and record["engines"]["segmenter"]["precision"] == "bf16"
+    assert record["engines"]["fusion"]["precision"] == "fp32"

@@ -29,7 +29,7 @@ from torch import nn
 from sdfn_bench.engines.backends import get_backend
 from sdfn_bench.engines.backends.base import KIND_OF, BuildJob, EngineSpec, LoadContext
 from sdfn_bench.engines.export import engine_spec, example_inputs, export_onnx, io_module, torch_outputs
-from sdfn_bench.engines.parity import TOLERANCES, Tolerance, check_parity, tolerance_key
+from sdfn_bench.engines.parity import check_parity, tolerance_key
 from sdfn_bench.errors import EngineError
 from sdfn_bench.manifest.schema import file_sha256
 from sdfn_bench.preprocess import Preprocessing, prepare
@@ -87,12 +87,6 @@ def engine_precision(kind: str, precision: str) -> str:
     nothing there and only add error, so it stays fp32.
     """
     return "fp32" if kind == "fusion" and precision in ("int8", "bf16") else precision
-
-
-def parity_tolerance(key: str) -> Tolerance:
-    """The parity limits of a precision; bf16 (8-bit mantissa) shares int8's loose sanity limits:
-    for every reduced precision the accuracy gate (``score.gate``), not this check, decides."""
-    return TOLERANCES.get(key) or TOLERANCES["int8"]
 
 
 def feature_dim(sources: Mapping[str, Source]) -> int:
@@ -231,8 +225,7 @@ def build_candidate(
     engine = be.load(LoadContext(spec=spec, engines_dir=folder, entry=entry, device=device,
                                  options={"module": job.module, "torch_compile": torch_compile}))
     key = tolerance_key(precision, device)
-    parity = check_parity(engine, wrapper, spec, key, images=calibration if kind != "fusion" else None,
-                          tolerance=parity_tolerance(key))
+    parity = check_parity(engine, wrapper, spec, key, images=calibration if kind != "fusion" else None)
     entry["file_sha256"] = {role: file_sha256(folder / f) for role, f in files.items()}
     entry["parity"] = parity.to_dict()
     entry["build_s"] = round(build_s, 3)

@@ -54,6 +54,8 @@ TOLERANCES: dict[str, Tolerance] = {
     "fp32-cuda": Tolerance(atol=1e-2, rtol=5e-3, prob_atol=5e-3),
     "fp16": Tolerance(atol=5e-2, rtol=1e-2, prob_atol=2e-2),
     "int8": Tolerance(atol=0.25, rtol=0.1, prob_atol=0.1),
+    # bf16 (8-bit mantissa): a sanity limit like int8's; the accuracy gate decides (score/gate.py)
+    "bf16": Tolerance(atol=0.25, rtol=0.1, prob_atol=0.1),
 }
 
 
