@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import typer
@@ -113,10 +114,14 @@ def reproduce(
         console.print("dry run: nothing written. Run without --dry-run to start; rerun the same command to "
                       "continue after an interruption.", highlight=False)
         return
-    result = run_reproduce(nih, jsrt, scr, workdir, RichReproduceHooks(), preset=p, init=init, seg_folds=seg_folds,
-                           n_bootstrap=bootstrap, backend=backend, workers=n_workers, seed=seed,
-                           val_fraction=val_fraction, device=device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_reproduce(nih, jsrt, scr, workdir, RichReproduceHooks(), preset=p, init=init, seg_folds=seg_folds,
+                               n_bootstrap=bootstrap, backend=backend, workers=n_workers, seed=seed,
+                               val_fraction=val_fraction, device=device)
     console.rule("[bold]result")
+    for w in {str(w.message): w for w in caught}.values():
+        console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
     aucs = ", ".join(f"{k} {v:.3f}" for k, v in result.mean_auc.items())
     console.print(f"mean AUC: {aucs}", highlight=False)
     console.print(f"SDFN mean AUC {result.mean_auc['sdfn']:.3f} vs the paper's {PAPER_MEAN_AUC:.3f}: "
