@@ -201,6 +201,9 @@ def test_thresholds_on_the_test_set_are_refused_unless_allowed(tmp_path: Path) -
         compare_run(test, n_bootstrap=0, at="youden")
     with pytest.raises(StatsError, match="same manifest"):
         compare_run(test, n_bootstrap=0, thresholds_from=test)
+    calibrate_run(test, tmp_path / "own.json")
+    with pytest.raises(StatsError, match="fitted on this run's own manifest"):
+        compare_run(test, n_bootstrap=0, calibration=tmp_path / "own.json")
     compare_run(test, n_bootstrap=0, at="specificity=0.9", allow_test_thresholds=True)
     assert "OPTIMISTIC" in (test / "operating_points.md").read_text()
     assert json.loads((test / "thresholds.json").read_text())["chosen_on"]["test_set"] is True

@@ -114,9 +114,14 @@ def plan_sections(
 
     Raises:
         StatsError: thresholds requested on the test run without ``allow_test_thresholds``; the
-            validation run is the test run; too few expert-labelled images; unreadable files.
+            validation run (or the calibration's) is the test run; too few expert-labelled images;
+            unreadable files.
     """
     cal = load_calibration(calibration, CLASS_NAMES) if calibration is not None else None
+    if cal is not None and (cal.fitted_on.get("manifest") == str(test.manifest) or (
+            test.manifest_sha256 is not None and cal.fitted_on.get("manifest_sha256") == test.manifest_sha256)):
+        raise StatsError(f"{cal.path} was fitted on this run's own manifest ({test.manifest}): its before/after "
+                         "would be optimistic; fit it on a validation run (sdfn-bench calibrate VAL_RUN)")
     thresholds: Thresholds | None = None
     if thresholds_from is not None:
         source = Path(thresholds_from)
@@ -127,7 +132,7 @@ def plan_sections(
             check_threshold_scale(thresholds, cal, source)
         else:
             val = load_run(source)
-            if val.run_dir.resolve() == test.run_dir.resolve() or (
+            if val.run_dir.resolve() == test.run_dir.resolve() or val.manifest == test.manifest or (
                     val.manifest_sha256 is not None and val.manifest_sha256 == test.manifest_sha256):
                 raise StatsError(f"--thresholds-from {source} scored the same manifest as the test run; choose the "
                                  "thresholds on a validation run (or use --allow-test-thresholds, optimistic)")
