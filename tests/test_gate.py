@@ -167,3 +167,25 @@ def test_no_gate_is_recorded(gated_setup, tmp_path):
     record = json.loads((tmp_path / "nogate" / "engines.json").read_text())
     assert record["accuracy_gate"]["skipped"] is True and record["engines"]["segmenter"]["precision"] == "bf16"
     assert record["engines"]["fusion"]["precision"] == "fp32"
+
+
+def test_step_down_moves_only_networks_that_can_move():
+    from pathlib import Path
+
+    from sdfn_bench.engines.candidates import Candidate
+    from sdfn_bench.score.gated_build import _step_down
+
+    def cand(name, backend, precision, rate):
+        return Candidate(name=name, backend=backend, precision=precision, folder=Path("."), entry={}, passed=True,
+                         message="", images_per_s=rate)
+
+    ordered = {"segmenter": [cand("segmenter", "openvino", "int8", 9), cand("segmenter", "torch", "bf16", 5),
+                             cand("segmenter", "onnxruntime", "fp32", 2)],
+               "extractor_lung": [cand("extractor_lung", "onnxruntime", "fp32", 3)]}
+    picks = {"segmenter": ordered["segmenter"][0], "extractor_lung": ordered["extractor_lung"][0]}
+    moved = _step_down(picks, ordered, ["segmenter", "extractor_lung"])
+    assert moved["segmenter"].precision == "bf16" and moved["extractor_lung"] is picks["extractor_lung"]
+    moved = _step_down(moved, ordered, ["segmenter"])
+    assert moved["segmenter"].precision == "fp32"
+    assert _step_down(moved, ordered, ["segmenter", "extractor_lung"]) is None
+    assert _step_down(picks, ordered, []) is None

@@ -252,18 +252,19 @@ def _gate_loop(sources: Mapping[str, Source], picks: dict[str, Candidate], order
 
 def _step_down(picks: Mapping[str, Candidate], ordered: Mapping[str, list[Candidate]],
                names: Sequence[str]) -> dict[str, Candidate] | None:
-    """``picks`` with each named network moved to its fastest more precise candidate; None when
-    a named network has none left (or none was named)."""
-    if not names:
-        return None
+    """``picks`` with each named network that still has a more precise candidate moved to the
+    fastest of them; None when none of the named networks can move (or none was named).
+
+    A named network already at its most precise candidate stays: its head may only have failed
+    through another network (the lung head through the segmenter's boxes).
+    """
     new = dict(picks)
     for name in names:
         current = RANK[picks[name].precision]
         better = [c for c in ordered[name] if RANK[c.precision] > current]
-        if not better:
-            return None
-        new[name] = better[0]
-    return new
+        if better:
+            new[name] = better[0]
+    return None if new == dict(picks) else new
 
 
 __all__ = ["GateError", "GatedBuild", "auto_precisions", "build_gated", "plan_choices"]
