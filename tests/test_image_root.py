@@ -81,7 +81,8 @@ def test_entries_are_confined_to_the_root(tmp_path: Path) -> None:
     (root / "linked_dir").symlink_to(tmp_path / "secret", target_is_directory=True)
     resolver = ImageResolver(root)
     for entry in (str(outside), "../secret/b.png", "images/../../secret/b.png", "images/escape.png",
-                  "escape.png", "linked_dir/b.png", "/etc/hostname", "../secret/missing.png"):
+                  "escape.png", "linked_dir/b.png", "/etc/hostname", "../secret/missing.png",
+                  "images/a\x00.png", "x" * 5000):
         assert resolver.resolve(entry) is None, entry
     assert resolver.resolve("alias.png") == root / "alias.png"
     assert resolver.resolve("a.png") == inside

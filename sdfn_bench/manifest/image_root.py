@@ -99,6 +99,12 @@ class ImageResolver:
         None also when the entry leads outside the root (``..``, a symlink) or is absolute without
         ``allow_absolute``: the caller cannot tell those from a missing file.
         """
+        try:
+            return self._resolve(image)
+        except (OSError, ValueError):  # a name the OS refuses (too long, a NUL byte): nothing to read
+            return None
+
+    def _resolve(self, image: str) -> Path | None:
         entry = PurePath(image)
         if entry.is_absolute():
             if not self.allow_absolute:
