@@ -102,3 +102,18 @@ def test_score_survives_the_corpus_and_resume_after_kill_is_identical(corpus, ti
     assert np.isfinite(pred.loc[ok, PROBABILITIES].to_numpy(float)).all()
     assert record["counts"] == {"total": len(cases), "ok": int(ok.sum()), "error": int((~ok).sum())}
     assert record["decoder_counts"] == {"cpu": len(cases) - 2 * n_shards}
+
+
+def test_dali_path_gives_the_cpu_rows_on_the_corpus(corpus, tmp_path):
+    """The DALI decoder (CPU operators here) meets the same corpus: identical rows and error texts."""
+    pytest.importorskip("nvidia.dali")
+    from test_score_fakes import FakeEngines
+
+    manifest, cases = corpus
+    common = dict(batch_size=4, workers=2, max_file_mib=MAX_FILE_MIB)
+    dali = score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "dali", decoder="dali", **common)
+    cpu = score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "cpu", decoder="cpu", **common)
+    pd.testing.assert_frame_equal(pd.read_parquet(dali.predictions), pd.read_parquet(cpu.predictions))
+    counts = json.loads(dali.run_json.read_text())["decoder_counts"]
+    assert counts["dali"] >= 2  # the 8-bit grey PNG/JPEG files went through DALI
+    assert counts["dali"] + counts["cpu"] < len(cases)  # refused entries never reach a decoder
