@@ -163,3 +163,14 @@ def test_actor_errors_become_sdfn_errors():
         ray_runner._next_result(failing(wrapped))
     with pytest.raises(ScoreError, match="--resume"):
         ray_runner._next_result(failing(RuntimeError("actor crashed for good")))
+
+
+def test_actor_resources_one_gpu_per_actor():
+    gpu_cluster = {"CPU": 64.0, "GPU": 8.0}
+    assert ray_runner.actor_resources(gpu_cluster, gpu_engines=True, actors=None, workers=None) == (8, 8.0, 1.0, 8)
+    assert ray_runner.actor_resources(gpu_cluster, gpu_engines=True, actors=2, workers=4) == (2, 4.0, 1.0, 4)
+    assert ray_runner.actor_resources({"CPU": 16.0}, gpu_engines=False, actors=None, workers=2) == (8, 2.0, 0.0, 2)
+    with pytest.raises(ScoreError, match="no GPU"):
+        ray_runner.actor_resources({"CPU": 16.0}, gpu_engines=True, actors=None, workers=None)
+    with pytest.raises(ScoreError, match="8 GPU"):
+        ray_runner.actor_resources(gpu_cluster, gpu_engines=True, actors=9, workers=None)
