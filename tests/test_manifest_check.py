@@ -121,3 +121,20 @@ def test_cli_limit(tmp_path: Path, limit: str) -> None:
     result = CliRunner().invoke(app, ["check", str(bad), "--limit", limit])
     assert result.exit_code == 1
     assert ("2 more" in result.output) == (limit == "1")
+
+
+def test_paths_outside_the_root_as_score_sees_them(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _png(root / "a.png")
+    _png(tmp_path / "outside.png")
+    (root / "link.png").symlink_to(tmp_path / "outside.png")
+    rows = [f"a.png,1,PA,40,M,{ZEROS}", f"{tmp_path / 'outside.png'},2,PA,40,M,{ZEROS}",
+            f"../outside.png,3,PA,40,M,{ZEROS}", f"link.png,4,PA,40,M,{ZEROS}"]
+    path = _manifest(root, rows)
+    report = check_manifest(path)
+    assert [(p.row, p.column) for p in report.problems] == [(2, "image"), (3, "image"), (4, "image")]
+    assert all("file not found" in p.message for p in report.problems)
+    allowed = check_manifest(path, allow_absolute_paths=True)
+    assert [p.row for p in allowed.problems] == [3, 4]
+    result = CliRunner().invoke(app, ["check", str(path), "--allow-absolute-paths", "--no-decode"])
+    assert result.exit_code == 1 and "2 problem(s)" in result.output

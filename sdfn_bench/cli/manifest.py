@@ -93,6 +93,9 @@ def check(
     no_decode: bool = typer.Option(False, "--no-decode", help="Check files exist and are non-empty, without decoding."),
     workers: int = typer.Option(min(8, os.cpu_count() or 1), "--workers", min=1, help="Decoding threads."),
     limit: int = typer.Option(100, "--limit", min=0, help="Problems listed in the table (0: all)."),
+    allow_absolute_paths: bool = typer.Option(
+        False, "--allow-absolute-paths", help="Accept absolute image paths (as score does with this flag)."
+    ),
 ) -> None:
     """Check schema, duplicates, label values and image files; list every problem with its row."""
     if no_files or not manifest.is_file():
@@ -102,7 +105,7 @@ def check(
             task = bar.add_task("checking files", total=count_file_checks(manifest))
             report = check_manifest(
                 manifest, image_root, read=not no_decode, workers=workers,
-                progress=lambda n: bar.advance(task, n),
+                progress=lambda n: bar.advance(task, n), allow_absolute_paths=allow_absolute_paths,
             )
     if report.ok:
         files = f", {report.n_files_checked} files under {report.image_root}" if report.n_files_checked else ""

@@ -179,6 +179,7 @@ def check_manifest(
     workers: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: Callable[[int], None] | None = None,
+    allow_absolute_paths: bool = False,
 ) -> CheckReport:
     """Check a manifest completely and list every problem with its row.
 
@@ -192,6 +193,8 @@ def check_manifest(
         workers: decoding threads.
         max_pixels: decompression-bomb limit passed to the reader.
         progress: called with the number of files just checked.
+        allow_absolute_paths: accept absolute entries, as ``score --allow-absolute-paths``
+            (otherwise they, and entries leading outside the root, are "file not found").
 
     Returns:
         A :class:`CheckReport`; ``report.ok`` is False when any problem was found.
@@ -212,7 +215,7 @@ def check_manifest(
     n_files = 0
     root: Path | None = None
     if check_files and len(df):
-        resolver = ImageResolver.for_manifest(path, image_root)
+        resolver = ImageResolver.for_manifest(path, image_root, allow_absolute=allow_absolute_paths)
         root = resolver.root
         columns = ("image", "mask") if kind == "segmentation" else ("image",)
         n_files, file_problems = _file_problems(
