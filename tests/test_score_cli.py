@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from test_score_fakes import make_image_folder
+from test_score_fakes import kill_after_shards, make_image_folder
 
 from sdfn_bench.bench.run import seeded_checkpoints
 from sdfn_bench.cli.main import main
@@ -21,7 +18,6 @@ from sdfn_bench.engines import build_engines, load_engines
 from sdfn_bench.manifest.image_root import ImageResolver
 from sdfn_bench.score.batch import score_batch
 from sdfn_bench.score.run import score_manifest
-from sdfn_bench.score.shards import shard_files
 
 TINY_SEGMENTER = {"name": "pazhitnykh_petsiuk", "base": 4, "norm": None}
 
@@ -95,14 +91,7 @@ def test_sigkill_then_resume_is_identical(engines_dir, tmp_path):
     full = score_manifest(manifest, engines_dir=engines_dir, out=tmp_path / "full", batch_size=2, decoder="cpu").run_dir
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*_cli(), "score", str(manifest), "--out", str(killed), *map(str, common)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while len(shard_files(killed)) < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL, "the run finished before it could be killed"
-    n_shards = len(shard_files(killed))
+    n_shards = kill_after_shards([*_cli(), "score", str(manifest), "--out", str(killed), *map(str, common)], killed, 3)
     assert 3 <= n_shards < 15 and not (killed / "predictions.parquet").exists()
 
     _score(manifest, "--out", killed, "--resume", *common)

@@ -7,7 +7,12 @@ engines are exercised in tests/test_score_run.py.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,3 +111,26 @@ def make_image_folder(root: Path, n: int, *, seed: int = 0, broken: dict[int, st
     df = pd.DataFrame(rows, columns=list(META_COLUMNS))
     df.to_csv(root / "manifest.csv", index=False)
     return root / "manifest.csv"
+
+
+def score_cli() -> list[str]:
+    """The installed ``sdfn-bench`` command (or the module when the script is absent)."""
+    script = Path(sys.executable).with_name("sdfn-bench")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "sdfn_bench.cli.main"]
+
+
+def kill_after_shards(command: list[str], run_dir: Path, shards: int, timeout: float = 240.0) -> int:
+    """Start a ``score`` command, SIGKILL it once ``run_dir`` holds ``shards`` shards; the shards left.
+
+    Fails when the run ended before it could be killed.
+    """
+    from sdfn_bench.score.shards import shard_files
+
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while len(shard_files(run_dir)) < shards and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    if proc.wait(timeout=30) != -signal.SIGKILL:
+        raise AssertionError("the run finished before it could be killed")
+    return len(shard_files(run_dir))

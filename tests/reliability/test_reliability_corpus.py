@@ -13,29 +13,20 @@ run is made in this process (one command start-up less: ~6 CPU-seconds) with the
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from corpus import MAX_FILE_MIB, OK, build_corpus
+from test_score_fakes import kill_after_shards, score_cli
 
 from sdfn_bench.classes import CLASS_NAMES
 from sdfn_bench.manifest.schema import META_COLUMNS
 from sdfn_bench.score.run import score_manifest
-from sdfn_bench.score.shards import shard_files
 
 PROBABILITIES = [f"{head}_{c}" for head in ("entire", "lung", "sdfn") for c in CLASS_NAMES]
-
-
-def _cli() -> list[str]:
-    script = Path(sys.executable).with_name("sdfn-bench")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "sdfn_bench.cli.main"]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +40,7 @@ def corpus(tmp_path_factory):
 
 
 def _command(manifest: Path, engines: Path, out: Path, *extra: str) -> list[str]:
-    return [*_cli(), "score", str(manifest), "--engines", str(engines), "--out", str(out), "--batch-size", "2",
+    return [*score_cli(), "score", str(manifest), "--engines", str(engines), "--out", str(out), "--batch-size", "2",
             "--shard-rows", "2", "--decoder", "cpu", "--workers", "2", "--max-errors", "1000",
             "--max-file-mib", str(MAX_FILE_MIB), "--quiet", *extra]
 
@@ -69,14 +60,7 @@ def test_score_survives_the_corpus_and_resume_after_kill_is_identical(corpus, ti
 
     # The real command, killed (SIGKILL) in the middle of the corpus ...
     killed = tmp_path / "killed"
-    run = subprocess.Popen(_command(manifest, tiny_engines.engines, killed), stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while len(shard_files(killed)) < 3 and run.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.kill(run.pid, signal.SIGKILL)
-    assert run.wait(timeout=30) == -signal.SIGKILL, "the run finished before it could be killed"
-    n_shards = len(shard_files(killed))
+    n_shards = kill_after_shards(_command(manifest, tiny_engines.engines, killed), killed, 3)
     assert 3 <= n_shards < len(cases) // 2 and not (killed / "predictions.parquet").exists()
     # ... then resumed: it completes, with the rows of the uninterrupted run.
     proc = subprocess.run(_command(manifest, tiny_engines.engines, killed, "--resume"), capture_output=True,
