@@ -429,10 +429,10 @@ def _drop_unreadable(manifests: Path, boxes: Sequence[Path]) -> int:
 def _inputs_digest(report: DataReport, val_fraction: float, seed: int) -> dict[str, object]:
     from sdfn_bench.manifest.schema import file_sha256
 
+    # Contents, not paths: the data folders may move between an interruption and the rerun.
     return {"label_file": file_sha256(report.label_file), "train_val_list": file_sha256(report.nih / TRAIN_VAL_LIST),
-            "test_list": file_sha256(report.nih / TEST_LIST), "nih": str(report.nih.resolve()),
-            "jsrt": str(report.jsrt.resolve()), "scr": str(report.scr.resolve()), "val_fraction": val_fraction,
-            "seed": seed}
+            "test_list": file_sha256(report.nih / TEST_LIST), "jsrt_images": report.jsrt_images,
+            "jsrt_pairs": report.jsrt_pairs, "val_fraction": val_fraction, "seed": seed}
 
 
 def _engines_current(engines_dir: Path) -> bool:
@@ -521,6 +521,8 @@ def run_reproduce(
             n_excluded = _write_manifests(report, manifests)
             build_jsrt_manifest(report.jsrt, report.scr, manifests / "jsrt.csv", root=seg_root)
             state["inputs"] = digest
+            state["paths"] = {"nih": str(report.nih.resolve()), "jsrt": str(report.jsrt.resolve()),
+                              "scr": str(report.scr.resolve())}
             save_state()
             counts = ", ".join(f"{k} {v.found}" for k, v in report.files.items())
             log.summary["data"] = f"{counts} images, {report.jsrt_pairs} JSRT/SCR pairs, {n_excluded} excluded"

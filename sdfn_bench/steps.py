@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,8 +217,3 @@ def run_options(seed: int, hooks: StepHooks, *, workers: int = 0, device: str | 
         return RunOptions(seed=seed, device=device, workers=workers, resume=resume, progress=hooks.train_progress(stage))
 
     return make
-
-
-def jsonable_summary(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Paths to strings, for run records."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
