@@ -1,0 +1,279 @@
+"""`sdfn-bench reproduce`: the run itself (layout and resume rules in :mod:`sdfn_bench.reproduce`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from sdfn_bench.reproduce.data import TEST_LIST, TRAIN_VAL_LIST, DataReport, ReproduceError, inspect_data
+from sdfn_bench.steps import (
+    StepHooks,
+    StepLog,
+    TrainingInputs,
+    compare_step,
+    engines_step,
+    extractor_and_fusion_steps,
+    lung_boxes_step,
+    run_options,
+    score_step,
+    segmenter_step,
+)
+
+if TYPE_CHECKING:
+    from sdfn_bench.train.presets import Preset
+
+PAPER_MEAN_AUC = 0.815
+STEPS = ("data", "segmenter", "lung boxes", "entire extractor", "lung extractor", "fusion", "engines", "score",
+         "compare")
+
+
+@dataclass(frozen=True)
+class ReproduceResult:
+    """What one reproduction produced.
+
+    Attributes:
+        workdir, run_dir: the layout's root and the scored run (Table 1 inside).
+        table1: ``run_dir/table1.md``.
+        mean_auc: mean AUC per prediction set (``entire``, ``lung``, ``sdfn``).
+        step_seconds, summary: per step (reused steps take ~0 s).
+        excluded: training/validation images left out (missing or unreadable files).
+        wall_s: this call.
+    """
+
+    workdir: Path
+    run_dir: Path
+    table1: Path
+    mean_auc: dict[str, float]
+    step_seconds: dict[str, float]
+    summary: dict[str, str]
+    excluded: int
+    wall_s: float
+
+    @property
+    def versus_paper(self) -> float:
+        """SDFN's mean AUC minus the paper's 0.815."""
+        return self.mean_auc["sdfn"] - PAPER_MEAN_AUC
+
+
+def _excluded_frame(rows: Sequence[tuple[str, str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(list(rows), columns=["split", "image", "reason"])
+
+
+def _write_manifests(report: DataReport, manifests: Path) -> int:
+    """nih_{train,val,test}.csv (train/val without missing or unreadable files) + excluded.csv."""
+    from sdfn_bench.manifest.schema import write_manifest
+
+    manifests.mkdir(parents=True, exist_ok=True)
+    excluded = []
+    for split, df in report.manifests.items():
+        files = report.files[split]
+        if split != "test":
+            bad = {**{im: "missing" for im in files.missing}, **{im: "unreadable" for im in files.unreadable}}
+            excluded += [(split, im, reason) for im, reason in bad.items()]
+            df = df[~df["image"].isin(list(bad))]
+        write_manifest(df.reset_index(drop=True), manifests / f"nih_{split}.csv")
+    _excluded_frame(excluded).to_csv(manifests / "excluded.csv", index=False)
+    return len(excluded)
+
+
+def _drop_unreadable(manifests: Path, boxes: Sequence[Path]) -> int:
+    """Leave images the lung-box step could not decode out of the train/val manifests (idempotent)."""
+    from sdfn_bench.manifest.schema import read_manifest, write_manifest
+
+    bad = {}
+    for path in boxes:
+        df = pd.read_parquet(path)
+        for image, error in df.loc[df["status"] == "unreadable", ["image", "error"]].itertuples(index=False):
+            bad[str(image)] = f"unreadable: {error}"
+    excluded = pd.read_csv(manifests / "excluded.csv", dtype=str, keep_default_na=False)
+    for split in ("train", "val"):
+        path = manifests / f"nih_{split}.csv"
+        df = read_manifest(path, require_labels=True)
+        drop = df["image"].isin(list(bad))
+        if drop.any():
+            excluded = pd.concat([excluded, _excluded_frame([(split, im, bad[im]) for im in df.loc[drop, "image"]])])
+            write_manifest(df[~drop].reset_index(drop=True), path)
+    excluded.to_csv(manifests / "excluded.csv", index=False)
+    return len(excluded)
+
+
+def _inputs_digest(report: DataReport, val_fraction: float, seed: int) -> dict[str, object]:
+    from sdfn_bench.manifest.schema import file_sha256
+
+    # Contents, not paths: the data folders may move between an interruption and the rerun.
+    return {"label_file": file_sha256(report.label_file), "train_val_list": file_sha256(report.nih / TRAIN_VAL_LIST),
+            "test_list": file_sha256(report.nih / TEST_LIST), "jsrt_images": report.jsrt_images,
+            "jsrt_pairs": report.jsrt_pairs, "val_fraction": val_fraction, "seed": seed}
+
+
+def _engines_current(engines_dir: Path) -> bool:
+    from sdfn_bench.engines import load_engines
+    from sdfn_bench.errors import EngineError
+
+    if not (engines_dir / "engines.json").is_file():
+        return False
+    try:
+        load_engines(engines_dir)
+    except EngineError:
+        return False
+    return True
+
+
+def run_reproduce(
+    nih: str | Path,
+    jsrt: str | Path,
+    scr: str | Path,
+    workdir: str | Path,
+    hooks: StepHooks,
+    *,
+    preset: Preset,
+    init: str | None = None,
+    seg_folds: int = 0,
+    n_bootstrap: int = 2000,
+    backend: str = "auto",
+    workers: int = 0,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    device: str | None = None,
+) -> ReproduceResult:
+    """Run (or continue) the whole reproduction under ``workdir`` (layout in the module docstring).
+
+    Args:
+        nih: the ChestX-ray14 root (label file, split lists, ``images/`` or ``images_NNN/images/``).
+        jsrt: folder of the JSRT ``.IMG`` files; scr: the SCR mask folder (``left lung/``, ``right lung/``).
+        workdir: the layout's root W.
+        hooks: progress reporting.
+        preset: training settings (``paper``: section 2.2).
+        init: extractors' starting weights (default: the preset's; ``imagenet`` for ``paper``).
+        seg_folds: also run the k-fold segmenter cross-validation of section 2.3 (0: skip).
+        n_bootstrap: patient-bootstrap replicates of the comparison.
+        backend: engine backend (``auto``: the best one installed).
+        workers: DataLoader processes for training and lung boxes, decode threads for scoring.
+        seed: seed of the validation split, the training and the bootstrap.
+        val_fraction: share of the train_val_list patients held out for validation.
+        device: ``cuda``/``cpu`` for training (default: CUDA when available).
+
+    Raises:
+        ReproduceError: the data is missing, or W holds a reproduction of other data.
+    """
+    from sdfn_bench.manifest.jsrt import build_jsrt_manifest
+    from sdfn_bench.score.run import new_run_dir
+
+    t_start = time.perf_counter()
+    w = Path(workdir).resolve()
+    manifests, ckpts, engines_dir = w / "manifests", w / "checkpoints", w / "engines"
+    w.mkdir(parents=True, exist_ok=True)
+    log_file, state_file = w / "reproduce.log", w / "reproduce.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+
+    def log_line(text: str) -> None:
+        with open(log_file, "a", encoding="utf-8") as f:
+            f.write(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} {text}\n")
+
+    def save_state() -> None:
+        tmp = state_file.with_name(state_file.name + ".tmp")
+        tmp.write_text(json.dumps(state, indent=1) + "\n")
+        os.replace(tmp, state_file)
+
+    # The JSRT manifest's paths are relative to a folder holding both the JSRT images and W's masks
+    # (the image resolver refuses entries leading outside their root).
+    seg_root = Path(os.path.commonpath([Path(jsrt).resolve(), manifests]))
+    log = StepLog(hooks, log=log_line)
+    log_line(f"reproduce: nih {nih}, jsrt {jsrt}, scr {scr}, preset {preset.name}, init {init or preset.extractor.init}")
+    with log.step("data", f"NIH manifests from the official lists, JSRT/SCR pairs -> {manifests}"):
+        report = inspect_data(nih, jsrt, scr, val_fraction=val_fraction, seed=seed)
+        digest = _inputs_digest(report, val_fraction, seed)
+        if state.get("inputs") not in (None, digest):
+            raise ReproduceError(f"{w}: holds a reproduction of other data or settings ({state['inputs']}); "
+                                 "choose another --workdir")
+        if state.get("inputs") == digest and (manifests / "excluded.csv").is_file():
+            log.summary["data"] = "reused"
+        else:
+            n_excluded = _write_manifests(report, manifests)
+            build_jsrt_manifest(report.jsrt, report.scr, manifests / "jsrt.csv", root=seg_root)
+            state["inputs"] = digest
+            state["paths"] = {"nih": str(report.nih.resolve()), "jsrt": str(report.jsrt.resolve()),
+                              "scr": str(report.scr.resolve())}
+            save_state()
+            counts = ", ".join(f"{k} {v.found}" for k, v in report.files.items())
+            log.summary["data"] = f"{counts} images, {report.jsrt_pairs} JSRT/SCR pairs, {n_excluded} excluded"
+
+    inputs = TrainingInputs(seg_manifest=manifests / "jsrt.csv", seg_val=None, train=manifests / "nih_train.csv",
+                            val=manifests / "nih_val.csv", image_root=report.nih.resolve(), checkpoints=ckpts,
+                            boxes=w / "boxes", seg_root=seg_root)
+    options = run_options(seed, hooks, workers=workers, device=device)
+    with log.step("segmenter", f"lung U-Net on JSRT/SCR ({preset.segmenter.input_size} px, {preset.segmenter.epochs} "
+                  "epochs)" + (f", {seg_folds}-fold cross-validation" if seg_folds else "")):
+        segmenter_step(log, inputs, preset, options)
+        if seg_folds:
+            log.summary["segmenter"] += "; " + _cross_validate(inputs.seg_manifest, seg_root, seg_folds, ckpts / "seg_cv",
+                                                               preset, options, state, save_state)
+
+    with log.step("lung boxes", "segmenter + Lung Region Generator on the train and validation images"):
+        boxes = lung_boxes_step(log, inputs, workers=workers, counter=hooks.counter("lung boxes"))
+        n_excluded = _drop_unreadable(manifests, boxes)
+
+    extractor_and_fusion_steps(log, inputs, boxes, preset, options, init=init)
+
+    with log.step("engines", f"export and build ({backend})"):
+        if _engines_current(engines_dir):
+            log.summary["engines"] = "reused (they match the checkpoints)"
+        else:
+            engines_step(log, ckpts, engines_dir, backend, hooks.build_progress())
+            state.pop("run_dir", None)
+            state.pop("scored", None)
+            save_state()
+
+    run_dir = Path(state["run_dir"]) if state.get("run_dir") else new_run_dir(w / "reports" / "runs")
+    with log.step("score", f"{inputs.val.with_name('nih_test.csv')} -> {run_dir}"):
+        if state.get("scored") == str(run_dir) and (run_dir / "run.json").is_file():
+            log.summary["score"] = "reused"
+        else:
+            resume = run_dir.is_dir() and any(run_dir.iterdir())
+            state["run_dir"] = str(run_dir)
+            save_state()
+            score_step(log, manifests / "nih_test.csv", engines_dir, run_dir, image_root=inputs.image_root,
+                       workers=workers or None, progress=hooks.score_progress(), resume=resume)
+            state["scored"] = str(run_dir)
+            save_state()
+
+    with log.step("compare", f"SDFN vs entire and lung baselines, {n_bootstrap} patient-bootstrap replicates"):
+        comparison, mean_auc = compare_step(log, run_dir, n_bootstrap=n_bootstrap, seed=seed,
+                                            progress=hooks.counter("bootstrap"))
+
+    result = ReproduceResult(w, run_dir, comparison.paths["table1.md"], mean_auc, dict(log.seconds),
+                             dict(log.summary), n_excluded, time.perf_counter() - t_start)
+    state.update({"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "mean_auc": mean_auc,
+                  "table1": str(result.table1), "summary": log.summary, "step_seconds": log.seconds,
+                  "preset": preset.name})
+    save_state()
+    log_line(f"finished: Table 1 at {result.table1}; SDFN mean AUC {mean_auc['sdfn']:.4f} vs the paper's "
+             f"{PAPER_MEAN_AUC} ({result.versus_paper:+.4f})")
+    return result
+
+
+def _cross_validate(manifest: Path, root: Path, folds: int, out: Path, preset: Preset, options: Callable, state: dict,
+                    save_state: Callable[[], None]) -> str:
+    """Section 2.3's k-fold Dice/IoU of the segmenter (reused when already computed)."""
+    import numpy as np
+
+    from sdfn_bench.train.seg_eval import cross_validate
+
+    key = f"seg_cv_{folds}"
+    if key not in state:
+        results = cross_validate(manifest, folds, out, image_root=root, preset=preset.segmenter,
+                                 options=options("segmenter cv", True))
+        dice = np.concatenate([r.scores.dice for r in results])
+        iou = np.concatenate([r.scores.iou for r in results])
+        state[key] = {"dice": float(dice.mean()), "iou": float(iou.mean()), "n": int(len(dice))}
+        save_state()
+    cv = state[key]
+    return f"{folds}-fold Dice {cv['dice']:.3f}, IoU {cv['iou']:.3f} (paper: 0.98, 0.97)"
