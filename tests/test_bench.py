@@ -85,6 +85,17 @@ def test_measure_peak_small():
     assert peak.threads == torch.get_num_threads() and peak.device == "cpu"
 
 
+def test_measure_peak_in_reduced_precision():
+    from sdfn_bench.engines.cpu_features import cpu_features
+
+    int8 = measure_peak(batch=1, channels=32, size=16, repeats=2, precision="int8")
+    assert int8.precision == "int8" and int8.flop == 2 * 32 * 16 * 16 * 32 * 9 and int8.gflop_s > 0
+    assert "ONNX Runtime int8 (Q/DQ)" in int8.how
+    if cpu_features().bf16:
+        bf16 = measure_peak(batch=1, channels=32, size=16, repeats=2, precision="bf16")
+        assert bf16.precision == "bf16" and "PyTorch bf16" in bf16.how and bf16.gflop_s >= bf16.median_gflop_s > 0
+
+
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("bench_images"), 5, seed=2)

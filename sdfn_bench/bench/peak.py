@@ -6,6 +6,13 @@ the attainable GFLOP/s on the threads PyTorch uses. On a GPU the same code measu
 (synchronized before reading the clock). The machine is shared and noisy, so the benchmark
 measures the peak several times around its own runs and keeps the highest: a conservative
 denominator for the roofline fraction.
+
+Reduced precision is measured the same way, in that precision, so the roofline fraction stays
+honest: ``bf16`` (and ``fp16`` on a GPU) runs the same convolution in that dtype through PyTorch;
+``int8`` runs it as a Q/DQ ONNX graph (per-channel symmetric weights, as the engines) in ONNX
+Runtime. Where OpenVINO is installed and healthy, the same graph also runs there (``bf16`` with its
+bf16 hint) and the higher rate is kept: OpenVINO's Winograd convolutions can exceed a direct
+convolution's rate, and a denominator below what an engine reaches would flatter the fraction.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ class PeakResult:
         shape: (batch, channels, height, width) of the input; 3x3 kernel, channels -> channels.
         threads: PyTorch intra-op threads used.
         device: ``cpu`` or ``cuda:N``.
+        precision: the precision of the convolution.
+        how: which library ran it.
     """
 
     gflop_s: float
@@ -36,15 +45,18 @@ class PeakResult:
     shape: tuple[int, int, int, int]
     threads: int
     device: str
+    precision: str = "fp32"
+    how: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def measure_peak(
-    *, batch: int = 4, channels: int = 256, size: int = 56, repeats: int = 5, device: str = "cpu", seed: int = 0
+    *, batch: int = 4, channels: int = 256, size: int = 56, repeats: int = 5, device: str = "cpu", seed: int = 0,
+    precision: str = "fp32",
 ) -> PeakResult:
-    """Best fp32 GFLOP/s of a ``channels -> channels`` 3x3 channels-last convolution.
+    """Best GFLOP/s of a ``channels -> channels`` 3x3 channels-last convolution in ``precision``.
 
     Args:
         batch, channels, size: the input (batch, channels, size, size); the default is a ResNet-style
@@ -52,14 +64,27 @@ def measure_peak(
         repeats: timed calls after one warm-up call.
         device: ``cpu`` or ``cuda[:N]``.
         seed: for the random weights and input.
+        precision: ``fp32``, ``bf16``, ``fp16`` (CUDA) or ``int8`` (CPU, ONNX Runtime / OpenVINO).
     """
+    if precision == "int8" or (precision == "bf16" and device == "cpu"):
+        from sdfn_bench.bench.peak_reduced import measure_reduced_peak
+
+        return measure_reduced_peak(precision, batch=batch, channels=channels, size=size, repeats=repeats, seed=seed,
+                                    torch_peak=_torch_peak if precision == "bf16" else None)
+    return _torch_peak(batch=batch, channels=channels, size=size, repeats=repeats, device=device, seed=seed,
+                       precision=precision)
+
+
+def _torch_peak(*, batch: int, channels: int, size: int, repeats: int, device: str, seed: int,
+                precision: str) -> PeakResult:
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     g = torch.Generator().manual_seed(seed)
     conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
     with torch.no_grad():
         conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.05)
     x = torch.randn(batch, channels, size, size, generator=g)
-    conv = conv.to(device=device, memory_format=torch.channels_last).eval()
-    x = x.to(device=device).contiguous(memory_format=torch.channels_last)
+    conv = conv.to(device=device, dtype=dtype, memory_format=torch.channels_last).eval()
+    x = x.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
     flop = 2 * batch * channels * size * size * channels * 9
     cuda = device.startswith("cuda")
     times = []
@@ -81,4 +106,6 @@ def measure_peak(
         shape=(batch, channels, size, size),
         threads=torch.get_num_threads(),
         device=device,
+        precision=precision,
+        how=f"PyTorch {precision} convolution (oneDNN/cuDNN)",
     )
