@@ -258,13 +258,15 @@ def actor_resources(
 @contextmanager
 def connected(address: str) -> Iterator[tuple[Any, float]]:
     """Ray connected to ``address``: ``local`` (this machine; an already started Ray is reused),
-    ``auto`` (the cluster this node belongs to) or ``ray://host:10001``. Yields (ray, seconds)."""
+    ``auto`` (the cluster this node belongs to), ``HOST:6379`` (a cluster's GCS) or
+    ``ray://host:10001`` (Ray Client). Yields (ray, seconds)."""
     ray = import_ray()
     t0 = time.perf_counter()
     owned = False
     if not ray.is_initialized():
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            # A cluster of our own needs no dashboard; an existing one (auto, ray://) keeps its settings.
+            ray.init(address=address, log_to_driver=False, **({"include_dashboard": False} if address == "local" else {}))
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise ScoreError(f"--ray {address}: cannot connect to a Ray cluster ({exc})") from exc
         owned = True
