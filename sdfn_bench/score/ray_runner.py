@@ -257,9 +257,10 @@ def actor_resources(
 
 @contextmanager
 def connected(address: str) -> Iterator[tuple[Any, float]]:
-    """Ray connected to ``address``: ``local`` (this machine; an already started Ray is reused),
-    ``auto`` (the cluster this node belongs to), ``HOST:6379`` (a cluster's GCS) or
-    ``ray://host:10001`` (Ray Client). Yields (ray, seconds)."""
+    """Ray connected to ``address``: ``local`` (a new instance on this machine), ``auto`` (the
+    cluster this node belongs to), ``HOST:6379`` (a cluster's GCS) or ``ray://host:10001`` (Ray
+    Client). In a process where Ray is already initialized (a notebook, the tests) that connection
+    is used as it is and left open. Yields (ray, seconds)."""
     ray = import_ray()
     t0 = time.perf_counter()
     owned = False
