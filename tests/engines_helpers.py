@@ -9,6 +9,7 @@ from torch import nn
 
 from sdfn_bench.classes import CLASS_NAMES
 from sdfn_bench.engines.build import Source
+from sdfn_bench.lrg import PAPER_MARGIN
 from sdfn_bench.models.checkpoint import save_checkpoint
 from sdfn_bench.models.extractor import build_extractor
 from sdfn_bench.models.fusion import build_fusion
@@ -40,7 +41,7 @@ def make_checkpoints(folder: Path, *, seg_size: int = 32, ext_size: int = 32, se
     save_checkpoint(folder / "segmenter", seg, {
         "kind": "segmenter", "architecture": SEG_ARCH,
         "preprocessing": Preprocessing(input_size=seg_size, class_names=()).to_dict(),
-        "class_names": [], "mask_threshold": 0.5, "lung_margin": {"fraction": 0.05},
+        "class_names": [], "mask_threshold": 0.5, "lung_margin": PAPER_MARGIN.to_dict(),
     })
     for view in ("entire", "lung"):
         ext = build_extractor(EXT_ARCH)

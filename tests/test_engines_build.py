@@ -15,6 +15,7 @@ from sdfn_bench.engines import parity as parity_module
 from sdfn_bench.engines.build import load_sources
 from sdfn_bench.engines.export import io_module, torch_outputs
 from sdfn_bench.errors import EngineError
+from sdfn_bench.lrg import PAPER_MARGIN
 from sdfn_bench.preprocess import Preprocessing
 
 
@@ -47,7 +48,7 @@ def test_report_and_record(built):
     assert ("segmenter", "export") in steps and ("fusion", "done") in steps
     record = json.loads(report.engines_json.read_text())
     assert record["device"]["kind"] == "cpu" and record["max_batch"] == 4
-    assert record["mask_threshold"] == 0.5 and record["lung_margin"] == {"fraction": 0.05}
+    assert record["mask_threshold"] == 0.5 and record["lung_margin"] == PAPER_MARGIN.to_dict()
     seg = record["engines"]["segmenter"]
     assert seg["inputs"] == [{"name": "image", "shape": [-1, 1, 32, 32], "dtype": "float32"}]
     assert seg["outputs"] == [{"name": "mask_logits", "shape": [-1, 1, 32, 32], "dtype": "float32"}]
