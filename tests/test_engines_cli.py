@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from sdfn_bench.cli import main as cli_main
 from sdfn_bench.errors import CheckpointError, EngineError
+from sdfn_bench.score.gate import GateError
 
 
 def test_help_lists_the_options():
@@ -20,6 +21,8 @@ def test_errors_reach_the_cli_boundary(tmp_path):
     args = ["build-engines", "--checkpoints", str(tmp_path), "--out", str(tmp_path / "e"), "--backend", "onnxruntime"]
     result = CliRunner().invoke(cli_main.app, args + ["--precision", "int8"])
     assert isinstance(result.exception, EngineError) and "--calib-manifest" in str(result.exception)
+    result = CliRunner().invoke(cli_main.app, args + ["--precision", "auto"])
+    assert isinstance(result.exception, GateError) and "--no-gate" in str(result.exception)
     result = CliRunner().invoke(cli_main.app, args)
     assert isinstance(result.exception, CheckpointError) and "segmenter.json" in str(result.exception)
     assert not (tmp_path / "e").exists()

@@ -151,14 +151,14 @@ def build_gated(
     say = log or (lambda _msg: None)
     if precision not in (*PRECISIONS, "auto"):
         raise EngineError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}, auto")
+    if precision == "int8" and calib_manifest is None:
+        raise EngineError("int8 needs calibration images: pass --calib-manifest MANIFEST (its first images are used)")
     if gate_manifest is None and not no_gate and precision != "fp32":
         raise GateError(
             f"--precision {precision} refused: reduced precision must pass the accuracy gate; pass "
             "--gate-manifest MANIFEST (a labelled manifest scored with the new engines and with fp32 PyTorch) "
             "or --no-gate to build without it (engines.json records that)"
         )
-    if precision == "int8" and calib_manifest is None:
-        raise EngineError("int8 needs calibration images: pass --calib-manifest MANIFEST (its first images are used)")
     out = Path(out_dir).resolve()
     requested = {"backend": backend, "precision": precision}
     if gate_manifest is None and precision == "fp32":
