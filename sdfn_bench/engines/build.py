@@ -39,6 +39,7 @@ from sdfn_bench.engines.candidates import (
     calibration_inputs,
     engine_precision,
     feature_dim,
+    probe_candidates,
 )
 from sdfn_bench.engines.parity import TOLERANCES, ParityResult, summary_value
 from sdfn_bench.engines.registry import (
@@ -215,8 +216,8 @@ def build_candidates(
 ) -> dict[str, list[Candidate]]:
     """Build every (backend, precision) of ``choices[name]`` for each network under ``work``.
 
-    Candidates are timed (:func:`~sdfn_bench.engines.candidates.probe_rate`) when a network has
-    more than one. Returns, per network, its candidates in the order of ``choices``.
+    Candidates are timed together (:func:`~sdfn_bench.engines.candidates.probe_candidates`) when
+    a network has more than one. Returns, per network, its candidates in the order of ``choices``.
     """
     missing = [n for n in ENGINE_NAMES if n not in sources]
     if missing:
@@ -228,17 +229,18 @@ def build_candidates(
     out: dict[str, list[Candidate]] = {}
     for name in ENGINE_NAMES:
         probe = len(choices[name]) > 1
-        out[name] = []
+        built = []
         for be_name, prec in choices[name]:
             folder = work / f"{be_name}-{prec}"
             if be_name == "tensorrt":
                 _seed_timing_cache(work.parent, folder)
-            out[name].append(build_candidate(
+            built.append(build_candidate(
                 sources[name], folder, backend=be_name, precision=prec, max_batch=max_batch, cams=cams,
                 device=device, torch_compile=torch_compile,
                 calibration=calibration.get(name) if calibration else None, feature_dim=dim,
-                onnx_cache=cache, report=report, probe=probe,
+                onnx_cache=cache, report=report, keep_engine=probe,
             ))
+        out[name] = probe_candidates(built, report)
         report(name, "done")
     return out
 

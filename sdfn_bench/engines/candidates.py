@@ -2,7 +2,7 @@
 
 ``--backend auto`` on a CPU and ``--precision auto`` build several candidates per network, keep
 those whose parity check passes, and pick by a short timing probe measured here at build time
-(:func:`probe_rate`), not by a fixed order. The ONNX export (and the int8 quantization) of a
+(:func:`probe_rates`), not by a fixed order. The ONNX export (and the int8 quantization) of a
 network is made once and shared by every backend that reads ONNX.
 
 int8 calibration uses each network's real inputs (:func:`calibration_inputs`): the segmenter and
@@ -18,7 +18,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ class Candidate:
         entry: its engines.json entry (with ``backend``, ``backend_version``, ``parity``).
         passed: whether the parity check passed (``message`` says why not).
         images_per_s: the timing probe (None when not probed: a single candidate).
+        engine: the loaded engine, kept until the probe (then dropped).
     """
 
     name: str
@@ -73,6 +74,7 @@ class Candidate:
     passed: bool
     message: str
     images_per_s: float | None = None
+    engine: Any = field(default=None, repr=False, compare=False)
 
     def summary(self) -> dict[str, Any]:
         return {"backend": self.backend, "precision": self.precision, "parity_passed": self.passed,
@@ -128,19 +130,25 @@ def calibration_inputs(sources: Mapping[str, Source], images: Sequence[np.ndarra
     }
 
 
-def probe_rate(engine: Any, spec: EngineSpec, *, batch: int = PROBE_BATCH, repeats: int = PROBE_REPEATS) -> float:
-    """Images/s of ``engine`` on one seeded batch: median of ``repeats`` calls after one warm-up."""
+def probe_rates(engines: Sequence[Any], spec: EngineSpec, *, batch: int = PROBE_BATCH,
+                repeats: int = PROBE_REPEATS) -> list[float]:
+    """Images/s of each engine (same network) on one seeded batch: median of ``repeats`` calls
+    after one warm-up each, the calls interleaved round-robin so that a load change on a shared
+    machine hits every candidate alike instead of whichever was timed at that moment."""
     first = spec.inputs[0].shape
+    rows = min(batch, spec.max_batch)
     inputs = example_inputs(spec.kind, input_size=int(first[-1]) if len(first) == 4 else 0,
                             feature_dim=int(first[1]) if len(first) == 2 else 0,
-                            batch=min(batch, spec.max_batch), rng=np.random.default_rng(0))
-    engine.run(inputs)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+                            batch=rows, rng=np.random.default_rng(0))
+    for engine in engines:
         engine.run(inputs)
-        times.append(time.perf_counter() - start)
-    return min(batch, spec.max_batch) / statistics.median(times)
+    times: list[list[float]] = [[] for _ in engines]
+    for _ in range(repeats):
+        for i, engine in enumerate(engines):
+            start = time.perf_counter()
+            engine.run(inputs)
+            times[i].append(time.perf_counter() - start)
+    return [rows / statistics.median(t) for t in times]
 
 
 class OnnxCache:
@@ -177,12 +185,13 @@ class OnnxCache:
 def build_candidate(
     source: Source, folder: Path, *, backend: str, precision: str, max_batch: int, cams: bool, device: str,
     torch_compile: bool, calibration: np.ndarray | None, feature_dim: int, onnx_cache: OnnxCache,
-    report: Progress, probe: bool,
+    report: Progress, keep_engine: bool,
 ) -> Candidate:
-    """Build, parity-check and (``probe``) time one network with one backend in one precision.
+    """Build and parity-check one network with one backend in one precision.
 
     A parity failure is returned (``passed`` False), not raised, so a caller choosing among
-    candidates can go on; export and build errors are raised.
+    candidates can go on; export and build errors are raised. ``keep_engine``: the passing
+    candidate keeps its loaded engine for :func:`probe_rates`.
     """
     start = time.perf_counter()
     be = get_backend(backend)
@@ -229,12 +238,24 @@ def build_candidate(
     entry["file_sha256"] = {role: file_sha256(folder / f) for role, f in files.items()}
     entry["parity"] = parity.to_dict()
     entry["build_s"] = round(build_s, 3)
-    rate = None
-    if probe and parity.passed:
-        report(source.name, "probe")
-        rate = probe_rate(engine, spec)
-        entry["probe_images_per_s"] = round(rate, 3)
-    del engine
     return Candidate(name=source.name, backend=backend, precision=precision, folder=folder, entry=entry,
                      passed=parity.passed, message="" if parity.passed else parity.message(source.name),
-                     images_per_s=rate)
+                     engine=engine if keep_engine and parity.passed else None)
+
+
+def probe_candidates(candidates: Sequence[Candidate], report: Progress) -> list[Candidate]:
+    """Time the passing candidates of one network together (:func:`probe_rates`); returns them
+    with ``images_per_s`` set (and ``probe_images_per_s`` in their entries), engines dropped."""
+    timed = [c for c in candidates if c.engine is not None]
+    if not timed:
+        return [replace(c, engine=None) for c in candidates]
+    report(timed[0].name, "probe")
+    spec = timed[0].engine.spec
+    rates = dict(zip((id(c) for c in timed), probe_rates([c.engine for c in timed], spec), strict=True))
+    out = []
+    for c in candidates:
+        rate = rates.get(id(c))
+        if rate is not None:
+            c.entry["probe_images_per_s"] = round(rate, 3)
+        out.append(replace(c, images_per_s=rate, engine=None))
+    return out
