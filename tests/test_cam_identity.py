@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -22,6 +24,7 @@ from sdfn_bench.score.run import score_manifest
 
 TINY_SEGMENTER = {"name": "pazhitnykh_petsiuk", "base": 4, "norm": None}
 EXT_SIZE = 96  # DenseNet-121 downsamples 32x: 3 x 3 feature maps
+BACKENDS = ["torch", "onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +32,14 @@ def built(tmp_path_factory, one_torch_thread):
     root = tmp_path_factory.mktemp("cams")
     calibration = np.random.default_rng(0).normal(size=(4, 1, EXT_SIZE, EXT_SIZE)).astype(np.float32)
     seeded_checkpoints(root / "ckpt", calibration, seg_size=32, ext_size=EXT_SIZE, seg_arch=TINY_SEGMENTER)
-    for backend in ("torch", "onnxruntime"):
+    for backend in BACKENDS:
         build_engines(root / "ckpt", root / backend, backend=backend, max_batch=4, cams=True)
     build_engines(root / "ckpt", root / "plain", backend="torch", max_batch=4)
     manifest = make_image_folder(root / "data", 7, broken={4: "corrupt"})
     return root, manifest
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_identity_holds_for_the_engines(built, backend):
     root, manifest = built
     engines = load_engines(root / backend, cams=True)
@@ -62,7 +65,7 @@ def test_identity_holds_for_the_engines(built, backend):
 
 def test_without_cams_the_maps_are_not_requested(built):
     root, _ = built
-    for backend in ("torch", "onnxruntime"):
+    for backend in BACKENDS:
         off = load_engines(root / backend, cams=False)
         assert not off.cams and off.extractor_entire.output_names == ("features", "logits")
         outs = off.extractor_lung.run({"image": np.zeros((1, 1, EXT_SIZE, EXT_SIZE), np.float32)})

@@ -29,7 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from sdfn_bench.engines.backends.base import Backend, BuildJob, Engine, EngineSpec, LoadContext, to_numpy_f32
+from sdfn_bench.engines.backends.base import (
+    CAM_OUTPUT,
+    Backend,
+    BuildJob,
+    Engine,
+    EngineSpec,
+    LoadContext,
+    to_numpy_f32,
+)
 from sdfn_bench.engines.registry import physical_cores
 from sdfn_bench.errors import BackendUnavailableError, EngineError
 
@@ -89,9 +97,13 @@ class OpenVinoEngine(Engine):
         super().__init__(spec, precision=precision, device=device)
         self.compiled = compiled
         names = [o.get_any_name() for o in compiled.outputs]
+        # A model exported with CAMs may be loaded without its feature maps (load_engines(cams=False)):
+        # they stay in the request's buffers and are never copied out.
+        if names == [*spec.output_names, CAM_OUTPUT]:
+            names = names[:-1]
         if names != list(spec.output_names):
             raise EngineError(f"{spec.name}: OpenVINO outputs {names} differ from {list(spec.output_names)}")
-        self._outputs = list(compiled.outputs)
+        self._outputs = list(compiled.outputs)[: len(names)]
         self._request = compiled.create_infer_request()
         self._lock = threading.Lock()  # an infer request serves one call at a time
         self.properties = dict(properties)
