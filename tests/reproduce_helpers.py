@@ -48,11 +48,17 @@ def real_layouts(base: Path) -> Layouts:
     return Layouts(real / "nih", real / "jsrt", real / "scr")
 
 
+# One torch thread in the subprocesses, as the one_torch_thread fixture does in-process: on a shared
+# 2-core runner two OpenMP threads wait on each other (measured: the demo-preset entire extractor
+# 107 s with two threads vs 9 s with one, at load 6).
+SUBPROCESS_ENV = {"COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+
+
 def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run ``sdfn-bench ARGS`` in a fresh process (as a user would), output captured."""
     exe = Path(sys.executable).with_name("sdfn-bench")
     return subprocess.run([str(exe), *args], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200", **(env or {})},
+                          env={**os.environ, **SUBPROCESS_ENV, **(env or {})},
                           cwd=cwd, timeout=900)
 
 

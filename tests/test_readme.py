@@ -3,7 +3,8 @@
 The blocks run in order, each in its own ``bash -euo pipefail`` in a temporary folder, with the
 variables the README names pointing at the synthetic cohort written in the real layouts
 (tests/reproduce_helpers.py): ``NIH``, ``JSRT``, ``SCR`` and ``W`` (the work folder of a finished
-``reproduce --preset demo``), plus ``REPO`` (the repository root). Two substitutions make them
+``reproduce --preset demo``), plus ``REPO`` (the repository root), and one torch thread
+(``OMP_NUM_THREADS=1``, see tests/reproduce_helpers.py). Two substitutions make them
 small: ``--preset paper`` -> ``--preset demo`` and ``--backend auto`` -> ``--backend onnxruntime``
 (the CPU ``auto`` benchmarks every installed backend).
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from reproduce_helpers import finished_workdir, real_layouts, shared_dir
+from reproduce_helpers import SUBPROCESS_ENV, finished_workdir, real_layouts, shared_dir
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -83,7 +84,7 @@ def readme_env(tmp_path_factory) -> dict[str, str]:
     layouts = real_layouts(base)
     work, _ = finished_workdir(base)
     return {**os.environ, "NIH": str(layouts.nih), "JSRT": str(layouts.jsrt), "SCR": str(layouts.scr),
-            "W": str(work), "REPO": str(REPO), "COLUMNS": "200",
+            "W": str(work), "REPO": str(REPO), **SUBPROCESS_ENV,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
