@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +150,7 @@ def build_gated(
         EngineError: build failures.
     """
     say = log or (lambda _msg: None)
+    started = time.perf_counter()  # build_s in engines.json: from here to the composed folder (gate excluded)
     if precision not in (*PRECISIONS, "auto"):
         raise EngineError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}, auto")
     if precision == "int8" and calib_manifest is None:
@@ -179,7 +181,7 @@ def build_gated(
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.candidates-", dir=out.parent))
     options = {"torch_compile": torch_compile, "calib_manifest": str(calib_manifest) if calib_manifest else None}
     common = {"requested": requested, "device": device, "max_batch": max_batch, "cams": cams,
-              "build_options": options, "checkpoints_dir": Path(checkpoints_dir)}
+              "build_options": options, "checkpoints_dir": Path(checkpoints_dir), "started": started}
     try:
         say(f"building candidates: {', '.join(sorted({f'{b}/{p}' for cs in choices.values() for b, p in cs}))}")
         candidates = build_candidates(sources, work / "candidates", choices, max_batch=max_batch, cams=cams,
