@@ -148,3 +148,35 @@ def test_run_bench_record(tiny_checkpoints, tmp_path):
     assert record["lrg"]["n"] == 20 and record["lrg"]["masks_per_s_median"] > 0
     assert record["goals"]["speedup"] == GOALS["speedup"]
     assert not list(tmp_path.glob("sdfn-bench-*"))  # the temporary work folder is gone
+
+
+def test_trained_segmenter_replaces_only_the_random_one(tiny_checkpoints, images, tmp_path):
+    """--segmenter: the given segmenter's files go in bit for bit; the random extractors stay the same."""
+    from sdfn_bench.bench.run import BenchError
+    from sdfn_bench.models.checkpoint import load_checkpoint, save_checkpoint
+
+    trained_meta = json.loads((tiny_checkpoints / "segmenter.json").read_text())
+    trained = build_segmenter(TINY_SEGMENTER)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.fill_(0.25)
+    save_checkpoint(tmp_path / "trained" / "segmenter", trained, trained_meta)
+    pre = Preprocessing(input_size=32)
+    calibration = np.stack([prepare(read_image(p), pre) for p in sorted(images.parent.glob("images/*.png"))])
+    folder = seeded_checkpoints(tmp_path / "ckpt", calibration, seed=3, seg_size=32, ext_size=32,
+                                seg_arch=TINY_SEGMENTER, segmenter=tmp_path / "trained" / "segmenter.safetensors")
+    assert (folder / "segmenter.safetensors").read_bytes() == (tmp_path / "trained" / "segmenter.safetensors").read_bytes()
+    assert (folder / "segmenter.safetensors").read_bytes() != (tiny_checkpoints / "segmenter.safetensors").read_bytes()
+    for name in ("extractor_entire", "extractor_lung", "fusion"):
+        got, want = load_checkpoint(folder / name).module, load_checkpoint(tiny_checkpoints / name).module
+        for (k, a), (_, b) in zip(got.state_dict().items(), want.state_dict().items(), strict=True):
+            assert torch.equal(a, b), f"{name}.{k} changed"
+    with pytest.raises(BenchError, match="not a segmenter"):
+        seeded_checkpoints(tmp_path / "bad", calibration, seed=3, seg_size=32, ext_size=32, seg_arch=TINY_SEGMENTER,
+                           segmenter=tiny_checkpoints / "fusion")
+    with pytest.raises(BenchError, match="missing.json: checkpoint metadata not found"):
+        seeded_checkpoints(tmp_path / "bad2", calibration, seed=3, seg_size=32, ext_size=32,
+                           seg_arch=TINY_SEGMENTER, segmenter=tmp_path / "missing")
+    with pytest.raises(BenchError, match="--segmenter replaces"):
+        run_bench(BenchSettings(images=10, image_size=96, checkpoints=tiny_checkpoints,
+                                segmenter=tmp_path / "trained" / "segmenter"), out_dir=tmp_path / "out")

@@ -24,6 +24,12 @@ extractors 224, the Pazhitnykh-Petsiuk U-Net at base 32, DenseNet-121). Speed de
 geometry, not on the values of the weights; the random DenseNets get their batch-norm statistics
 re-estimated on the synthetic images so that their activations and probabilities have realistic
 ranges (untouched random networks saturate, which would make the probability comparison empty).
+
+Accuracy does depend on the weights, and the gate's lung-box agreement most of all: a random
+U-Net's mask logits sit near the threshold almost everywhere, so any rounding moves its LRG box
+and no reduced-precision segmenter can pass. ``segmenter`` puts a trained segmenter checkpoint
+beside the random extractors (``make bench-reduced`` trains one at the paper's geometry with
+``sdfn-bench train segmenter --preset paper`` on synthetic images other than the bench's).
 """
 
 from __future__ import annotations
@@ -82,6 +88,8 @@ class BenchSettings:
         batch_size, workers: the pipeline's settings (workers None: its default).
         seed: synthetic images and random weights.
         lrg_masks: masks timed by the LRG speed measurement.
+        segmenter: a trained segmenter checkpoint used with the random extractors (None: random;
+            not allowed together with ``checkpoints``).
     """
 
     images: int = 32
@@ -99,6 +107,7 @@ class BenchSettings:
     workers: int | None = None
     seed: int = 0
     lrg_masks: int = 500
+    segmenter: Path | None = None
 
 
 def _calibrate_batchnorm(module: torch.nn.Module, x: torch.Tensor) -> None:
@@ -123,12 +132,18 @@ def seeded_checkpoints(
     seg_size: int = PAPER_SEG_SIZE,
     ext_size: int = PAPER_EXT_SIZE,
     seg_arch: dict[str, Any] | None = None,
+    segmenter: Path | None = None,
 ) -> Path:
     """Write the four standard checkpoints with seeded random weights into ``folder``.
 
     Args:
         calibration: (N, 1, ext_size, ext_size) prepared images; the extractors' batch-norm
             statistics are estimated on them.
+        segmenter: a trained segmenter checkpoint copied in place of the random one (its own
+            geometry; ``seg_size`` and ``seg_arch`` are then unused).
+
+    Raises:
+        BenchError: ``segmenter`` is not a loadable segmenter checkpoint.
     """
     from sdfn_bench.models.checkpoint import save_checkpoint
     from sdfn_bench.models.extractor import build_extractor
@@ -149,11 +164,14 @@ def seeded_checkpoints(
             extractors[view] = ext
         fusion = FusionHead.from_heads(extractors["entire"].classifier, extractors["lung"].classifier).eval()
     common = {"train_manifest_sha256": None, "epochs": 0, "best_metric": None, "weights": f"random seed {seed}"}
-    save_checkpoint(folder / "segmenter", seg, {
-        **common, "kind": "segmenter", "architecture": arch, "class_names": [], "mask_threshold": 0.5,
-        "lung_margin": PAPER_MARGIN.to_dict(),
-        "preprocessing": Preprocessing(input_size=seg_size, class_names=()).to_dict(),
-    })
+    if segmenter is not None:
+        _copy_segmenter(Path(segmenter), folder / "segmenter")
+    else:
+        save_checkpoint(folder / "segmenter", seg, {
+            **common, "kind": "segmenter", "architecture": arch, "class_names": [], "mask_threshold": 0.5,
+            "lung_margin": PAPER_MARGIN.to_dict(),
+            "preprocessing": Preprocessing(input_size=seg_size, class_names=()).to_dict(),
+        })
     for view, ext in extractors.items():
         save_checkpoint(folder / f"extractor_{view}", ext, {
             **common, "kind": "extractor", "view": view, "class_names": names, "preprocessing": ext_pre,
@@ -164,6 +182,22 @@ def seeded_checkpoints(
         "architecture": {"name": "concat_linear", "in_features": 2048, "num_classes": len(names)},
     })
     return folder
+
+
+def _copy_segmenter(source: Path, dest: Path) -> None:
+    """Copy a trained segmenter checkpoint's two files to ``dest`` after loading it strictly."""
+    from sdfn_bench.errors import CheckpointError
+    from sdfn_bench.models.checkpoint import checkpoint_paths, load_checkpoint
+
+    try:
+        loaded = load_checkpoint(source)
+    except CheckpointError as exc:
+        raise BenchError(f"--segmenter {source}: {exc}") from exc
+    if loaded.meta.get("kind") != "segmenter":
+        raise BenchError(f"--segmenter {source}: a {loaded.meta.get('kind')!r} checkpoint, not a segmenter")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for src, dst in zip(checkpoint_paths(source), checkpoint_paths(dest), strict=True):
+        shutil.copyfile(src, dst)
 
 
 def _synthetic_images(folder: Path, settings: BenchSettings) -> Path:
@@ -280,17 +314,22 @@ def run_bench(
         rows = pd.read_csv(manifest, dtype=str, keep_default_na=False)
         paths = [manifest.parent / p for p in rows["image"]]
 
+        if settings.checkpoints is not None and settings.segmenter is not None:
+            raise BenchError("--segmenter replaces the random segmenter; with --checkpoints put it in that folder")
         if settings.checkpoints is None:
-            say(f"seeded random weights (segmenter {settings.seg_size}, extractors {settings.ext_size})")
+            seg_what = f"trained {settings.segmenter}" if settings.segmenter else f"random {settings.seg_size}"
+            say(f"seeded random weights (segmenter {seg_what}, extractors {settings.ext_size})")
             from sdfn_bench.decode.reader import read_image
 
             pre = Preprocessing(input_size=settings.ext_size)
             calib = np.stack([prepare(read_image(p), pre) for p in paths[:16]])
             ckpt_dir = seeded_checkpoints(
                 work / f"checkpoints-{stamp}", calib, seed=settings.seed, seg_size=settings.seg_size,
-                ext_size=settings.ext_size, seg_arch=dict(settings.seg_arch),
+                ext_size=settings.ext_size, seg_arch=dict(settings.seg_arch), segmenter=settings.segmenter,
             )
             weights = f"seeded random (seed {settings.seed}), extractor batch norm re-estimated on the synthetic images"
+            if settings.segmenter is not None:
+                weights += f"; trained segmenter {Path(settings.segmenter).resolve()}"
         else:
             ckpt_dir = Path(settings.checkpoints)
             weights = str(ckpt_dir.resolve())

@@ -19,6 +19,10 @@ def bench(
     checkpoints: Path | None = typer.Option(
         None, "--checkpoints", help="Checkpoint folder (default: seeded random weights at the paper's geometry)."
     ),
+    segmenter: Path | None = typer.Option(
+        None, "--segmenter", help="A trained segmenter checkpoint to use with the random extractors (the gate's "
+        "lung boxes need one: a random U-Net's boxes move under any rounding)."
+    ),
     backend: str = typer.Option("auto", "--backend", help="Engine backend of the pipeline (auto: per network the "
                                 "fastest, by a timing probe at build time)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32|fp16|bf16|int8|auto: the pipeline's engines; "
@@ -38,7 +42,7 @@ def bench(
     settings = BenchSettings(
         images=images, image_size=image_size, checkpoints=checkpoints, seg_size=seg_size, ext_size=ext_size,
         backend=backend, precision=precision, gate_manifest=gate_manifest, gate_image_root=gate_image_root,
-        batch_size=batch_size, workers=workers, seed=seed,
+        batch_size=batch_size, workers=workers, seed=seed, segmenter=segmenter,
     )
     with console.status("benchmarking") as status:
 

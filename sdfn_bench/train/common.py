@@ -251,6 +251,24 @@ def autocast(device: torch.device, amp: bool):
     return nullcontext()
 
 
+def _resumable(saved: Mapping[str, Any], wanted: Mapping[str, Any], *, done: int) -> bool:
+    """Whether a run saved with ``saved`` settings may continue with ``wanted``: the same settings,
+    except that the epoch count may grow (no schedule here depends on the total, and each epoch's
+    random numbers depend only on (seed, epoch), so continuing equals having asked for more epochs
+    from the start). Fewer epochs than already done is refused."""
+
+    def without_epochs(config: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+        rest = dict(config)
+        preset = dict(rest.get("preset") or {})
+        epochs = preset.pop("epochs", None)
+        rest["preset"] = preset
+        return rest, epochs
+
+    saved_rest, _ = without_epochs(saved)
+    wanted_rest, epochs = without_epochs(wanted)
+    return saved_rest == wanted_rest and (epochs is None or int(epochs) >= done)
+
+
 def fit(
     *,
     stem: Path,
@@ -317,7 +335,7 @@ def fit(
     state_w, _ = _state_paths(stem)
     if resume and state_w.exists():
         info = _load_state(stem, model, optimizer)
-        if info["config"] != json.loads(json.dumps(config, default=float)):
+        if not _resumable(info["config"], json.loads(json.dumps(config, default=float)), done=int(info["epoch"])):
             raise TrainError(f"{state_w}: saved with other settings {info['config']}; not resuming with {config}")
         schedule.load_state_dict(info["schedule"])
         if info.get("scaler"):
