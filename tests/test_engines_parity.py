@@ -90,3 +90,43 @@ def test_non_finite_engine_output_fails(extractor):
     result = _parity(broken, extractor)
     assert not result.passed and result.max_abs_diff["logits"] == float("inf")
     assert result.max_prob_diff["logits"] == float("inf")
+
+
+class _Logits(nn.Module):
+    """A stand-in segmenter: mask logits 3 * image, then an optional change of the engine's side."""
+
+    def __init__(self, change=None) -> None:
+        super().__init__()
+        self.change = change
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        y = 3.0 * image
+        return y if self.change is None else self.change(y)
+
+
+def _mask_parity(change, precision: str):
+    reference = io_module("segmenter", _Logits())
+    spec = engine_spec("segmenter", "segmenter", reference, input_size=SIZE, feature_dim=0, cams=False, max_batch=4)
+    engine = TorchEngine(spec, io_module("segmenter", _Logits(change)), precision=precision, device="cpu",
+                         compiled=False)
+    return check_parity(engine, reference, spec, precision)
+
+
+def test_reduced_precision_masks_are_judged_by_pixel_agreement():
+    # Boundary rounding: every logit pushed 0.6 away from 0 keeps every pixel's side but moves
+    # boundary probabilities by ~0.15, which the per-pixel probability limit (0.1) would refuse.
+    kept = _mask_parity(lambda y: y + 0.6 * torch.tanh(10 * y), "int8")
+    assert kept.passed, kept.message("segmenter")
+    assert kept.max_prob_diff["mask_logits"] > TOLERANCES["int8"].prob_atol
+    assert kept.mask_agreement == {"mask_logits": 1.0}
+    assert kept.to_dict()["tolerance"]["mask_agreement"] == 0.99
+    # A broken build flips whole regions: here every pixel with |logit| < 0.5 (~13 % of them),
+    # while each logit moves by less than the logit limit, so only the agreement catches it.
+    flipped = _mask_parity(lambda y: torch.where(y.abs() < 0.5, -y, y), "int8")
+    assert not flipped.passed
+    assert flipped.max_abs_diff["mask_logits"] <= flipped.limit["mask_logits"]
+    assert 0.8 < flipped.mask_agreement["mask_logits"] < 0.9
+    assert "of the mask pixels agree < 0.99" in flipped.message("segmenter")
+    # fp32 keeps its exact per-pixel probability limit
+    exact = _mask_parity(lambda y: y + 1e-3 * torch.tanh(10 * y), "fp32")
+    assert not exact.passed and exact.mask_agreement == {} and "probability diff" in exact.message("segmenter")

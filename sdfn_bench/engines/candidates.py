@@ -151,6 +151,12 @@ def probe_rates(engines: Sequence[Any], spec: EngineSpec, *, batch: int = PROBE_
     return [rows / statistics.median(t) for t in times]
 
 
+def int8_activations(backend: str, device: str) -> str:
+    """The int8 activation scheme a backend gets (:mod:`sdfn_bench.engines.quantize`): symmetric
+    ``s8`` for TensorRT and GPUs (zero points 0), asymmetric ``u8`` for the CPU backends."""
+    return "s8" if backend == "tensorrt" or device.startswith("cuda") else "u8"
+
+
 class OnnxCache:
     """The exported (and quantized) ONNX files of one network, made once per precision."""
 
@@ -159,8 +165,9 @@ class OnnxCache:
         self._made: dict[tuple[str, str], tuple[Path, dict[str, Any]]] = {}
 
     def get(self, source: Source, wrapper: nn.Module, spec: EngineSpec, precision: str,
-            calibration: np.ndarray | None, report: Progress) -> tuple[Path, dict[str, Any]]:
-        key = (source.name, precision)
+            calibration: np.ndarray | None, report: Progress, *, activations: str = "s8") -> tuple[Path, dict[str, Any]]:
+        """The ONNX file of ``precision``; int8 with ``activations`` s8 (TensorRT) or u8 (CPU backends)."""
+        key = (source.name, precision, activations if precision == "int8" else "")
         if key in self._made:
             return self._made[key]
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -171,8 +178,8 @@ class OnnxCache:
             from sdfn_bench.engines.quantize import quantize_int8
 
             report(source.name, "quantize")
-            path = self.folder / f"{source.name}.int8.onnx"
-            facts = dict(facts, quantization=quantize_int8(fp32, path, {"image": calibration}))
+            path = self.folder / f"{source.name}.int8{'' if activations == 's8' else '-' + activations}.onnx"
+            facts = dict(facts, quantization=quantize_int8(fp32, path, {"image": calibration}, activations=activations))
         else:
             report(source.name, "export")
             path = self.folder / f"{source.name}.{precision}.onnx"
@@ -205,7 +212,8 @@ def build_candidate(
     onnx_path = None
     if be.needs_onnx:
         shared, export_facts = onnx_cache.get(source, wrapper, spec, "fp16" if precision == "fp16" else
-                                              ("int8" if precision == "int8" else "fp32"), calibration, report)
+                                              ("int8" if precision == "int8" else "fp32"), calibration, report,
+                                              activations=int8_activations(backend, device))
         onnx_path = folder / shared.name
         shutil.copy2(shared, onnx_path)
 

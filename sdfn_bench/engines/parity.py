@@ -17,7 +17,7 @@ orders of magnitude beyond it (``tests/test_engines_parity.py`` checks both).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,11 +31,21 @@ from sdfn_bench.errors import EngineError
 
 @dataclass(frozen=True)
 class Tolerance:
-    """``atol + rtol * max|reference|`` per output; ``prob_atol`` on sigmoid(logits) outputs."""
+    """``atol + rtol * max|reference|`` per output; ``prob_atol`` on sigmoid(logits) outputs.
+
+    ``mask_agreement`` (reduced precision): the segmenter's ``mask_logits`` are judged by the
+    share of pixels on the same side of the 0.5 threshold instead of ``prob_atol``. A mask's
+    boundary pixels have logits near 0, where a rounding of 0.6 moves the probability by 0.15,
+    so the largest per-pixel probability difference says nothing about the mask; a broken build
+    flips whole regions. Measured on the paper's U-Net trained on synthetic images (24 images):
+    OpenVINO bf16 0.9998 and uint8-activation int8 0.9994 of the pixels agree (every LRG box
+    kept); the symmetric-int8 build that moved 3 of 24 boxes agreed on 0.976.
+    """
 
     atol: float
     rtol: float
     prob_atol: float
+    mask_agreement: float | None = None
 
     def limit(self, reference_absmax: float) -> float:
         return self.atol + self.rtol * reference_absmax
@@ -52,10 +62,10 @@ class Tolerance:
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=1e-5, rtol=1e-4, prob_atol=2e-4),
     "fp32-cuda": Tolerance(atol=1e-2, rtol=5e-3, prob_atol=5e-3),
-    "fp16": Tolerance(atol=5e-2, rtol=1e-2, prob_atol=2e-2),
-    "int8": Tolerance(atol=0.25, rtol=0.1, prob_atol=0.1),
+    "fp16": Tolerance(atol=5e-2, rtol=1e-2, prob_atol=2e-2, mask_agreement=0.99),
+    "int8": Tolerance(atol=0.25, rtol=0.1, prob_atol=0.1, mask_agreement=0.99),
     # bf16 (8-bit mantissa): a sanity limit like int8's; the accuracy gate decides (score/gate.py)
-    "bf16": Tolerance(atol=0.25, rtol=0.1, prob_atol=0.1),
+    "bf16": Tolerance(atol=0.25, rtol=0.1, prob_atol=0.1, mask_agreement=0.99),
 }
 
 
@@ -66,6 +76,11 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def is_logits(output_name: str) -> bool:
     """Outputs the pipeline turns into probabilities with a sigmoid."""
     return output_name.endswith("logits")
+
+
+def is_mask(output_name: str) -> bool:
+    """The segmenter's per-pixel logits (thresholded into the lung mask)."""
+    return output_name == "mask_logits"
 
 
 def tolerance_key(precision: str, device: str) -> str:
@@ -92,6 +107,7 @@ class ParityResult:
     inputs: str
     seed: int
     cpu: str
+    mask_agreement: dict[str, float] = field(default_factory=dict)
 
     @property
     def worst(self) -> float:
@@ -108,7 +124,10 @@ class ParityResult:
             "max_prob_diff": self.max_prob_diff,
             "prob_limit": self.tolerance.prob_atol,
             "tolerance": {"atol": self.tolerance.atol, "rtol": self.tolerance.rtol,
-                          "prob_atol": self.tolerance.prob_atol},
+                          "prob_atol": self.tolerance.prob_atol,
+                          **({"mask_agreement": self.tolerance.mask_agreement}
+                             if self.tolerance.mask_agreement is not None else {})},
+            **({"mask_agreement": self.mask_agreement} if self.mask_agreement else {}),
             "precision": self.precision,
             "batch_sizes": list(self.batch_sizes),
             "inputs": self.inputs,
@@ -122,7 +141,10 @@ class ParityResult:
             for o in self.max_abs_diff if not self.max_abs_diff[o] <= self.limit[o]
         ] + [
             f"{o}: max |probability diff| {d:.3g} > limit {self.tolerance.prob_atol:.3g}"
-            for o, d in self.max_prob_diff.items() if not d <= self.tolerance.prob_atol
+            for o, d in self.max_prob_diff.items() if o not in self.mask_agreement and not d <= self.tolerance.prob_atol
+        ] + [
+            f"{o}: {a:.4f} of the mask pixels agree < {self.tolerance.mask_agreement}"
+            for o, a in self.mask_agreement.items() if not a >= (self.tolerance.mask_agreement or 0.0)
         ]
         return (f"{name}: {self.precision} engine differs from PyTorch fp32 beyond tolerance "
                 f"(atol {self.tolerance.atol}, rtol {self.tolerance.rtol}, probabilities "
@@ -172,6 +194,8 @@ def check_parity(
     diff: dict[str, float] = {n: 0.0 for n in spec.output_names}
     absmax: dict[str, float] = {n: 0.0 for n in spec.output_names}
     prob_diff: dict[str, float] = {n: 0.0 for n in spec.output_names if is_logits(n)}
+    agreement: dict[str, float] = ({n: 1.0 for n in spec.output_names if is_mask(n)}
+                                   if tol.mask_agreement is not None else {})
     for batch in sizes:
         inputs = parity_inputs(spec, batch, seed=seed + batch, images=images)
         expected = torch_outputs(reference, inputs, spec.input_names)
@@ -185,14 +209,18 @@ def check_parity(
             if name in prob_diff:
                 got_p = _sigmoid(out.astype(np.float64))
                 prob_diff[name] = max(prob_diff[name], _max_abs_diff(got_p, _sigmoid(ref.astype(np.float64))))
+            if name in agreement:
+                same = (out > 0) == (ref > 0) if np.isfinite(out).all() else np.zeros(ref.shape, bool)
+                agreement[name] = min(agreement[name], float(same.mean()) if same.size else 1.0)
     limit = {n: tol.limit(absmax[n]) for n in spec.output_names}
     passed = (all(diff[n] <= limit[n] for n in spec.output_names)
-              and all(d <= tol.prob_atol for d in prob_diff.values()))
+              and all(d <= tol.prob_atol for n, d in prob_diff.items() if n not in agreement)
+              and all(a >= (tol.mask_agreement or 0.0) for a in agreement.values()))
     return ParityResult(
         passed=passed, max_abs_diff=diff, reference_absmax=absmax, limit=limit, max_prob_diff=prob_diff,
         tolerance=tol, precision=precision, batch_sizes=sizes,
         inputs="calibration images" if images is not None and spec.kind != "fusion" else "seeded random",
-        seed=seed, cpu=cpu_model(),
+        seed=seed, cpu=cpu_model(), mask_agreement=agreement,
     )
 
 
