@@ -36,7 +36,8 @@ bench: $(STAMP)
 # lung-box agreement needs a trained segmenter (a random U-Net's boxes move under any rounding), so
 # this first trains one with the paper preset on 320 synthetic images (seed 7: not the bench's
 # images, seed 0, nor its int8 calibration images, seed 1); 9 epochs, ~60 min on 2 cores, kept in
-# build/paper-segmenter and reused (an interrupted training resumes; a finished one is a no-op). Then one bench run with --precision auto (~10 min).
+# build/paper-segmenter and reused (an interrupted training resumes; a finished one is a no-op).
+# Then one bench run with --precision auto (~5 min on an idle 2-core CPU).
 PAPER_SEG := build/paper-segmenter
 PAPER_SEG_EPOCHS ?= 9
 bench-reduced: $(STAMP)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from engines_helpers import EXT_ARCH, _randomize_batchnorm
@@ -14,6 +15,7 @@ from sdfn_bench.engines.backends.torch import TorchEngine
 from sdfn_bench.engines.export import engine_spec, io_module
 from sdfn_bench.engines.parity import TOLERANCES, check_parity, tolerance_key
 from sdfn_bench.engines.registry import cpu_model
+from sdfn_bench.errors import EngineError
 from sdfn_bench.models.extractor import build_extractor
 
 SIZE = 32
@@ -104,12 +106,12 @@ class _Logits(nn.Module):
         return y if self.change is None else self.change(y)
 
 
-def _mask_parity(change, precision: str):
+def _mask_parity(change, precision: str, mask_threshold: float = 0.5):
     reference = io_module("segmenter", _Logits())
     spec = engine_spec("segmenter", "segmenter", reference, input_size=SIZE, feature_dim=0, cams=False, max_batch=4)
     engine = TorchEngine(spec, io_module("segmenter", _Logits(change)), precision=precision, device="cpu",
                          compiled=False)
-    return check_parity(engine, reference, spec, precision)
+    return check_parity(engine, reference, spec, precision, mask_threshold=mask_threshold)
 
 
 def test_reduced_precision_masks_are_judged_by_pixel_agreement():
@@ -130,3 +132,18 @@ def test_reduced_precision_masks_are_judged_by_pixel_agreement():
     # fp32 keeps its exact per-pixel probability limit
     exact = _mask_parity(lambda y: y + 1e-3 * torch.tanh(10 * y), "fp32")
     assert not exact.passed and exact.mask_agreement == {} and "probability diff" in exact.message("segmenter")
+
+
+def test_mask_agreement_uses_the_checkpoints_threshold():
+    # Logits within 0.3 of the 0.4 threshold's logit (-0.405) mirrored around it: every pixel
+    # stays below logit 0, so at 0.5 all agree; at 0.4 ~8 % of the pixels change side.
+    cut = float(np.log(0.4 / 0.6))
+
+    def mirror(y):
+        return torch.where((y - cut).abs() < 0.3, 2 * cut - y, y)
+
+    assert _mask_parity(mirror, "int8").mask_agreement == {"mask_logits": 1.0}
+    at_04 = _mask_parity(mirror, "int8", mask_threshold=0.4)
+    assert not at_04.passed and 0.85 < at_04.mask_agreement["mask_logits"] < 0.97
+    with pytest.raises(EngineError, match="not a probability"):
+        _mask_parity(mirror, "int8", mask_threshold=1.0)

@@ -155,7 +155,7 @@ def seeded_checkpoints(
     ext_pre = Preprocessing(input_size=ext_size).to_dict()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        seg = build_segmenter(arch).eval()
+        seg = build_segmenter(arch).eval()  # drawn even when `segmenter` replaces it: same extractors either way
         x = torch.from_numpy(calibration)
         extractors = {}
         for view in ("entire", "lung"):

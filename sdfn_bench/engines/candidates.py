@@ -162,7 +162,7 @@ class OnnxCache:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._made: dict[tuple[str, str], tuple[Path, dict[str, Any]]] = {}
+        self._made: dict[tuple[str, str, str], tuple[Path, dict[str, Any]]] = {}
 
     def get(self, source: Source, wrapper: nn.Module, spec: EngineSpec, precision: str,
             calibration: np.ndarray | None, report: Progress, *, activations: str = "s8") -> tuple[Path, dict[str, Any]]:
@@ -242,7 +242,8 @@ def build_candidate(
     engine = be.load(LoadContext(spec=spec, engines_dir=folder, entry=entry, device=device,
                                  options={"module": job.module, "torch_compile": torch_compile}))
     key = tolerance_key(precision, device)
-    parity = check_parity(engine, wrapper, spec, key, images=calibration if kind != "fusion" else None)
+    parity = check_parity(engine, wrapper, spec, key, images=calibration if kind != "fusion" else None,
+                          mask_threshold=float(source.meta.get("mask_threshold", 0.5)))
     entry["file_sha256"] = {role: file_sha256(folder / f) for role, f in files.items()}
     entry["parity"] = parity.to_dict()
     entry["build_s"] = round(build_s, 3)

@@ -34,7 +34,7 @@ class Tolerance:
     """``atol + rtol * max|reference|`` per output; ``prob_atol`` on sigmoid(logits) outputs.
 
     ``mask_agreement`` (reduced precision): the segmenter's ``mask_logits`` are judged by the
-    share of pixels on the same side of the 0.5 threshold instead of ``prob_atol``. A mask's
+    share of pixels on the same side of the checkpoint's mask threshold instead of ``prob_atol``. A mask's
     boundary pixels have logits near 0, where a rounding of 0.6 moves the probability by 0.15,
     so the largest per-pixel probability difference says nothing about the mask; a broken build
     flips whole regions. Measured on the paper's U-Net trained on synthetic images (24 images):
@@ -179,6 +179,7 @@ def check_parity(
     batch_sizes: Sequence[int] = PARITY_BATCHES,
     images: np.ndarray | None = None,
     tolerance: Tolerance | None = None,
+    mask_threshold: float = 0.5,
 ) -> ParityResult:
     """Compare ``engine`` with the fp32 ``reference`` wrapper module (run on CPU).
 
@@ -188,6 +189,8 @@ def check_parity(
         spec: the engine's tensors.
         precision: the :data:`TOLERANCES` key (see :func:`tolerance_key`) unless ``tolerance`` is given.
         images: (N, 1, S, S) preprocessed images to use instead of seeded noise.
+        mask_threshold: the segmenter checkpoint's mask threshold (a probability), the side of
+            which ``mask_agreement`` compares.
     """
     tol = tolerance or TOLERANCES[precision]
     sizes = tuple(sorted({min(b, spec.max_batch) for b in batch_sizes}))
@@ -196,6 +199,9 @@ def check_parity(
     prob_diff: dict[str, float] = {n: 0.0 for n in spec.output_names if is_logits(n)}
     agreement: dict[str, float] = ({n: 1.0 for n in spec.output_names if is_mask(n)}
                                    if tol.mask_agreement is not None else {})
+    if not 0.0 < mask_threshold < 1.0:
+        raise EngineError(f"{spec.name}: mask threshold {mask_threshold} is not a probability in (0, 1)")
+    cut = float(np.log(mask_threshold / (1.0 - mask_threshold)))  # the threshold as a logit
     for batch in sizes:
         inputs = parity_inputs(spec, batch, seed=seed + batch, images=images)
         expected = torch_outputs(reference, inputs, spec.input_names)
@@ -210,7 +216,7 @@ def check_parity(
                 got_p = _sigmoid(out.astype(np.float64))
                 prob_diff[name] = max(prob_diff[name], _max_abs_diff(got_p, _sigmoid(ref.astype(np.float64))))
             if name in agreement:
-                same = (out > 0) == (ref > 0) if np.isfinite(out).all() else np.zeros(ref.shape, bool)
+                same = (out > cut) == (ref > cut) if np.isfinite(out).all() else np.zeros(ref.shape, bool)
                 agreement[name] = min(agreement[name], float(same.mean()) if same.size else 1.0)
     limit = {n: tol.limit(absmax[n]) for n in spec.output_names}
     passed = (all(diff[n] <= limit[n] for n in spec.output_names)

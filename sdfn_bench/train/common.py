@@ -336,7 +336,9 @@ def fit(
     if resume and state_w.exists():
         info = _load_state(stem, model, optimizer)
         if not _resumable(info["config"], json.loads(json.dumps(config, default=float)), done=int(info["epoch"])):
-            raise TrainError(f"{state_w}: saved with other settings {info['config']}; not resuming with {config}")
+            raise TrainError(f"{state_w}: saved with other settings {info['config']} after {info['epoch']} epochs; "
+                             f"not resuming with {config} (only the epoch count may change, and not below the "
+                             "epochs done)")
         schedule.load_state_dict(info["schedule"])
         if info.get("scaler"):
             scaler.load_state_dict(info["scaler"])
