@@ -19,7 +19,7 @@ from sdfn_bench.manifest.jsrt import build_jsrt_manifest, list_jsrt_images
 from sdfn_bench.manifest.nih import DEFAULT_SEED, DEFAULT_VAL_FRACTION, build_nih_manifests, read_box_file
 from sdfn_bench.manifest.schema import write_manifest
 
-app = typer.Typer(help="Build and check manifests (NIH, JSRT, any image folder).", no_args_is_help=True)
+app = typer.Typer(help="Build and check manifests (NIH, JSRT, segmentation folders, any image folder).", no_args_is_help=True)
 console = Console()
 
 
@@ -148,3 +148,40 @@ def jsrt(
         task = bar.add_task("merging masks", total=n)
         df = build_jsrt_manifest(images, masks, out, root=root, progress=lambda k: bar.advance(task, k))
     console.print(f"[green]wrote[/] {out}: {len(df)} image/mask pairs", highlight=False)
+
+
+@app.command("seg")
+def seg(
+    images: Path = typer.Option(..., "--images", help="Folder of images (NAME.png, .jpg, .dcm, ...)."),
+    masks: Path = typer.Option(..., "--masks", help="Folder of masks with the images' names (NAME.png or NAME_mask.png)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Segmentation manifest to write; binarized masks go to "
+                             "<its folder>/<its stem>_masks/."),
+    lung_values: str | None = typer.Option(
+        None, "--lung-values", metavar="V,V,...",
+        help="Mask values that are lung, e.g. 150,200 for SCR exports (150 right lung, 200 left lung, 250 heart). "
+             "Default: SCR labels when every mask holds only 0/150/200/250 (JSRT/SCR exports), else lung = "
+             "values >= 128 (grey masks such as Shenzhen's, 0/255 masks)."),
+    mask_threshold: int | None = typer.Option(
+        None, "--mask-threshold", min=1, max=65535, help="Lung = mask values >= this (128 for grey 0-255 masks; 1 for 0/1 masks)."),
+    root: Path | None = typer.Option(None, "--root", help="Make paths relative to this folder (default: OUT's folder); "
+                                     "then pass --image-root ROOT to the commands that read the manifest."),
+) -> None:
+    """Segmentation manifest (image, mask, patient_id) from an images folder and a masks folder of the same names.
+
+    Every problem is listed and nothing is written: an image without a mask, a mask without an image, a mask
+    whose size differs from its image, an empty or all-lung mask. patient_id is the file stem.
+    """
+    from sdfn_bench.errors import ManifestError
+    from sdfn_bench.manifest.segmentation import build_seg_manifest
+
+    values = None
+    if lung_values is not None:
+        try:
+            values = [int(v) for v in lung_values.split(",") if v.strip()]
+        except ValueError:
+            raise ManifestError(f"--lung-values {lung_values!r}: expected integers separated by commas, e.g. 150,200") from None
+    with _progress() as bar:
+        task = bar.add_task("checking pairs", total=None)
+        df, rule = build_seg_manifest(images, masks, out, lung_values=values, mask_threshold=mask_threshold, root=root,
+                                      progress=lambda k: bar.advance(task, k))
+    console.print(f"[green]wrote[/] {out}: {len(df)} image/mask pairs; {rule.describe()}", highlight=False)

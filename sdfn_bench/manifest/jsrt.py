@@ -26,6 +26,7 @@ import pandas as pd
 from sdfn_bench.decode.reader import JSRT_BYTES, read_mask
 from sdfn_bench.errors import ManifestError
 from sdfn_bench.manifest.schema import SEGMENTATION_COLUMNS, write_manifest
+from sdfn_bench.manifest.segmentation import manifest_base
 
 LEFT_LUNG_DIR = "left lung"
 RIGHT_LUNG_DIR = "right lung"
@@ -99,17 +100,11 @@ def build_jsrt_manifest(
     """
     out_csv = Path(out_csv)
     out_dir = out_csv.resolve().parent
-    base = Path(root).resolve() if root is not None else out_dir
     masks_dir = Path(masks_dir)
     if not masks_dir.is_dir():
         raise ManifestError(f"{masks_dir}: SCR mask folder not found")
     images = list_jsrt_images(images_dir)
-    if root is None and images and not images[0].resolve().is_relative_to(base):
-        raise ManifestError(
-            f"{images[0].parent}: the JSRT images are outside the manifest's folder {base}, and manifest paths "
-            "may not lead out of their image root; write the manifest into a folder above the images, or pass "
-            "--root DIR (a folder holding the images and the manifest) and use --image-root DIR with it"
-        )
+    base = manifest_base(out_csv, root, images[0], "JSRT images")
     left_index = _index_masks(masks_dir, LEFT_LUNG_DIR)
     right_index = _index_masks(masks_dir, RIGHT_LUNG_DIR)
     for image in images:

@@ -244,10 +244,22 @@ def _better(value: float, best: float | None, mode: str) -> bool:
     return value < best if mode == "min" else value > best
 
 
-def autocast(device: torch.device, amp: bool):
-    """fp16 autocast on CUDA when ``amp``; a no-op context otherwise."""
+def cpu_bf16_available(device: torch.device) -> bool:
+    """Whether bf16 autocast pays on ``device``: a CPU with native bf16 (AVX512-BF16 or AMX), read
+    from the machine by :mod:`sdfn_bench.engines.cpu_features` (emulated bf16 is many times slower)."""
+    from sdfn_bench.engines.cpu_features import cpu_features
+
+    return device.type == "cpu" and cpu_features().bf16
+
+
+def autocast(device: torch.device, amp: bool, cpu_bf16: bool = False):
+    """fp16 autocast on CUDA when ``amp``; bf16 autocast on a CPU with native bf16 when ``amp`` and
+    ``cpu_bf16`` (a preset's choice: it changes the numbers, so it is never on by default); a no-op
+    context otherwise."""
     if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
+    if amp and cpu_bf16 and cpu_bf16_available(device):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -287,6 +299,7 @@ def fit(
     seed: int,
     device: torch.device,
     amp: bool = True,
+    cpu_bf16: bool = False,
     resume: bool = False,
     overwrite: bool = False,
     validate_before: bool = False,
@@ -310,6 +323,8 @@ def fit(
         schedule: the learning-rate rule; its plateau rule reads ``val_loss``.
         meta: checkpoint metadata (``epochs`` and ``best_metric`` are filled in here).
         config: the settings of the run; a resume must use the same.
+        amp, cpu_bf16: fp16 autocast on CUDA (``amp``); bf16 autocast on a CPU with native bf16 when
+            both are set (see :func:`autocast`).
         validate_before: validate the initial weights as epoch 0, a candidate for the best (the
             fusion head starts as the two-view ensemble).
         n_images: training images per epoch; each epoch's row then has ``images_per_s`` (training
@@ -355,7 +370,7 @@ def fit(
 
     def run_validation() -> dict[str, float]:
         model.eval()
-        with torch.no_grad(), autocast(device, amp):
+        with torch.no_grad(), autocast(device, amp, cpu_bf16):
             return {k: float(v) for k, v in validate().items()}
 
     def keep(epoch: int, metrics: dict[str, float]) -> None:
@@ -387,7 +402,7 @@ def fit(
         total, count = 0.0, 0
         for batch in batches(epoch):
             optimizer.zero_grad(set_to_none=True)
-            with autocast(device, amp):
+            with autocast(device, amp, cpu_bf16):
                 loss = step(batch, gen)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

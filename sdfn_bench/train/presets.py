@@ -22,6 +22,13 @@ segmenter's validation hold-out (10 % of the JSRT patients).
 epochs and a larger learning rate, all images decoded and resized once into memory; the
 fusion stage skips the flip augmentation (halves the cached-feature cost). Designed for
 the synthetic cohort on 2 CPU cores; the DenseNet-121 trains from scratch (``init="none"``).
+
+``lungs``: the segmenter of the shipped real-film model ``builtin:lungs`` (docs/models/lungs.md),
+trained on JSRT + Shenzhen. The paper's U-Net at half width (base 16) with BatchNorm, at 128 px,
+20 epochs, bf16 autocast on CPUs with native bf16: the narrowest change from the paper geometry
+that trains it, its five-fold and cross-hospital runs within about an hour on 2 CPU cores (the
+paper geometry costs 16x the FLOPs per image: 2.2 s per image per epoch in fp32 here). Its
+extractor and fusion parts are the paper's (the preset is for ``train segmenter`` and ``seg-eval``).
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from typing import Any
 
 from sdfn_bench.errors import SdfnError
 
-PRESETS = ("paper", "demo")
+PRESETS = ("paper", "demo", "lungs")
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,18 @@ class SegmenterPreset:
     mask_threshold: float = 0.5
     val_fraction: float = 0.1  # patients held out when no validation manifest is given
     preload: bool = False
+    cpu_bf16: bool = False  # bf16 autocast when training on a CPU with native bf16 (AVX512-BF16/AMX)
+
+
+LUNGS_SEGMENTER = SegmenterPreset(
+    input_size=128,
+    arch={"name": "pazhitnykh_petsiuk", "base": 16, "norm": "batch"},
+    batch_size=8,
+    epochs=20,
+    lr=1e-3,
+    preload=True,
+    cpu_bf16=True,
+)
 
 
 @dataclass(frozen=True)
@@ -101,6 +120,8 @@ def get_preset(name: str) -> Preset:
             ExtractorPreset(input_size=64, batch_size=16, epochs=4, lr=1e-3, decay=0.0, preload=True),
             FusionPreset(batch_size=16, epochs=30, lr=1e-3, decay=0.0, hflip=False),
         )
+    if name == "lungs":
+        return Preset("lungs", LUNGS_SEGMENTER, ExtractorPreset(init="imagenet"), FusionPreset())
     raise SdfnError(f"unknown preset {name!r}; expected one of {list(PRESETS)}")
 
 

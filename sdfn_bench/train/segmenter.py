@@ -26,6 +26,7 @@ from sdfn_bench.train.common import (
     TrainError,
     TrainProgress,
     TrainResult,
+    cpu_bf16_available,
     epoch_generator,
     fit,
     patients_metadata,
@@ -143,6 +144,8 @@ def train_segmenter(
         "class_names": [],
         "mask_threshold": preset.mask_threshold,
         "lung_margin": PAPER_MARGIN.to_dict(),
+        "train_autocast": "bf16" if opt.amp and preset.cpu_bf16 and cpu_bf16_available(device) else
+                          ("fp16" if opt.amp and device.type == "cuda" else "none"),
         **patients_metadata(manifest, train_df["patient_id"]),
         "val_manifest_sha256": None if val_manifest is None else patients_metadata(val_manifest, [])["train_manifest_sha256"],
     }
@@ -151,6 +154,6 @@ def train_segmenter(
         stem=Path(out_dir) / name, model=model, params=model.parameters(), batches=batches,
         n_batches=-(-len(train_ds) // preset.batch_size), step=step, validate=validate, monitor="val_loss", mode="min",
         epochs=preset.epochs, schedule=LRSchedule(preset.lr), meta=meta, config=config, seed=opt.seed, device=device,
-        amp=opt.amp, resume=opt.resume, overwrite=opt.overwrite, progress=opt.progress, n_images=len(train_ds),
+        amp=opt.amp, cpu_bf16=preset.cpu_bf16, resume=opt.resume, overwrite=opt.overwrite, progress=opt.progress, n_images=len(train_ds),
         rank=ctx.rank,
     )
