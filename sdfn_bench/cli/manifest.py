@@ -152,8 +152,10 @@ def jsrt(
 
 @app.command("seg")
 def seg(
-    images: Path = typer.Option(..., "--images", help="Folder of images (NAME.png, .jpg, .dcm, ...)."),
-    masks: Path = typer.Option(..., "--masks", help="Folder of masks with the images' names (NAME.png or NAME_mask.png)."),
+    images: list[Path] = typer.Option(..., "--images", help="Folder of images (NAME.png, .jpg, .dcm, ...); repeat "
+                                      "--images/--masks to merge several data sets into one manifest."),
+    masks: list[Path] = typer.Option(..., "--masks", help="Folder of masks with the images' names (NAME.png or "
+                                     "NAME_mask.png), one per --images, in the same order."),
     out: Path = typer.Option(..., "-o", "--out", help="Segmentation manifest to write; binarized masks go to "
                              "<its folder>/<its stem>_masks/."),
     lung_values: str | None = typer.Option(
@@ -174,6 +176,8 @@ def seg(
     from sdfn_bench.errors import ManifestError
     from sdfn_bench.manifest.segmentation import build_seg_manifest
 
+    if len(images) != len(masks):
+        raise ManifestError(f"{len(images)} --images folder(s) but {len(masks)} --masks folder(s): give them in pairs")
     values = None
     if lung_values is not None:
         try:
@@ -182,6 +186,8 @@ def seg(
             raise ManifestError(f"--lung-values {lung_values!r}: expected integers separated by commas, e.g. 150,200") from None
     with _progress() as bar:
         task = bar.add_task("checking pairs", total=None)
-        df, rule = build_seg_manifest(images, masks, out, lung_values=values, mask_threshold=mask_threshold, root=root,
-                                      progress=lambda k: bar.advance(task, k))
-    console.print(f"[green]wrote[/] {out}: {len(df)} image/mask pairs; {rule.describe()}", highlight=False)
+        df, rules = build_seg_manifest(list(zip(images, masks, strict=True)), out, lung_values=values,
+                                       mask_threshold=mask_threshold, root=root, progress=lambda k: bar.advance(task, k))
+    console.print(f"[green]wrote[/] {out}: {len(df)} image/mask pairs", highlight=False)
+    for folder, rule in zip(images, rules, strict=True):
+        console.print(f"  {folder}: {rule.describe()}", highlight=False)

@@ -120,37 +120,71 @@ def choose_rule(masks: Sequence[np.ndarray], lung_values: Sequence[int] | None, 
 
 
 def build_seg_manifest(
-    images_dir: str | os.PathLike[str],
-    masks_dir: str | os.PathLike[str],
+    folders: Sequence[tuple[str | os.PathLike[str], str | os.PathLike[str]]],
     out_csv: str | os.PathLike[str],
     *,
     lung_values: Sequence[int] | None = None,
     mask_threshold: int | None = None,
     root: str | os.PathLike[str] | None = None,
     progress: Callable[[int], None] | None = None,
-) -> tuple[pd.DataFrame, LungRule]:
+) -> tuple[pd.DataFrame, list[LungRule]]:
     """Pair images with masks of the same name, check them all, write binarized masks and the manifest.
 
     Args:
-        images_dir, masks_dir: the two folders (files directly inside).
+        folders: ``(images folder, masks folder)`` pairs (files directly inside); several pairs make
+            one manifest (e.g. JSRT + Shenzhen), each pair with its own lung rule.
         out_csv: the manifest ``image, mask, patient_id``; masks go to ``<out folder>/<out stem>_masks/``.
-        lung_values, mask_threshold: the lung rule (module docstring); at most one.
+        lung_values, mask_threshold: the lung rule (module docstring); at most one, for every pair.
         root: folder the written paths are relative to (default: the manifest's folder).
         progress: called with 1 per pair checked.
 
     Returns:
-        The manifest and the lung rule used.
+        The manifest and the lung rule used for each folder pair.
 
     Raises:
-        ManifestError: listing every problem found (module docstring); nothing is written then.
+        ManifestError: listing every problem found (module docstring, and a file stem met in two
+            folder pairs); nothing is written then.
     """
     out_csv = Path(out_csv)
-    images = _files(Path(images_dir), IMAGE_SUFFIXES, "images")
-    masks = _files(Path(masks_dir), MASK_SUFFIXES, "masks")
-    if not images:
-        raise ManifestError(f"{images_dir}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    base = manifest_base(out_csv, root, next(iter(images.values())), "images")
-    pairs, problems = _pair(images, masks)
+    problems: list[str] = []
+    kept: list[tuple[Path, Path]] = []
+    lungs: list[np.ndarray] = []
+    rules: list[LungRule] = []
+    seen: dict[str, Path] = {}
+    for images_dir, masks_dir in folders:
+        images = _files(Path(images_dir), IMAGE_SUFFIXES, "images")
+        if not images:
+            raise ManifestError(f"{images_dir}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+        manifest_base(out_csv, root, next(iter(images.values())), "images")
+        pairs, pair_problems = _pair(images, _files(Path(masks_dir), MASK_SUFFIXES, "masks"))
+        problems += pair_problems
+        raw, pair_kept = _read_pairs(pairs, problems, progress)
+        rule = choose_rule(raw, lung_values, mask_threshold)
+        rules.append(rule)
+        for (image, mask_path), mask in zip(pair_kept, raw, strict=True):
+            lung = rule.apply(mask)
+            if image.stem in seen:
+                problems.append(f"{image}: the name {image.stem!r} is also {seen[image.stem]} (patient ids and mask "
+                                "files are named by stem)")
+            elif not lung.any():
+                hint = " (a 0/1 mask? pass --mask-threshold 1)" if rule.threshold == GREY_THRESHOLD else ""
+                problems.append(f"{mask_path}: no lung pixel under {rule.describe()}{hint}")
+            elif lung.all():
+                problems.append(f"{mask_path}: every pixel is lung under {rule.describe()}")
+            else:
+                seen[image.stem] = image
+                kept.append((image, mask_path))
+                lungs.append(lung)
+    if problems:
+        listed = "\n  ".join(problems[:MAX_LISTED])
+        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise ManifestError(f"{len(problems)} problem(s); nothing written:\n  {listed}{more}")
+    return _write(kept, lungs, out_csv, manifest_base(out_csv, root, None, "images")), rules
+
+
+def _read_pairs(pairs: Sequence[tuple[Path, Path]], problems: list[str],
+                progress: Callable[[int], None] | None) -> tuple[list[np.ndarray], list[tuple[Path, Path]]]:
+    """Decode each pair's mask (and its image, for the size check); problems appended."""
     raw: list[np.ndarray] = []
     kept: list[tuple[Path, Path]] = []
     for image, mask_path in pairs:
@@ -168,18 +202,10 @@ def build_seg_manifest(
         kept.append((image, mask_path))
         if progress:
             progress(1)
-    rule = choose_rule(raw, lung_values, mask_threshold)
-    lungs = [rule.apply(m) for m in raw]
-    for (_, mask_path), lung in zip(kept, lungs, strict=True):
-        if not lung.any():
-            hint = " (a 0/1 mask? pass --mask-threshold 1)" if rule.threshold == GREY_THRESHOLD else ""
-            problems.append(f"{mask_path}: no lung pixel under {rule.describe()}{hint}")
-        elif lung.all():
-            problems.append(f"{mask_path}: every pixel is lung under {rule.describe()}")
-    if problems:
-        listed = "\n  ".join(problems[:MAX_LISTED])
-        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-        raise ManifestError(f"{len(problems)} problem(s) in {images_dir} / {masks_dir}; nothing written:\n  {listed}{more}")
+    return raw, kept
+
+
+def _write(kept: Sequence[tuple[Path, Path]], lungs: Sequence[np.ndarray], out_csv: Path, base: Path) -> pd.DataFrame:
     mask_out = out_csv.resolve().parent / f"{out_csv.stem}_masks"
     if not mask_out.is_relative_to(base):
         raise ManifestError(f"{out_csv}: the manifest (and its masks folder) must lie under the root {base}")
@@ -193,4 +219,4 @@ def build_seg_manifest(
                      Path(os.path.relpath(path, base)).as_posix(), image.stem))
     manifest = pd.DataFrame.from_records(rows, columns=list(SEGMENTATION_COLUMNS))
     write_manifest(manifest, out_csv)
-    return manifest, rule
+    return manifest

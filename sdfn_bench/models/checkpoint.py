@@ -47,8 +47,11 @@ class Checkpoint:
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
-    """``NAME``, ``NAME.safetensors`` or ``NAME.json`` -> (weights path, metadata path)."""
-    p = Path(path)
+    """``NAME``, ``NAME.safetensors``, ``NAME.json`` or ``builtin:NAME`` (weights shipped in the
+    package, :mod:`sdfn_bench.weights`, sha256-checked) -> (weights path, metadata path)."""
+    from sdfn_bench.weights import is_builtin, resolve_builtin
+
+    p = resolve_builtin(path) if is_builtin(path) else Path(path)
     if p.suffix in (".safetensors", ".json"):
         p = p.with_suffix("")
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
