@@ -30,6 +30,7 @@ Probabilities are clipped to ``[EPS, 1 - EPS]`` before a logit so that 0 and 1 s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,6 +113,25 @@ def _loglik(y: np.ndarray, eta: np.ndarray) -> float:
     return float(np.sum(y * eta - np.logaddexp(0.0, eta)))
 
 
+def _halve_step(loglik_at: Callable[[np.ndarray], float], beta: np.ndarray, step: np.ndarray, current: float,
+                max_halvings: int = 30) -> tuple[np.ndarray, float] | None:
+    """One damped Newton update: ``beta + step / 2**k`` for the smallest ``k < max_halvings`` whose
+    log-likelihood is not below ``current`` (1e-12 slack for rounding).
+
+    Returns:
+        (new coefficients, their log-likelihood), or None when no halving reaches ``current``: the
+        fit is then at its numerical maximum and keeps ``beta`` (a step that lowers the likelihood
+        is never taken, and the reported log-likelihood is always that of the returned coefficients).
+    """
+    for _halving in range(max_halvings):
+        moved = beta + step
+        candidate = loglik_at(moved)
+        if candidate >= current - 1e-12:
+            return moved, candidate
+        step = step / 2.0
+    return None
+
+
 def _logistic_slope(y: np.ndarray, z: np.ndarray, max_iter: int = 100) -> tuple[float, float]:
     """Maximum-likelihood ``logit P(y) = a + b z``: (a, b).
 
@@ -130,12 +150,11 @@ def _logistic_slope(y: np.ndarray, z: np.ndarray, max_iter: int = 100) -> tuple[
             step = np.linalg.solve(hessian, x.T @ (y - mu))
         except np.linalg.LinAlgError:
             break
-        for _halving in range(30):
-            candidate = _loglik(y, x @ (beta + step))
-            if candidate >= current - 1e-12:
-                break
-            step = step / 2.0
-        beta, current = beta + step, candidate
+        moved = _halve_step(lambda b: _loglik(y, x @ b), beta, step, current)
+        if moved is None:
+            break
+        new_beta, current = moved
+        step, beta = new_beta - beta, new_beta
         if np.abs(step).max() < 1e-10:
             break
     return float(beta[0]), float(beta[1])

@@ -12,7 +12,15 @@ one process:
 - wraps its network in DDP (:func:`wrap`): gradients are averaged across processes in backward;
 - draws training batches through a :class:`~torch.utils.data.DistributedSampler` whose epoch is
   set every epoch (:func:`train_batches`); the preset's batch size stays the *global* batch, so
-  each process takes ``global / N`` (the paper's batch of 16 is kept whatever N is);
+  each process takes ``global / N``. The optimizer steps on the gradient of the global batch
+  (the paper's 16 whatever N is), but **BatchNorm is not synchronized**: every process
+  normalizes with the mean and variance of its own ``16 / N`` images, and the running statistics
+  that end up in the checkpoint are rank 0's (DDP broadcasts rank 0's buffers before each
+  forward), estimated from its ``16 / N`` images per step. Networks with BatchNorm
+  (the DenseNet-121 extractors, a segmenter with ``norm: "batch"``) therefore do not train
+  exactly as one process with batch 16 does: with N = 4 each BatchNorm sees batches of 4, whose
+  statistics are noisier. Results with different N are not interchangeable; compare runs made
+  with the same N;
 - validates a contiguous shard of the validation set per process and gathers the outputs in
   order (:func:`shard`, :func:`gather`, :func:`all_sum`), so every process computes the metrics
   of the *whole* validation set, identically, after copying rank 0's BatchNorm statistics to all
