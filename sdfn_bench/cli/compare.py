@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sdfn_bench.report.compare import ComparisonResult, compare_run, latest_run
-from sdfn_bench.report.table1 import display_name, format_p
+if TYPE_CHECKING:
+    from sdfn_bench.report.compare import ComparisonResult
 
 console = Console()
 
 
 def _summary(result: ComparisonResult) -> Table:
+    import numpy as np
+
+    from sdfn_bench.report.table1 import display_name, format_p
+
     a = result.analysis
     table = Table(title=f"Mean AUC over {len(a.mean_classes)} of {len(a.class_names)} findings "
                         f"({a.n_images} images, {a.n_patients} patients)")
@@ -77,6 +81,8 @@ def compare(
         "14 class columns) as a further Table 1 column compared with the model, on the images all cover; repeatable."),
 ) -> None:
     """Compare a run's model with its baselines: Table 1 (md/html/tex/csv), ROC curves, comparison.json."""
+    from sdfn_bench.report.compare import compare_run, latest_run
+
     run_dir = run if run is not None else latest_run(runs_dir.resolve())
     console.print(f"comparing [bold]{run_dir}[/]: {model} vs {', '.join(baseline)}", highlight=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -119,6 +125,8 @@ def compare(
 
 
 def _sections(result: ComparisonResult) -> None:
+    from sdfn_bench.report.table1 import display_name
+
     sections = result.sections
     if sections is None:
         return
