@@ -13,9 +13,13 @@ highest is kept), the roofline fraction ``b * f / p``, the largest probability d
 the two ways, and the Lung Region Generator's masks/s.
 
 ``--precision bf16|int8|fp16|auto`` builds the pipeline's engines behind the accuracy gate
-(:mod:`sdfn_bench.score.gated_build`), gated on the bench's own images against the fp32 pipeline
-(unlabelled: max |probability difference| and lung-box agreement; ``gate_manifest`` adds a
-labelled manifest's AUC deltas), int8 calibrated on separate synthetic images. The peak is then
+(:mod:`sdfn_bench.score.gated_build`), gated against the fp32 pipeline on a separate synthetic gate
+set of ``gate_images`` images (default :data:`~sdfn_bench.score.gate.GATE_IMAGES`, 250, seed + 2:
+the gate judges a 95 % lower confidence bound on the lung-box agreement, which 24 or 32 images can
+never lift to 0.98; unlabelled: max and mean |probability difference|; ``gate_manifest`` replaces
+it with a labelled manifest and adds AUC deltas), int8 calibrated on other synthetic images (seed + 1).
+The record's ``build_and_gate_s`` is the time of the whole gated build (the fp32 reference pass
+over the gate set is most of it). The peak is then
 measured in each precision the engines use, and the roofline fraction divides by the time the
 image would take at those peaks: ``b * sum_n(f_n / p_n)`` over the networks ``n``.
 
@@ -56,6 +60,7 @@ from sdfn_bench.classes import CLASS_NAMES
 from sdfn_bench.errors import SdfnError
 from sdfn_bench.lrg import PAPER_MARGIN
 from sdfn_bench.preprocess import Preprocessing, prepare
+from sdfn_bench.score.gate import GATE_IMAGES
 
 DEFAULT_OUT = Path("reports") / "bench"
 PAPER_SEG_SIZE = 256
@@ -83,7 +88,9 @@ class BenchSettings:
         seg_size, ext_size, seg_arch: the geometry of the random weights (paper: 256, 224, base 32).
         backend: engine backend of the pipeline (``auto``: the fastest per network, measured).
         precision: ``fp32|fp16|bf16|int8|auto`` of the pipeline's engines (reduced: gated).
-        gate_manifest, gate_image_root: a labelled manifest for the gate's AUC deltas (optional).
+        gate_manifest, gate_image_root: a labelled manifest for the gate (default: ``gate_images``
+            synthetic images, unlabelled).
+        gate_images: size of the default synthetic gate set.
         gate_thresholds: the gate's limits (None: :class:`~sdfn_bench.score.gate.GateThresholds`).
         batch_size, workers: the pipeline's settings (workers None: its default).
         seed: synthetic images and random weights.
@@ -102,6 +109,7 @@ class BenchSettings:
     precision: str = "fp32"
     gate_manifest: Path | None = None
     gate_image_root: Path | None = None
+    gate_images: int = GATE_IMAGES
     gate_thresholds: Any = None
     batch_size: int = 16
     workers: int | None = None
@@ -245,7 +253,14 @@ def _calibration_manifest(folder: Path, settings: BenchSettings) -> Path:
     return _synthetic_images(folder, replace(settings, images=CALIBRATION_IMAGES, seed=settings.seed + 1))
 
 
-def _build_pipeline_engines(settings: BenchSettings, ckpt_dir: Path, engines_dir: Path, manifest: Path, work: Path,
+def _gate_set(folder: Path, settings: BenchSettings) -> Path:
+    """``gate_images`` unlabelled synthetic images other than the bench's and the calibration's (seed + 2)."""
+    from dataclasses import replace
+
+    return _unlabelled(_synthetic_images(folder, replace(settings, images=settings.gate_images, seed=settings.seed + 2)))
+
+
+def _build_pipeline_engines(settings: BenchSettings, ckpt_dir: Path, engines_dir: Path, work: Path,
                             stamp: str, say: Callable[[str], None]) -> dict[str, Any] | None:
     """Build the pipeline's engines; reduced precision through the gate. Returns the gate record."""
     from sdfn_bench.engines import build_engines
@@ -259,13 +274,36 @@ def _build_pipeline_engines(settings: BenchSettings, ckpt_dir: Path, engines_dir
     if settings.precision in ("int8", "auto"):
         say(f"int8 calibration images: {CALIBRATION_IMAGES} synthetic images, seed {settings.seed + 1}")
         calib = _calibration_manifest(work / f"calibration-{stamp}", settings)
-    gate_manifest = settings.gate_manifest or _unlabelled(manifest)
+    if settings.gate_manifest is None:
+        say(f"gate set: {settings.gate_images} synthetic images, seed {settings.seed + 2}")
+    gate_manifest = settings.gate_manifest or _gate_set(work / f"gate-{stamp}", settings)
     from sdfn_bench.score.gate import GateThresholds
 
     gated = build_gated(ckpt_dir, engines_dir, backend=settings.backend, precision=settings.precision,
                         gate_manifest=gate_manifest, gate_image_root=settings.gate_image_root, calib_manifest=calib,
                         max_batch=max_batch, log=say, thresholds=settings.gate_thresholds or GateThresholds())
     return gated.record
+
+
+def network_summary(entry: dict[str, Any], default_backend: str) -> dict[str, Any]:
+    """One network's line of the record: backend, precision, probe rate and, for a mixed-precision
+    int8 build, which layers stayed in higher precision (from engines.json)."""
+    quant = (entry.get("export") or {}).get("quantization") or {}
+    layers = quant.get("layer_precision")
+    return {"backend": entry.get("backend", default_backend), "precision": entry["precision"],
+            "probe_images_per_s": entry.get("probe_images_per_s"),
+            "layer_precision": layers, "kept_in_float": (quant.get("mixed") or {}).get("kept") if layers else None}
+
+
+def _gate_summary(gate: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The gate's sample size and the bounds it reached (the full record stays in ``accuracy_gate``)."""
+    if not gate or "box_bound" not in gate:
+        return None
+    return {"passed": gate["passed"], "n_images": gate["n_images"], "box_agreeing": gate["box_bound"]["agreeing"],
+            "box_lower_bound": gate["box_bound"]["lower_bound"], "confidence": gate["box_bound"]["confidence"],
+            "required_bound": gate["thresholds"]["agreement_bound"],
+            "mask_lower_bound": (gate.get("mask_bound") or {}).get("lower_bound"),
+            "attempts": len(gate.get("attempts", []))}
 
 
 def _peaks_for(precisions: set[str], device: str) -> dict[str, PeakResult]:
@@ -303,6 +341,8 @@ def run_bench(
     say = log or (lambda _msg: None)
     if settings.images < 1:
         raise BenchError(f"images must be >= 1, got {settings.images}")
+    if settings.gate_images < 1:
+        raise BenchError(f"gate images must be >= 1, got {settings.gate_images}")
     created = _dt.datetime.now(_dt.timezone.utc)
     temp = work_dir is None
     work = Path(tempfile.mkdtemp(prefix="sdfn-bench-")) if work_dir is None else Path(work_dir)
@@ -337,11 +377,11 @@ def run_bench(
 
         say(f"building engines (backend {settings.backend}, precision {settings.precision})")
         engines_dir = work / f"engines-{stamp}"
-        gate = _build_pipeline_engines(settings, ckpt_dir, engines_dir, manifest, work, stamp, say)
+        built = time.perf_counter()
+        gate = _build_pipeline_engines(settings, ckpt_dir, engines_dir, work, stamp, say)
+        build_and_gate_s = time.perf_counter() - built
         engines = load_engines(engines_dir)
-        per_network = {n: {"backend": e.get("backend", engines.backend), "precision": e["precision"],
-                           "probe_images_per_s": e.get("probe_images_per_s")}
-                       for n, e in engines.record["engines"].items()}
+        per_network = {n: network_summary(e, engines.backend) for n, e in engines.record["engines"].items()}
         used = {v["precision"] for v in per_network.values()} | {"fp32"}
 
         flops = sdfn_flops(
@@ -414,6 +454,8 @@ def run_bench(
             "requested_precision": settings.precision,
             "networks": per_network,
             "accuracy_gate": gate if reduced else {"required": False, "max_abs_prob_diff": max_diff},
+            "gate_summary": _gate_summary(gate) if reduced else None,
+            "build_and_gate_s": round(build_and_gate_s, 3),
             "goals": {
                 "speedup": goals["speedup"],
                 "roofline_fraction": goals["roofline_fraction"],

@@ -83,6 +83,28 @@ def is_mask(output_name: str) -> bool:
     return output_name == "mask_logits"
 
 
+def mask_pixel_agreement(got: np.ndarray, ref: np.ndarray, mask_threshold: float) -> np.ndarray:
+    """Per image, the share of mask pixels on the same side of ``mask_threshold`` in both.
+
+    Args:
+        got, ref: (n, ...) mask logits of the same images (engine, fp32 reference).
+        mask_threshold: the mask threshold as a probability in (0, 1).
+
+    Returns:
+        (n,) float64 in [0, 1]; 0 for an image with a non-finite logit in ``got``.
+    """
+    if not 0.0 < mask_threshold < 1.0:
+        raise EngineError(f"mask threshold {mask_threshold} is not a probability in (0, 1)")
+    if got.shape != ref.shape:
+        raise EngineError(f"mask logits of shape {got.shape} and {ref.shape} cannot be compared")
+    cut = float(np.log(mask_threshold / (1.0 - mask_threshold)))  # the threshold as a logit
+    n = len(ref)
+    same = ((got > cut) == (ref > cut)).reshape(n, -1)
+    share = same.mean(axis=1) if same.shape[1] else np.ones(n)
+    finite = np.isfinite(got.reshape(n, -1)).all(axis=1)
+    return np.where(finite, share, 0.0).astype(np.float64)
+
+
 def tolerance_key(precision: str, device: str) -> str:
     """The key of :data:`TOLERANCES` for an engine of ``precision`` running on ``device``."""
     return "fp32-cuda" if precision == "fp32" and device.startswith("cuda") else precision
@@ -201,7 +223,6 @@ def check_parity(
                                    if tol.mask_agreement is not None else {})
     if not 0.0 < mask_threshold < 1.0:
         raise EngineError(f"{spec.name}: mask threshold {mask_threshold} is not a probability in (0, 1)")
-    cut = float(np.log(mask_threshold / (1.0 - mask_threshold)))  # the threshold as a logit
     for batch in sizes:
         inputs = parity_inputs(spec, batch, seed=seed + batch, images=images)
         expected = torch_outputs(reference, inputs, spec.input_names)
@@ -215,9 +236,11 @@ def check_parity(
             if name in prob_diff:
                 got_p = _sigmoid(out.astype(np.float64))
                 prob_diff[name] = max(prob_diff[name], _max_abs_diff(got_p, _sigmoid(ref.astype(np.float64))))
-            if name in agreement:
-                same = (out > cut) == (ref > cut) if np.isfinite(out).all() else np.zeros(ref.shape, bool)
-                agreement[name] = min(agreement[name], float(same.mean()) if same.size else 1.0)
+            if name in agreement and ref.size:
+                # the share over the whole batch; any non-finite logit fails it
+                per_image = mask_pixel_agreement(out, ref, mask_threshold)
+                share = float(per_image.mean()) if np.isfinite(out).all() else 0.0
+                agreement[name] = min(agreement[name], share)
     limit = {n: tol.limit(absmax[n]) for n in spec.output_names}
     passed = (all(diff[n] <= limit[n] for n in spec.output_names)
               and all(d <= tol.prob_atol for n, d in prob_diff.items() if n not in agreement)
