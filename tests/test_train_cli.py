@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import pandas as pd
 import pytest
 import torch
@@ -10,6 +11,7 @@ from train_helpers import write_cohort
 from typer.testing import CliRunner
 
 from sdfn_bench.cli.main import app
+from sdfn_bench.report.contact_sheet import CAPTION_PX
 from sdfn_bench.errors import CheckpointError
 from sdfn_bench.models.checkpoint import load_checkpoint
 
@@ -30,16 +32,21 @@ def test_segmenter_seg_eval_and_lung_boxes(tmp_path):
     assert load_checkpoint(out / "segmenter").meta["preprocessing"]["input_size"] == 32
     r = runner.invoke(app, ["seg-eval", "--manifest", str(c / "seg_val.csv"), "--segmenter", str(out / "segmenter")])
     assert r.exit_code == 0, r.output
-    assert "4 images: mean Dice" in r.output
+    assert "4 images: mean Dice" in r.output and "LRG box holds >= 98% of the true lung" in r.output
+    assert "base 8 batch-norm, 32 px" in r.output  # the geometry is said
     r = runner.invoke(app, ["lung-boxes", "--manifest", str(c / "train.csv"), "--segmenter", str(out / "segmenter"),
-                            "-o", str(out / "boxes.parquet"), "--truth", str(c / "seg_train.csv")])
+                            "-o", str(out / "boxes.parquet"), "--truth", str(c / "seg_train.csv"),
+                            "--sheet", str(out / "sheet.png"), "--sheet-limit", "5"])
     assert r.exit_code == 0, r.output
     assert len(pd.read_parquet(out / "boxes.parquet")) == 8
     assert "clean" in r.output and "coverage" in r.output
+    sheet = cv2.imread(str(out / "sheet.png"))
+    assert sheet.shape == (200 + CAPTION_PX, 5 * 200, 3)  # five films in one row
+    assert sheet[:200].std() > 0  # films drawn, not a blank canvas
     r = runner.invoke(app, ["seg-eval", "--manifest", str(c / "seg_train.csv"), "--folds", "2", "-o", str(out / "cv"),
                             "--preset", "demo", "--epochs", "1", "--input-size", "32"])
     assert r.exit_code == 0, r.output
-    assert "2-fold cross-validation" in r.output and (out / "cv" / "fold1" / "segmenter.json").is_file()
+    assert "2-fold cross-validation" in r.output and "all folds:" in r.output and (out / "cv" / "fold1" / "segmenter.json").is_file()
     # A second run refuses to overwrite.
     r = runner.invoke(app, ["lung-boxes", "--manifest", str(c / "train.csv"), "--segmenter", str(out / "segmenter"),
                             "-o", str(out / "boxes.parquet")])

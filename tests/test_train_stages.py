@@ -59,6 +59,7 @@ def test_segmenter_checkpoint_and_metrics(trained, cohort):
     assert len((trained["out"] / "segmenter.metrics.jsonl").read_text().splitlines()) == 2
     scores = evaluate_segmenter(seg.checkpoint, cohort / "seg_val.csv")
     assert scores.dice.shape == (8,) and np.all((scores.dice >= 0) & (scores.dice <= 1))
+    assert scores.box_coverage.shape == (8,) and np.all((scores.box_coverage >= 0) & (scores.box_coverage <= 1))
 
 
 def test_lung_boxes_file(trained, cohort):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -23,7 +23,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from sdfn_bench.train.common import TrainProgress, TrainResult
+if TYPE_CHECKING:
+    from sdfn_bench.train.common import TrainResult
 
 console = Console()
 train_app = typer.Typer(help="Three-stage SDFN training (section 2.2.5): segmenter, extractors, fusion.",
@@ -47,8 +48,10 @@ NPROC = typer.Option(1, "--nproc-per-node", min=1, help="DistributedDataParallel
                      "like torchrun (one per GPU with NCCL; gloo on the CPU); --batch-size stays the global batch.")
 
 
-class RichTrainProgress(TrainProgress):
-    """A Rich bar per epoch and a one-line summary after it."""
+class RichTrainProgress:
+    """A Rich bar per epoch and a one-line summary after it (the hooks of
+    :class:`sdfn_bench.train.common.TrainProgress`, by duck typing: subclassing it would import torch
+    on every `sdfn-bench --help`)."""
 
     def __init__(self, stage: str) -> None:
         self.stage = stage
@@ -217,8 +220,12 @@ def seg_eval_cmd(
         raise SdfnError("give exactly one of --segmenter CKPT or --folds K")
     _set_threads(threads)
     if segmenter is not None:
+        from sdfn_bench.models.checkpoint import read_metadata
+        from sdfn_bench.train.seg_eval import describe_geometry
+
         s = evaluate_segmenter(segmenter, manifest, image_root=image_root, device=device, workers=_workers(workers))
-        console.print(f"{len(s.images)} images: mean Dice {s.mean_dice:.4f}, mean IoU {s.mean_iou:.4f}")
+        console.print(f"{segmenter} ({describe_geometry(read_metadata(segmenter))}) on {manifest}", highlight=False)
+        console.print(s.summary(), highlight=False)
         return
     if out is None:
         raise SdfnError("--folds needs -o/--out for the fold checkpoints")
@@ -229,15 +236,20 @@ def seg_eval_cmd(
                                  options=_options(seed, device, workers, threads, False, overwrite, False, progress))
     finally:
         progress.close()
-    table = Table("fold", "train", "test", "Dice", "IoU", title=f"{folds}-fold cross-validation")
-    for r in results:
-        table.add_row(str(r.fold), str(r.n_train), str(r.n_test), f"{r.scores.mean_dice:.4f}", f"{r.scores.mean_iou:.4f}")
-    import numpy as np
+    from sdfn_bench.train.seg_eval import SegScores, describe_geometry
 
-    dice = np.concatenate([r.scores.dice for r in results])
-    iou = np.concatenate([r.scores.iou for r in results])
-    table.add_row("all", "", str(len(dice)), f"{dice.mean():.4f}", f"{iou.mean():.4f}")
+    table = Table("fold", "train", "test", "Dice", "IoU", "box >= 98% lung",
+                  title=f"{folds}-fold cross-validation ({describe_geometry({'architecture': p.arch, 'preprocessing': {'input_size': p.input_size}})})")
+    for r in results:
+        table.add_row(str(r.fold), str(r.n_train), str(r.n_test), f"{r.scores.mean_dice:.4f}", f"{r.scores.mean_iou:.4f}",
+                      f"{100 * r.scores.covered_share():.1f}%")
+    every = SegScores.concat([r.scores for r in results])
+    fold_dice = [r.scores.mean_dice for r in results]
+    table.add_row("all", "", str(len(every.images)), f"{every.mean_dice:.4f}", f"{every.mean_iou:.4f}",
+                  f"{100 * every.covered_share():.1f}%")
     console.print(table)
+    console.print(f"all folds: {every.summary()}; fold means of Dice from {min(fold_dice):.4f} to {max(fold_dice):.4f} "
+                  "(paper, section 2.3: Dice 0.98, IoU 0.97)", highlight=False)
 
 
 def lung_boxes_cmd(
@@ -248,6 +260,10 @@ def lung_boxes_cmd(
     workers: int = WORKERS, threads: int = THREADS, overwrite: bool = OVERWRITE,
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run after its last finished chunk."),
     truth: Path = typer.Option(None, "--truth", help="Segmentation manifest of true masks: report box coverage."),
+    sheet: Path = typer.Option(None, "--sheet", help="Also write a contact sheet PNG: each film with its mask outline "
+                               "and its box, coloured by LRG status (clean green, false positive removed yellow, "
+                               "mirrored orange, full-image fallback red)."),
+    sheet_limit: int = typer.Option(200, "--sheet-limit", min=1, help="Films on the contact sheet (the first N)."),
 ) -> None:
     """Segment every image and record its lung box (section 2.2.2.2); reports the clean share."""
     from sdfn_bench.train.lung_boxes import compute_lung_boxes, evaluate_lrg_coverage, read_images_column
@@ -269,6 +285,13 @@ def lung_boxes_cmd(
     if len(res.unreadable) > 10:
         console.print(f"[yellow]... {len(res.unreadable) - 10} more unreadable images (status 'unreadable' in "
                       f"{res.path})[/]", highlight=False)
+    if sheet is not None:
+        from sdfn_bench.report.contact_sheet import write_contact_sheet
+        from sdfn_bench.train.lung_boxes import contact_sheet_tiles
+
+        tiles = contact_sheet_tiles(manifest, res.path, segmenter, image_root=image_root, limit=sheet_limit,
+                                    device=device)
+        console.print(f"contact sheet of {len(tiles)} films -> {write_contact_sheet(tiles, sheet)}", highlight=False)
     if truth is not None:
         cov = evaluate_lrg_coverage(res.path, truth, image_root=image_root)
         console.print(f"coverage vs {truth}: {100 * cov.share_covered:.2f}% of {len(cov.images)} images have >= "

@@ -10,6 +10,8 @@ an unreadable image gets status ``unreadable`` and its reason. Long runs resume 
 
 :func:`evaluate_lrg_coverage` measures, against ground-truth lung masks, the share of each
 image's lung pixels that falls inside its box (issue 3: >= 99 % on >= 95 % of test images).
+:func:`contact_sheet_tiles` gathers films, masks and boxes for a contact sheet
+(:mod:`sdfn_bench.report.contact_sheet`, ``lung-boxes --sheet``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from sdfn_bench.lrg import STATUSES, LungMargin, box_coverage, box_to_image, lun
 from sdfn_bench.manifest.image_root import ImageResolver
 from sdfn_bench.manifest.schema import file_sha256, read_manifest
 from sdfn_bench.preprocess import Preprocessing, prepare
+from sdfn_bench.report.contact_sheet import SheetTile
 from sdfn_bench.train.common import pick_device
 from sdfn_bench.train.data import load_image, read_boxes, read_seg_manifest, resolve_path
 from sdfn_bench.train.seg_eval import load_segmenter, lung_probabilities
@@ -245,3 +248,30 @@ def evaluate_lrg_coverage(boxes: str | Path, seg_manifest: str | Path, *, image_
             box = box_to_image(box, shape, mask.shape)
         cov.append(box_coverage(box, mask))
     return LrgCoverage(df["image"].tolist(), np.array(cov), threshold)
+
+
+def contact_sheet_tiles(manifest: str | Path, boxes: str | Path, segmenter: str | Path, *,
+                        image_root: str | Path | None = None, limit: int | None = 200,
+                        device: str | None = None) -> list[SheetTile]:
+    """Tiles for :func:`sdfn_bench.report.contact_sheet.write_contact_sheet`: the first ``limit``
+    images of ``manifest`` (None: all) with the segmenter's mask and their box from ``boxes``."""
+    dev = pick_device(device)
+    seg = load_segmenter(segmenter, dev)
+    frame = pd.read_parquet(boxes).set_index("image")
+    images = read_images_column(manifest)[: limit if limit is not None else None]
+    resolver = ImageResolver.for_manifest(manifest, image_root)
+    tiles = []
+    for name in images:
+        if name not in frame.index:
+            raise SdfnError(f"{boxes}: no box for {name!r} of {manifest}; run lung-boxes on this manifest first")
+        row = frame.loc[name]
+        box = (int(row["x0"]), int(row["y0"]), int(row["x1"]), int(row["y1"]))
+        try:
+            image = load_image(resolver, name)
+        except ImageReadError:
+            tiles.append(SheetTile(None, None, box, UNREADABLE, Path(name).stem))
+            continue
+        x = torch.from_numpy(prepare(image, seg.pre))[None].to(dev)
+        mask = (lung_probabilities(seg.model, x)[0] > seg.threshold).cpu().numpy()
+        tiles.append(SheetTile(image, mask, box, str(row["status"]), Path(name).stem))
+    return tiles

@@ -3,7 +3,9 @@
 Section 2.3 of the paper reports a five-fold cross-validation on JSRT (Dice 0.98, IoU 0.97).
 Scores are computed per image at the *ground-truth mask's* resolution: the predicted lung
 probability map is resized (bilinear) to the mask's size and thresholded with the checkpoint's
-``mask_threshold``; the reported figures are means over images.
+``mask_threshold``; the reported figures are means over images. Each image's Lung Region Generator
+box (from the predicted mask at the segmenter's resolution, margin as stored in the checkpoint,
+as scoring does) is also scored: the share of the true lung pixels inside it (``box_coverage``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sdfn_bench.decode.reader import read_mask
 from sdfn_bench.errors import SdfnError
+from sdfn_bench.lrg import LungMargin, box_coverage, box_to_image, lung_box_in_image
 from sdfn_bench.manifest.image_root import ImageResolver
 from sdfn_bench.models.checkpoint import Checkpoint, load_checkpoint
 from sdfn_bench.preprocess import Preprocessing, prepare
@@ -55,11 +58,29 @@ def load_segmenter(path: str | Path, device: torch.device) -> LoadedSegmenter:
 
 @dataclass(frozen=True)
 class SegScores:
-    """Attributes: images; dice, iou: (n,) per image; mean_dice, mean_iou."""
+    """Attributes: images; dice, iou: (n,) per image; box_coverage: (n,) share of each image's true
+    lung pixels inside its LRG box from the predicted mask; mean_dice, mean_iou."""
 
     images: list[str] = field(repr=False)
     dice: np.ndarray = field(repr=False)
     iou: np.ndarray = field(repr=False)
+    box_coverage: np.ndarray = field(repr=False)
+
+    def covered_share(self, least: float = 0.98) -> float:
+        """Share of images whose box holds at least ``least`` of their true lung pixels."""
+        return float(np.mean(self.box_coverage >= least))
+
+    def summary(self, least: float = 0.98) -> str:
+        """One line: mean (sd, min) Dice and IoU, and the box coverage share."""
+        d, i = self.dice, self.iou
+        return (f"{len(d)} images: mean Dice {d.mean():.4f} (sd {d.std():.4f}, min {d.min():.4f}), mean IoU "
+                f"{i.mean():.4f} (sd {i.std():.4f}, min {i.min():.4f}); LRG box holds >= {100 * least:.0f}% of the "
+                f"true lung on {100 * self.covered_share(least):.1f}% of images")
+
+    @staticmethod
+    def concat(scores: list[SegScores]) -> SegScores:
+        return SegScores([im for s in scores for im in s.images], np.concatenate([s.dice for s in scores]),
+                         np.concatenate([s.iou for s in scores]), np.concatenate([s.box_coverage for s in scores]))
 
     @property
     def mean_dice(self) -> float:
@@ -77,9 +98,10 @@ class _EvalItems(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = prepare(load_image(self.resolver, self.images[i]), self.pre)
-        return torch.from_numpy(x), torch.from_numpy(read_mask(resolve_path(self.resolver, self.masks[i])))
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        image = load_image(self.resolver, self.images[i])
+        mask = read_mask(resolve_path(self.resolver, self.masks[i]))
+        return torch.from_numpy(prepare(image, self.pre)), torch.from_numpy(mask), image.shape[:2]
 
 
 def evaluate_segmenter(checkpoint: str | Path, manifest: str | Path, *, image_root: str | Path | None = None,
@@ -90,15 +112,28 @@ def evaluate_segmenter(checkpoint: str | Path, manifest: str | Path, *, image_ro
     model, threshold = seg.model, seg.threshold
     df = read_seg_manifest(manifest)
     items = _EvalItems(df, ImageResolver.for_manifest(manifest, image_root), seg.pre)
-    dice, iou = [], []
+    margin = LungMargin.from_record(seg.checkpoint.meta.get("lung_margin"))
+    dice, iou, coverage = [], [], []
     # batch_size=None: masks may differ in size, so each image is its own batch.
-    for x, mask in DataLoader(items, batch_size=None, num_workers=workers):
+    for x, mask, image_shape in DataLoader(items, batch_size=None, num_workers=workers):
         prob = lung_probabilities(model, x[None].to(dev))[None]
+        box = lung_box_in_image((prob[0, 0] > threshold).cpu().numpy(), tuple(image_shape), margin)
+        if tuple(image_shape) != tuple(mask.shape):
+            box = box_to_image(box, tuple(image_shape), tuple(mask.shape))
+        coverage.append(box_coverage(box, mask.numpy()))
         prob = F.interpolate(prob, size=tuple(mask.shape), mode="bilinear", align_corners=False)[0, 0]
         d, i = dice_iou((prob > threshold).cpu()[None], mask[None])
         dice.append(float(d[0]))
         iou.append(float(i[0]))
-    return SegScores(df["image"].tolist(), np.array(dice), np.array(iou))
+    return SegScores(df["image"].tolist(), np.array(dice), np.array(iou), np.array(coverage))
+
+
+def describe_geometry(meta: dict) -> str:
+    """``pazhitnykh_petsiuk base 16 batch-norm, 128 px`` from a checkpoint's metadata."""
+    arch = meta.get("architecture") or {}
+    norm = arch.get("norm")
+    size = (meta.get("preprocessing") or {}).get("input_size")
+    return f"{arch.get('name')} base {arch.get('base')}{' ' + str(norm) + '-norm' if norm else ''}, {size} px"
 
 
 @dataclass(frozen=True)
