@@ -11,9 +11,9 @@ from train_helpers import write_cohort
 from typer.testing import CliRunner
 
 from sdfn_bench.cli.main import app
-from sdfn_bench.report.contact_sheet import CAPTION_PX
 from sdfn_bench.errors import CheckpointError
 from sdfn_bench.models.checkpoint import load_checkpoint
+from sdfn_bench.report.contact_sheet import CAPTION_PX
 
 runner = CliRunner()
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from sdfn_bench.errors import CheckpointError
@@ -71,7 +71,7 @@ def resolve_builtin(spec: str | os.PathLike[str]) -> Path:
     return stem
 
 
-@lru_cache(maxsize=None)
+@cache
 def _verify_cached(path: Path, size: int, mtime_ns: int, expected: str) -> None:
     from sdfn_bench.manifest.schema import file_sha256
 
