@@ -84,3 +84,45 @@ def test_auto_backend_records_its_probe(tmp_path, monkeypatch):
     assert record["requested"] == {"backend": "auto", "precision": "fp32"}
     assert {r.backend for r in report.results} <= {"onnxruntime", "torch"}
     assert np.isfinite([r.parity_max_abs for r in report.results]).all()
+
+
+AVX2_ONLY = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) CPU E5-2686 v4 @ 2.30GHz
+flags\t\t: fpu avx2 fma
+"""
+
+
+def _conv_weight_levels(tmp_path, name: str, activations: str) -> tuple[int, dict]:
+    """The largest |quantized weight| of a one-conv model quantized here, and the facts."""
+    import onnx
+    import torch
+
+    from sdfn_bench.engines.quantize import quantize_int8
+
+    conv = torch.nn.Conv2d(1, 4, 3, padding=1).eval()
+    x = np.random.default_rng(0).random((4, 1, 16, 16), dtype=np.float32)
+    fp32 = tmp_path / "conv.onnx"
+    if not fp32.exists():
+        torch.onnx.export(conv, (torch.from_numpy(x[:1]),), str(fp32), input_names=["image"], output_names=["y"],
+                          opset_version=17, dynamo=False)
+    facts = quantize_int8(fp32, tmp_path / name, {"image": x}, quantizer="onnxruntime", activations=activations)
+    weights = [onnx.numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / name)).graph.initializer
+               if onnx.numpy_helper.to_array(i).dtype == np.int8 and onnx.numpy_helper.to_array(i).ndim == 4]
+    assert len(weights) == 1
+    return int(np.abs(weights[0].astype(np.int32)).max()), facts
+
+
+def test_int8_weights_use_reduce_range_only_on_cpus_without_vnni(tmp_path, monkeypatch):
+    """Issue 18 bug 5: without VNNI, ONNX Runtime's u8 x s8 kernels saturate with full-range weights."""
+    monkeypatch.setattr(cf, "cpu_features", lambda: cf.parse_cpuinfo(AVX2_ONLY))
+    levels, facts = _conv_weight_levels(tmp_path, "avx2.onnx", "u8")
+    assert facts["reduce_range"] is True and "no VNNI" in facts["reduce_range_why"] and "E5-2686" in facts["reduce_range_why"]
+    assert 32 < levels <= 64  # 7-bit weights, per channel: each channel's largest weight maps to 64
+    monkeypatch.setattr(cf, "cpu_features", lambda: cf.parse_cpuinfo(XEON))
+    levels, facts = _conv_weight_levels(tmp_path, "vnni.onnx", "u8")
+    assert facts["reduce_range"] is False and levels == 127
+    # TensorRT's symmetric scheme never reduces, whatever this CPU
+    monkeypatch.setattr(cf, "cpu_features", lambda: cf.parse_cpuinfo(AVX2_ONLY))
+    levels, facts = _conv_weight_levels(tmp_path, "trt.onnx", "s8")
+    assert facts["reduce_range"] is False and levels == 127

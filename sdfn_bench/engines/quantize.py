@@ -8,9 +8,11 @@ produce one:
   ``modelopt.onnx.quantization.quantize(..., quantize_mode="int8", calibration_method="entropy")``.
   Not installed on the development machines, so that call has never been run here.
 - ONNX Runtime's static quantizer (always installed): Q/DQ format, per-channel symmetric int8
-  weights, entropy calibration, only Conv/Gemm/MatMul inputs quantized, no ``reduce_range``
-  (7-bit weights only help CPUs without VNNI; the CPUs here have it,
-  :mod:`sdfn_bench.engines.cpu_features`). Activations, by target (``activations``):
+  weights, entropy calibration, only Conv/Gemm/MatMul inputs quantized. ``reduce_range`` (7-bit
+  weights) for the CPU backends exactly when this CPU has no VNNI
+  (:attr:`~sdfn_bench.engines.cpu_features.CpuFeatures.int8_vnni`): pre-VNNI ``vpmaddubsw``
+  (AVX2, AVX512BW) adds pairs of u8 x s8 products into int16 and saturates with full-range
+  weights; VNNI accumulates in int32 and needs no reduction. Activations, by target (``activations``):
 
   - ``s8`` (TensorRT, any GPU build): symmetric int8, zero points 0, as TensorRT requires;
   - ``u8`` (the CPU backends, ONNX Runtime and OpenVINO): asymmetric uint8, VNNI's native
@@ -29,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +82,33 @@ def quantizer_name() -> str:
     return "modelopt" if importlib.util.find_spec("modelopt") is not None else "onnxruntime"
 
 
+def reduce_range_for(activations: str) -> tuple[bool, str]:
+    """Whether the int8 weights of an ``activations`` build need ``reduce_range``, and why.
+
+    ``s8`` builds run on TensorRT (GPU int8 tensor cores: no saturation issue); ``u8`` builds run
+    on this CPU, where only VNNI (or AMX) makes full-range weights safe.
+    """
+    from sdfn_bench.engines import cpu_features as cf
+
+    if activations == "s8":
+        return False, "symmetric int8 for TensorRT: GPU int8 kernels accumulate in int32"
+    features = cf.cpu_features()
+    if features.int8_vnni:
+        return False, f"{features.model} has VNNI/AMX int8 (int32 accumulation)"
+    return True, (f"{features.model} has no VNNI/AMX int8 (flags from {features.source}): pre-VNNI u8 x s8 "
+                  "pair sums saturate int16 with full-range weights, so weights use 7 bits")
+
+
 def quantize_int8(onnx_fp32: Path, out_path: Path, calibration: dict[str, np.ndarray], *,
-                  quantizer: str | None = None, activations: str = "s8") -> dict[str, Any]:
+                  quantizer: str | None = None, activations: str = "s8",
+                  nodes_to_exclude: Sequence[str] = ()) -> dict[str, Any]:
     """Write a Q/DQ int8 ONNX of ``onnx_fp32`` calibrated on ``calibration`` (input name -> (N, ...)).
 
     Args:
         activations: ``s8`` (symmetric int8: TensorRT) or ``u8`` (asymmetric uint8: the CPU
             backends; always ONNX Runtime's quantizer, ModelOpt writes TensorRT's scheme).
+        nodes_to_exclude: ONNX node names left in float (mixed precision,
+            :mod:`sdfn_bench.engines.sensitivity`); ONNX Runtime's quantizer only.
 
     Returns:
         Facts for engines.json: quantizer, its version, method, activation scheme, number of
@@ -94,12 +116,12 @@ def quantize_int8(onnx_fp32: Path, out_path: Path, calibration: dict[str, np.nda
     """
     if activations not in ACTIVATIONS:
         raise EngineError(f"unknown int8 activation scheme {activations!r}; use one of {list(ACTIVATIONS)}")
-    quantizer = "onnxruntime" if activations == "u8" else (quantizer or quantizer_name())
+    quantizer = "onnxruntime" if activations == "u8" or nodes_to_exclude else (quantizer or quantizer_name())
     n = len(next(iter(calibration.values())))
     if quantizer == "modelopt":
         return _quantize_modelopt(onnx_fp32, out_path, calibration, n)
     if quantizer == "onnxruntime":
-        return _quantize_onnxruntime(onnx_fp32, out_path, calibration, n, activations)
+        return _quantize_onnxruntime(onnx_fp32, out_path, calibration, n, activations, list(nodes_to_exclude))
     raise EngineError(f"unknown quantizer {quantizer!r}; use modelopt or onnxruntime")
 
 
@@ -133,7 +155,7 @@ class _Reader:
 
 
 def _quantize_onnxruntime(onnx_fp32: Path, out_path: Path, calibration: dict[str, np.ndarray], n: int,
-                          activations: str) -> dict[str, Any]:
+                          activations: str, nodes_to_exclude: list[str]) -> dict[str, Any]:
     import onnxruntime
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -145,12 +167,14 @@ def _quantize_onnxruntime(onnx_fp32: Path, out_path: Path, calibration: dict[str
 
     reader = type("CalibrationReader", (_Reader, CalibrationDataReader), {})(calibration)
     symmetric = activations == "s8"
+    reduce_range, why = reduce_range_for(activations)
     try:
         # the calibrator prints its progress to stdout; keep the CLI's output readable
         with contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
                 str(onnx_fp32), str(out_path), reader, quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=QUANTIZED_OPS, per_channel=True, reduce_range=False,
+                op_types_to_quantize=QUANTIZED_OPS, per_channel=True, reduce_range=reduce_range,
+                nodes_to_exclude=nodes_to_exclude,
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.Entropy,
                 extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
@@ -159,5 +183,5 @@ def _quantize_onnxruntime(onnx_fp32: Path, out_path: Path, calibration: dict[str
         raise EngineError(f"int8 quantization of {onnx_fp32} failed: {exc}") from exc
     return {"quantizer": "onnxruntime", "version": onnxruntime.__version__, "method": "entropy",
             "calibration_samples": n, "format": "QDQ", "activations": activations, "symmetric": symmetric,
-            "per_channel": True,
-            "reduce_range": False, "ops": QUANTIZED_OPS}
+            "per_channel": True, "reduce_range": reduce_range, "reduce_range_why": why, "ops": QUANTIZED_OPS,
+            **({"nodes_excluded": nodes_to_exclude} if nodes_to_exclude else {})}
