@@ -342,7 +342,9 @@ def compare_run(
                             "and >= 2 negatives); analysis.left_out_of_mean names the others with the reason",
             "bootstrap_dropped": "replicates without a positive or negative of a class (per class), or of any of "
                                  "the mean's classes (bootstrap_dropped_mean); left out of those CIs and p-values",
-            "bootstrap": "patients resampled with replacement (all images of a patient together), percentile CI; "
+            "bootstrap": "patients resampled with replacement (all images of a patient together); CI: "
+                         "analysis.ci_method (bca: bias-corrected and accelerated, Efron 1987, acceleration from "
+                         "the leave-one-patient-out jackknife; percentile); "
                          "p = min(1, 2 min((#d*<=0 + 1)/(B+1), (#d*>=0 + 1)/(B+1)))",
             "t_across_classes": "scipy.stats.ttest_rel over the per-class AUC pairs (model, baseline)",
             "t_over_bootstrap": "scipy.stats.ttest_rel over bootstrap replicate pairs; NOT a test and not in the "

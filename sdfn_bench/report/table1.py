@@ -28,6 +28,8 @@ from sdfn_bench.stats.paired import AUCAnalysis, PairedComparison
 SIGNIFICANCE = 0.01  # the paper's threshold
 MARK = "*"
 DISPLAY = {"entire": "Entire", "lung": "Lung", "sdfn": "SDFN"}
+CI_NAMES = {"percentile": "percentile interval",
+            "bca": "BCa interval (bias-corrected and accelerated, jackknife over patients; Efron 1987)"}
 
 
 def display_name(scorer: str) -> str:
@@ -185,8 +187,9 @@ def build_table1(
         f"Scored: {analysis.n_images} images of {analysis.n_patients} patients from {source}; "
         f"{n_excluded} prediction row(s) with status other than ok excluded.",
         "Paper columns: published AUCs of Liu et al. (2019) Table 1 on the NIH ChestX-ray14 test split.",
-        (f"This run: AUC [{analysis.level:.0%} CI]; CI = percentile interval of {analysis.n_bootstrap} patient-level "
-         f"bootstrap replicates (images of a patient resampled together, seed {analysis.seed})"
+        (f"This run: AUC [{analysis.level:.0%} CI]; CI = {CI_NAMES.get(analysis.ci_method, analysis.ci_method)} of "
+         f"{analysis.n_bootstrap} patient-level bootstrap replicates (images of a patient resampled together, "
+         f"seed {analysis.seed})"
          if ci_method == "bootstrap" else
          f"This run: AUC [{analysis.level:.0%} CI]; CI = DeLong normal-theory interval (no bootstrap)") + ".",
         f"Differences: model − baseline AUC; {MARK} = two-sided DeLong test (DeLong et al. 1988, fast algorithm of "

@@ -12,6 +12,13 @@ Per class and scorer the negatives are sorted once and the problem is reduced to
 patient matrices (see :class:`_SortedClass`); a block of replicates then costs two sparse-dense
 products and a short cumulative sum, all over integer-valued float64 (exact). All scorers share the
 same draws, so differences between scorers are paired.
+
+Two intervals (:data:`CI_METHODS`): the percentile interval and the bias-corrected and accelerated
+(BCa) interval of Efron (1987; Efron & Tibshirani 1993, ch. 14.3). BCa moves the percentile
+interval's two quantiles by a bias correction ``z0`` (from the share of replicates below the
+estimate) and an acceleration ``a`` (the skewness of the leave-one-*patient*-out jackknife values,
+the cluster analogue of the image jackknife). A jackknife value is one more weighted AUC (weight 1
+for every image except the left-out patient's, 0 for those), computed by the same exact kernel.
 """
 
 from __future__ import annotations
@@ -21,9 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from scipy import stats
 
 from sdfn_bench.errors import StatsError
 from sdfn_bench.stats.auc import check_labels_scores, defined_classes
+
+CI_METHODS: tuple[str, ...] = ("percentile", "bca")
 
 
 @dataclass(frozen=True)
@@ -35,11 +45,16 @@ class BootstrapAUCs:
             lacks positives or negatives of a class.
         n_patients: number of resampled clusters.
         seed: the seed of the generator that drew the replicates.
+        estimate: (n_scorers, n_classes) the AUCs of the full sample (every weight 1).
+        jackknife: (n_patients, n_scorers, n_classes) leave-one-patient-out AUCs (BCa's
+            acceleration); None when not computed (``patient_bootstrap(..., jackknife=False)``).
     """
 
     replicates: np.ndarray
     n_patients: int
     seed: int
+    estimate: np.ndarray | None = None
+    jackknife: np.ndarray | None = None
 
     @property
     def n_boot(self) -> int:
@@ -60,9 +75,36 @@ class BootstrapAUCs:
         at least one of these classes lacks positives or negatives."""
         return int(np.isnan(self.replicates[:, :, classes]).any(axis=(1, 2)).sum())
 
-    def ci(self, level: float = 0.95) -> np.ndarray:
-        """(n_scorers, n_classes, 2) percentile CIs, ignoring undefined replicates."""
-        return percentile_ci(self.replicates, level)
+    def ci(self, level: float = 0.95, method: str = "percentile") -> np.ndarray:
+        """(n_scorers, n_classes, 2) CIs of the AUCs, ignoring undefined replicates.
+
+        Args:
+            level: confidence level.
+            method: ``percentile`` or ``bca`` (needs the jackknife).
+        """
+        return self.interval(lambda a: a, level, method)
+
+    def interval(self, statistic: Callable[[np.ndarray], np.ndarray], level: float = 0.95,
+                 method: str = "percentile") -> np.ndarray:
+        """CI of any statistic of the AUCs, e.g. a difference of two scorers or a mean over classes.
+
+        Args:
+            statistic: maps an array (m, n_scorers, n_classes) of AUC sets to (m, ...) values; it
+                is applied to the replicates, the full-sample estimate and the jackknife alike.
+            level: confidence level.
+            method: ``percentile`` or ``bca``.
+
+        Returns:
+            shape ``statistic(...).shape[1:] + (2,)``.
+        """
+        if method not in CI_METHODS:
+            raise StatsError(f"unknown interval method {method!r}; expected one of {list(CI_METHODS)}")
+        rep = statistic(self.replicates)
+        if method == "percentile":
+            return percentile_ci(rep, level)
+        if self.estimate is None or self.jackknife is None:
+            raise StatsError("a BCa interval needs the jackknife: patient_bootstrap(..., jackknife=True)")
+        return bca_ci(rep, statistic(self.estimate[None])[0], statistic(self.jackknife), level)
 
 
 def percentile_ci(replicates: np.ndarray, level: float = 0.95) -> np.ndarray:
@@ -75,6 +117,51 @@ def percentile_ci(replicates: np.ndarray, level: float = 0.95) -> np.ndarray:
         q = np.nanpercentile(rep[:, valid], [100 * alpha, 100 * (1 - alpha)], axis=0)
         out[valid] = np.moveaxis(q, 0, -1)
     return out
+
+
+def bca_ci(replicates: np.ndarray, estimate: np.ndarray, jackknife: np.ndarray, level: float = 0.95) -> np.ndarray:
+    """Bias-corrected and accelerated interval (Efron & Tibshirani 1993, eq. 14.9-14.15), NaN-aware.
+
+    ``z0 = Phi^-1((#{t* < t} + #{t* = t}/2) / B)`` over the valid replicates (ties count half: AUC
+    replicates can equal the estimate exactly), clipped to ``[1/(2B), 1 - 1/(2B)]`` before the
+    inverse so that it stays finite; ``a = sum(d^3) / (6 (sum d^2)^1.5)`` with ``d = mean(t_(.)) -
+    t_(i)`` over the finite jackknife values (0 when they do not vary). The interval is the
+    replicates' quantiles at ``Phi(z0 + (z0 + z_q) / (1 - a (z0 + z_q)))`` for ``q = (1 - level)/2``
+    and ``1 - q``, with the percentile interval's linear interpolation.
+
+    Args:
+        replicates: (B, ...) bootstrap values of the statistic.
+        estimate: (...) its full-sample value.
+        jackknife: (n_clusters, ...) its leave-one-cluster-out values.
+        level: confidence level.
+
+    Returns:
+        ``replicates.shape[1:] + (2,)``; NaN where no replicate or the estimate is undefined.
+    """
+    rep = np.asarray(replicates, dtype=np.float64)
+    shape = rep.shape[1:]
+    rep = rep.reshape(rep.shape[0], -1)
+    est = np.asarray(estimate, dtype=np.float64).reshape(-1)
+    jack = np.asarray(jackknife, dtype=np.float64).reshape(np.shape(jackknife)[0], -1)
+    if est.shape[0] != rep.shape[1] or jack.shape[1] != rep.shape[1]:
+        raise StatsError(f"bca_ci: replicates {shape}, estimate {np.shape(estimate)} and jackknife "
+                         f"{np.shape(jackknife)[1:]} must describe the same statistic")
+    z_lo, z_hi = stats.norm.ppf([(1.0 - level) / 2.0, 1.0 - (1.0 - level) / 2.0])
+    out = np.full((rep.shape[1], 2), np.nan)
+    for j in range(rep.shape[1]):
+        values = rep[~np.isnan(rep[:, j]), j]
+        if values.size == 0 or not np.isfinite(est[j]):
+            continue
+        b = values.size
+        below = (np.sum(values < est[j]) + 0.5 * np.sum(values == est[j])) / b
+        z0 = stats.norm.ppf(np.clip(below, 0.5 / b, 1.0 - 0.5 / b))
+        jv = jack[np.isfinite(jack[:, j]), j]
+        d = jv.mean() - jv if jv.size else np.zeros(1)
+        ss = float(np.sum(d * d))
+        accel = float(np.sum(d ** 3)) / (6.0 * ss ** 1.5) if ss > 0 else 0.0
+        shifted = z0 + np.array([z_lo, z_hi])
+        out[j] = np.quantile(values, stats.norm.cdf(z0 + shifted / (1.0 - accel * shifted)))
+    return out.reshape(shape + (2,))
 
 
 def bootstrap_p_value(differences: np.ndarray) -> np.ndarray:
@@ -193,6 +280,7 @@ def patient_bootstrap(
     block: int = 100,
     class_names: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    jackknife: bool = False,
 ) -> BootstrapAUCs:
     """Bootstrap the AUCs of several scorers by resampling patients (paired across scorers).
 
@@ -205,6 +293,8 @@ def patient_bootstrap(
         block: replicates computed at once (memory ~ 3 x block x n_images x 8 bytes at most).
         class_names: used in the warning for undefined classes.
         progress: called as ``progress(done, n_boot)`` after each block.
+        jackknife: also compute the leave-one-patient-out AUCs (for BCa intervals; costs about
+            as much as ``n_patients`` replicates).
 
     Returns:
         :class:`BootstrapAUCs`; classes undefined in the full sample are NaN in every replicate.
@@ -230,9 +320,24 @@ def patient_bootstrap(
     while done < n_boot:
         b = min(block, n_boot - done)
         counts_t = np.ascontiguousarray(patient_counts(rng, n_patients, b).T, dtype=np.float64)
-        for (r, c), prep in prepared.items():
-            out[done : done + b, r, c] = weighted_auc_replicates(counts_t, prep)
+        _fill(out[done : done + b], counts_t, prepared)
         done += b
         if progress is not None:
             progress(done, n_boot)
-    return BootstrapAUCs(replicates=out, n_patients=n_patients, seed=seed)
+    estimate = np.full((len(checked), k), np.nan)
+    _fill(estimate[None], np.ones((n_patients, 1)), prepared)
+    jack = None
+    if jackknife:
+        jack = np.full((n_patients, len(checked), k), np.nan)
+        for start in range(0, n_patients, block):
+            stop = min(start + block, n_patients)
+            counts_t = np.ones((n_patients, stop - start))
+            counts_t[np.arange(start, stop), np.arange(stop - start)] = 0.0
+            _fill(jack[start:stop], counts_t, prepared)
+    return BootstrapAUCs(replicates=out, n_patients=n_patients, seed=seed, estimate=estimate, jackknife=jack)
+
+
+def _fill(out: np.ndarray, counts_t: np.ndarray, prepared: dict[tuple[int, int], _SortedClass]) -> None:
+    """``out[:, r, c]`` = weighted AUCs of every prepared (scorer r, class c) for the columns of ``counts_t``."""
+    for (r, c), prep in prepared.items():
+        out[:, r, c] = weighted_auc_replicates(counts_t, prep)

@@ -20,7 +20,7 @@ import numpy as np
 
 from sdfn_bench.errors import StatsError
 from sdfn_bench.stats.auc import UndefinedAUCWarning, check_labels_scores, defined_classes
-from sdfn_bench.stats.bootstrap import BootstrapAUCs, bootstrap_p_value, patient_bootstrap, percentile_ci
+from sdfn_bench.stats.bootstrap import CI_METHODS, BootstrapAUCs, bootstrap_p_value, patient_bootstrap
 from sdfn_bench.stats.delong import (
     DelongAUCs,
     DelongTest,
@@ -44,7 +44,7 @@ class ScorerSummary:
         mean_auc: mean over the classes of :attr:`AUCAnalysis.mean_classes`.
         delong_ci: (n_classes, 2) DeLong normal-theory CI.
         mean_delong_ci: (2,) CI of the mean AUC from the 14 x 14 DeLong covariance.
-        bootstrap_ci: (n_classes, 2) patient-bootstrap percentile CI; NaN without bootstrap.
+        bootstrap_ci: (n_classes, 2) patient-bootstrap CI (:attr:`AUCAnalysis.ci_method`); NaN without bootstrap.
         mean_bootstrap_ci: (2,) the same for the mean AUC.
     """
 
@@ -69,7 +69,7 @@ class PairedComparison:
         delong_p_holm: (n_classes,) DeLong p-values, Holm-adjusted across the classes.
         delong_clustered: DeLong's test with the patient-clustered (cluster-robust) covariance.
         delong_clustered_p_holm: (n_classes,) its p-values, Holm-adjusted.
-        bootstrap_diff_ci: (n_classes, 2) percentile CI of the paired bootstrap difference.
+        bootstrap_diff_ci: (n_classes, 2) CI of the paired bootstrap difference (BCa or percentile).
         bootstrap_p: (n_classes,) two-sided paired bootstrap p-values.
         mean_bootstrap_diff_ci: (2,), mean_bootstrap_p: the same for the mean AUC.
         t_across_classes: the paired t-test over the per-class AUCs of the mean's classes (reading (a)).
@@ -116,6 +116,7 @@ class AUCAnalysis:
         scorers: one :class:`ScorerSummary` per prediction set.
         comparisons: one :class:`PairedComparison` per (model, baseline).
         delong_seconds, bootstrap_seconds: wall time of the two computations.
+        ci_method: the bootstrap interval, ``bca`` (default) or ``percentile``.
     """
 
     class_names: tuple[str, ...]
@@ -133,6 +134,7 @@ class AUCAnalysis:
     comparisons: tuple[PairedComparison, ...]
     delong_seconds: float
     bootstrap_seconds: float
+    ci_method: str = "bca"
 
     def scorer(self, name: str) -> ScorerSummary:
         for s in self.scorers:
@@ -156,6 +158,7 @@ def analyze_aucs(
     seed: int = 0,
     level: float = 0.95,
     progress: Callable[[int, int], None] | None = None,
+    ci_method: str = "bca",
 ) -> AUCAnalysis:
     """AUCs, CIs and paired tests of several prediction sets on the same labelled images.
 
@@ -170,11 +173,15 @@ def analyze_aucs(
         seed: bootstrap seed.
         level: confidence level.
         progress: bootstrap progress callback ``(done, total)``.
+        ci_method: bootstrap interval: ``bca`` (bias-corrected and accelerated, jackknife over
+            patients; the default, closer to nominal coverage in docs/statistics.md) or ``percentile``.
 
     Returns:
         :class:`AUCAnalysis`.
     """
     names = list(scores)
+    if ci_method not in CI_METHODS:
+        raise StatsError(f"unknown interval method {ci_method!r}; expected one of {list(CI_METHODS)}")
     for model, baseline in pairs:
         for n in (model, baseline):
             if n not in scores:
@@ -201,7 +208,7 @@ def analyze_aucs(
     t0 = time.perf_counter()
     if n_bootstrap > 0:
         boot = patient_bootstrap(labels, arrays, patient_ids, n_boot=n_bootstrap, seed=seed,
-                                 class_names=class_names, progress=progress)
+                                 class_names=class_names, progress=progress, jackknife=ci_method == "bca")
     bootstrap_seconds = time.perf_counter() - t0
 
     # One set of classes for every mean: AUC and DeLong variance defined for all scorers.
@@ -210,8 +217,10 @@ def analyze_aucs(
     left_out = {class_names[c]: reasons.get(class_names[c], "AUC or DeLong variance not finite")
                 for c in np.flatnonzero(~ok)}
     dl_ci = dl.ci(level)
-    boot_ci = boot.ci(level) if boot is not None else np.full((len(names), k, 2), np.nan)
+    boot_ci = boot.ci(level, ci_method) if boot is not None else np.full((len(names), k, 2), np.nan)
     boot_mean = boot.mean_replicates(ok) if boot is not None and ok.any() else None
+    mean_ci = (boot.interval(lambda a: a[:, :, ok].mean(axis=2), level, ci_method)
+               if boot is not None and ok.any() else np.full((len(names), 2), np.nan))
     summaries = []
     for r, name in enumerate(names):
         w = np.zeros((len(names), k))
@@ -224,7 +233,7 @@ def analyze_aucs(
             delong_ci=dl_ci[r],
             mean_delong_ci=normal_ci(np.array(mean), np.sqrt(max(mean_var, 0.0)), level),
             bootstrap_ci=boot_ci[r],
-            mean_bootstrap_ci=percentile_ci(boot_mean[:, r], level) if boot_mean is not None else _nan2(),
+            mean_bootstrap_ci=mean_ci[r],
         ))
 
     comparisons = []
@@ -234,20 +243,23 @@ def analyze_aucs(
         test_clustered = delong_test_from(dl_clustered, i, j)
         if boot is not None:
             d = boot.replicates[:, i] - boot.replicates[:, j]
-            diff_ci, diff_p = percentile_ci(d, level), bootstrap_p_value(d)
+            diff_ci = boot.interval(lambda a, i=i, j=j: a[:, i] - a[:, j], level, ci_method)
+            diff_p = bootstrap_p_value(d)
             t_boot = tuple(paired_t_over_bootstrap(boot.replicates[:, i, c], boot.replicates[:, j, c]) for c in range(k))
             if boot_mean is not None:
                 dm = boot_mean[:, i] - boot_mean[:, j]
-                mean_ci, mean_p = percentile_ci(dm, level), float(bootstrap_p_value(dm))
+                mean_diff_ci = boot.interval(lambda a, i=i, j=j: a[:, i, ok].mean(axis=1) - a[:, j, ok].mean(axis=1),
+                                             level, ci_method)
+                mean_p = float(bootstrap_p_value(dm))
                 t_mean = paired_t_over_bootstrap(boot_mean[:, i], boot_mean[:, j])
             else:
-                mean_ci, mean_p = _nan2(), float("nan")
+                mean_diff_ci, mean_p = _nan2(), float("nan")
                 t_mean = paired_t_over_bootstrap(np.array([]), np.array([]))
         else:
             diff_ci, diff_p = np.full((k, 2), np.nan), np.full(k, np.nan)
             empty = paired_t_over_bootstrap(np.array([]), np.array([]))
             t_boot, t_mean = tuple(empty for _ in range(k)), empty
-            mean_ci, mean_p = _nan2(), float("nan")
+            mean_diff_ci, mean_p = _nan2(), float("nan")
         comparisons.append(PairedComparison(
             model=model,
             baseline=baseline,
@@ -259,7 +271,7 @@ def analyze_aucs(
             delong_clustered_p_holm=holm(test_clustered.p_value),
             bootstrap_diff_ci=diff_ci,
             bootstrap_p=diff_p,
-            mean_bootstrap_diff_ci=mean_ci,
+            mean_bootstrap_diff_ci=mean_diff_ci,
             mean_bootstrap_p=mean_p,
             t_across_classes=paired_t_across_classes(dl.auc[i, ok], dl.auc[j, ok]),
             t_over_bootstrap=t_boot,
@@ -283,4 +295,5 @@ def analyze_aucs(
         comparisons=tuple(comparisons),
         delong_seconds=delong_seconds,
         bootstrap_seconds=bootstrap_seconds,
+        ci_method=ci_method,
     )
