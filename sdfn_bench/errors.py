@@ -21,6 +21,11 @@ class ImageReadError(SdfnError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class ImageInputError(SdfnError):
+    """An in-memory image has pixels whose range cannot be known (a dtype other than uint8, uint16
+    or float in [0, 1]); the message says how to convert it."""
+
+
 class ClassOrderError(SdfnError):
     """Class names of two artifacts do not match by name and order."""
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sdfn_bench.classes import CLASS_NAMES, check_class_names
-from sdfn_bench.errors import ClassOrderError
+from sdfn_bench.errors import ClassOrderError, ImageInputError
 from sdfn_bench.preprocess import Preprocessing, prepare, to_unit
 
 
@@ -26,7 +26,10 @@ def test_class_order_error_names_the_problem() -> None:
 def test_to_unit_scales_by_dtype() -> None:
     assert to_unit(np.array([[0, 255]], np.uint8)).tolist() == [[0.0, 1.0]]
     assert to_unit(np.array([[0, 65535]], np.uint16)).tolist() == [[0.0, 1.0]]
-    assert to_unit(np.array([[-0.5, 2.0]], np.float32)).tolist() == [[0.0, 1.0]]
+    assert to_unit(np.array([[0.0, 0.25, 1.0]], np.float64)).tolist() == [[0.0, 0.25, 1.0]]
+    # floats outside [0, 1] were clipped (a 0-255 float image became white); now refused
+    with pytest.raises(ImageInputError, match=r"\[-0.5, 2\], not \[0, 1\]"):
+        to_unit(np.array([[-0.5, 2.0]], np.float32))
 
 
 def test_prepare_shape_and_normalization() -> None:
