@@ -246,7 +246,7 @@ def test_score_cli_reads_the_files_first_then_adds_columns(val_test, tmp_path: P
         return ScoreResult(run_dir=Path(out), total=2000, ok=2000, error=0, wall_s=1.0, images_per_s=2000.0,
                            stages={}, errors=())
 
-    monkeypatch.setattr("sdfn_bench.cli.score.score_manifest", fake_score_manifest)
+    monkeypatch.setattr("sdfn_bench.score.run.score_manifest", fake_score_manifest)  # cli.score imports it per call
     runner = CliRunner()
     bad = tmp_path / "bad.json"
     bad.write_text("{}")

@@ -8,7 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sdfn_bench.bench.run import DEFAULT_OUT, PAPER_EXT_SIZE, PAPER_SEG_SIZE, BenchSettings, run_bench
+from sdfn_bench.cli.defaults import BENCH_OUT as DEFAULT_OUT
+from sdfn_bench.cli.defaults import PAPER_EXT_SIZE, PAPER_SEG_SIZE
 
 console = Console()
 
@@ -42,6 +43,8 @@ def bench(
     work_dir: Path | None = typer.Option(None, "--work-dir", help="Keep images, weights and engines here."),
 ) -> None:
     """Score the same synthetic images the CheXNet-script way and with `score`; write reports/bench/latest.json."""
+    from sdfn_bench.bench.run import BenchSettings, run_bench
+
     settings = BenchSettings(
         images=images, image_size=image_size, checkpoints=checkpoints, seg_size=seg_size, ext_size=ext_size,
         backend=backend, precision=precision, gate_manifest=gate_manifest, gate_image_root=gate_image_root,

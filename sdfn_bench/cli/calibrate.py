@@ -9,9 +9,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from sdfn_bench.cli.defaults import CALIBRATION_METHODS as METHODS
 from sdfn_bench.errors import StatsError
-from sdfn_bench.report.compare import calibrate_run
-from sdfn_bench.stats.calibration import METHODS
 
 console = Console()
 
@@ -25,6 +24,8 @@ def calibrate(
     `score --calibration` or `compare --calibration`."""
     if method not in METHODS:
         raise StatsError(f"--method {method!r}: expected one of {list(METHODS)}")
+    from sdfn_bench.report.compare import calibrate_run
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fitted = calibrate_run(val_run, out, method)

@@ -10,10 +10,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from sdfn_bench.cam.localize import IOBB_LEVELS, IOU_LEVELS, WANG_THRESHOLDS, LocalizationSettings
+from sdfn_bench.cli.defaults import IOBB_LEVELS, IOU_LEVELS, WANG_THRESHOLDS
 from sdfn_bench.errors import CamError
-from sdfn_bench.report.gallery import write_gallery
-from sdfn_bench.report.localization import localize_run, verdict
 
 console = Console()
 
@@ -38,6 +36,9 @@ def localize(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
 ) -> None:
     """Localization accuracy of SDFN's and the entire-image CAMs: IoBB, IoU, false positives, pointing game."""
+    from sdfn_bench.cam.localize import LocalizationSettings
+    from sdfn_bench.report.localization import localize_run, verdict
+
     try:
         settings = LocalizationSettings(thresholds=_floats(thresholds, "--thresholds"), iobb_levels=_floats(iobb, "--iobb"),
                                         iou_levels=_floats(iou, "--iou"), pointing_tolerance_px=tolerance)
@@ -62,6 +63,8 @@ def cams(
         None, "--boxes", help="Truth boxes to draw (default: those of the run's last `localize`)."),
 ) -> None:
     """PNG overlays (image, entire-image CAM, SDFN CAM, lung box, truth boxes) and a static HTML gallery."""
+    from sdfn_bench.report.gallery import write_gallery
+
     chosen = None
     if images:
         if images.startswith("@"):

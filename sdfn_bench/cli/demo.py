@@ -18,7 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from sdfn_bench.demo import DEFAULT_N, DEFAULT_SIZE, STEPS, publish, run_demo
+from sdfn_bench.cli.defaults import DEMO_N, DEMO_SIZE
 
 console = Console()
 
@@ -36,6 +36,8 @@ class RichDemoHooks:
             (item.close if hasattr(item, "close") else item.stop)()
 
     def step(self, name: str, detail: str) -> None:
+        from sdfn_bench.demo import STEPS
+
         self._index += 1
         console.rule(f"[bold]{self._index}/{len(STEPS)} {name}[/]")
         console.print(f"[dim]{detail}[/]", highlight=False)
@@ -82,8 +84,8 @@ class RichDemoHooks:
 def demo(
     workdir: Path = typer.Option(Path("."), "--workdir", help="Root of the demo's layout: cohort/, checkpoints/, "
                                  "engines/, reports/runs/ (default: this folder, the repo's own folders)."),
-    n: int = typer.Option(DEFAULT_N, "--n", help="Synthetic images."),
-    size: int = typer.Option(DEFAULT_SIZE, "--size", help="Synthetic image side in pixels."),
+    n: int = typer.Option(DEMO_N, "--n", help="Synthetic images."),
+    size: int = typer.Option(DEMO_SIZE, "--size", help="Synthetic image side in pixels."),
     seed: int = typer.Option(0, "--seed", help="Seed of the cohort, the training and the bootstrap."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Patient-bootstrap replicates in the comparison."),
     backend: str = typer.Option("auto", "--backend", help="Engine backend: auto|onnxruntime|torch|tensorrt."),
@@ -94,6 +96,8 @@ def demo(
     """Run everything end to end on a synthetic cohort: synth, train (demo preset), build-engines, score (with CAMs),
     compare (with operating points and a calibration fitted on the validation split), localize (the cohort's
     lesion boxes) and a CAM gallery."""
+    from sdfn_bench.demo import publish, run_demo
+
     result = run_demo(workdir, RichDemoHooks(), n=n, size=size, seed=seed, n_bootstrap=bootstrap, backend=backend,
                       workers=workers)
     console.rule("[bold]Table 1")

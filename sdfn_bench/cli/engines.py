@@ -5,16 +5,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sdfn_bench.engines.backends.base import ENGINE_NAMES
-from sdfn_bench.engines.build import BuildReport
-from sdfn_bench.score.gate import GateThresholds
-from sdfn_bench.score.gated_build import build_gated
+if TYPE_CHECKING:
+    from sdfn_bench.engines.build import BuildReport
 
 console = Console()
 _STEPS = {"export": "exporting ONNX", "quantize": "quantizing (int8 Q/DQ)", "build": "building",
@@ -53,19 +52,26 @@ def build_engines_command(
                                                 "(default: its folder)."),
     no_gate: bool = typer.Option(False, "--no-gate", help="Build reduced precision without the accuracy gate "
                                  "(recorded in engines.json)."),
-    max_mean_auc_delta: float = typer.Option(GateThresholds.mean_abs_auc_delta, "--max-mean-auc-delta",
-                                             help="Gate: limit on |mean AUC delta| per head."),
-    max_auc_delta: float = typer.Option(GateThresholds.max_abs_auc_delta, "--max-auc-delta",
-                                        help="Gate: limit on the largest per-class |AUC delta|."),
-    min_box_agreement: float = typer.Option(GateThresholds.agreement_bound, "--min-box-agreement",
+    max_mean_auc_delta: float | None = typer.Option(None, "--max-mean-auc-delta",
+                                                    help="Gate: limit on |mean AUC delta| per head (default 0.002)."),
+    max_auc_delta: float | None = typer.Option(None, "--max-auc-delta",
+                                               help="Gate: limit on the largest per-class |AUC delta| (default 0.005)."),
+    min_box_agreement: float | None = typer.Option(None, "--min-box-agreement",
                                             help="Gate: least 95 % lower confidence bound (Wilson) on the share of "
                                             "images with lung box IoU >= 0.95 and equal LRG status (>= 133 gate "
-                                            "images can reach 0.98; 250 allow one miss)."),
+                                            "images can reach 0.98; 250 allow one miss; default 0.98)."),
 ) -> None:
     """Export the segmenter, both extractors and the fusion head, build engines, check parity, write engines.json.
 
     Reduced precision (fp16, bf16, int8, auto) is built in a staged folder, scored on --gate-manifest
     next to fp32 PyTorch, and moved into --out only when the accuracy gate passes."""
+    from sdfn_bench.engines.backends.base import ENGINE_NAMES
+    from sdfn_bench.score.gate import GateThresholds
+    from sdfn_bench.score.gated_build import build_gated
+
+    limits = {name: value for name, value in (("mean_abs_auc_delta", max_mean_auc_delta),
+                                              ("max_abs_auc_delta", max_auc_delta),
+                                              ("agreement_bound", min_box_agreement)) if value is not None}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("loading checkpoints", total=len(ENGINE_NAMES))
@@ -78,8 +84,7 @@ def build_engines_command(
             calib_manifest=calib_manifest, calib_image_root=calib_image_root, device=device,
             torch_compile=torch_compile, progress=advance, gate_manifest=gate_manifest,
             gate_image_root=gate_image_root, no_gate=no_gate,
-            thresholds=GateThresholds(mean_abs_auc_delta=max_mean_auc_delta, max_abs_auc_delta=max_auc_delta,
-                                      agreement_bound=min_box_agreement),
+            thresholds=GateThresholds(**limits),
             log=lambda message: progress.console.log(message, highlight=False),
         )
     report = gated.report

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sdfn_bench.classes import CLASS_NAMES
-from sdfn_bench.manifest.check import check_manifest, count_file_checks
-from sdfn_bench.manifest.expert import EXPERT_FINDINGS, read_google2019
-from sdfn_bench.manifest.folder import folder_manifest
-from sdfn_bench.manifest.jsrt import build_jsrt_manifest, list_jsrt_images
-from sdfn_bench.manifest.nih import DEFAULT_SEED, DEFAULT_VAL_FRACTION, build_nih_manifests, read_box_file
-from sdfn_bench.manifest.schema import write_manifest
+from sdfn_bench.cli.defaults import NIH_SEED as DEFAULT_SEED
+from sdfn_bench.cli.defaults import NIH_VAL_FRACTION as DEFAULT_VAL_FRACTION
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 app = typer.Typer(help="Build and check manifests (NIH, JSRT, segmentation folders, any image folder).", no_args_is_help=True)
 console = Console()
@@ -50,6 +49,9 @@ def nih(
     seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Seed of the patient split."),
 ) -> None:
     """NIH ChestX-ray14 manifest of one official split list (optionally split train/val by patient)."""
+    from sdfn_bench.manifest.nih import build_nih_manifests
+    from sdfn_bench.manifest.schema import write_manifest
+
     first, val = build_nih_manifests(
         labels, split_list, val_fraction=val_fraction if val_out is not None else None, seed=seed
     )
@@ -64,6 +66,9 @@ def bbox(
     out: Path = typer.Option(..., "-o", "--out", help="Box CSV to write: image, finding, x, y, w, h."),
 ) -> None:
     """NIH radiologist boxes as `image, finding, x, y, w, h` (Infiltrate -> Infiltration)."""
+    from sdfn_bench.manifest.nih import read_box_file
+    from sdfn_bench.manifest.schema import write_manifest
+
     df = read_box_file(boxes)
     write_manifest(df, out)
     console.print(f"[green]wrote[/] {out}: {len(df)} boxes on {df['image'].nunique()} images", highlight=False)
@@ -76,6 +81,9 @@ def expert(
     set_id: str = typer.Option("test", "--set", help="Set Id to keep: test (in the official test split) or val."),
 ) -> None:
     """Expert-adjudicated labels (4 findings) of one google2019 set: image, patient_id, 0/1 labels."""
+    from sdfn_bench.manifest.expert import EXPERT_FINDINGS, read_google2019
+    from sdfn_bench.manifest.schema import write_manifest
+
     df = read_google2019(labels, set_id)
     write_manifest(df, out)
     positives = ", ".join(f"{name} {int(df[name].sum())}" for name in EXPERT_FINDINGS)
@@ -98,6 +106,8 @@ def check(
     ),
 ) -> None:
     """Check schema, duplicates, label values and image files; list every problem with its row."""
+    from sdfn_bench.manifest.check import check_manifest, count_file_checks
+
     if no_files or not manifest.is_file():
         report = check_manifest(manifest, image_root, check_files=False)
     else:
@@ -130,6 +140,9 @@ def folder(
     out: Path = typer.Option(..., "-o", "--out", help="Manifest to write; image paths are relative to DIRECTORY."),
 ) -> None:
     """Unlabeled manifest of every image under a folder (patient_id = file stem)."""
+    from sdfn_bench.manifest.folder import folder_manifest
+    from sdfn_bench.manifest.schema import write_manifest
+
     df = folder_manifest(directory)
     write_manifest(df, out)
     console.print(f"[green]wrote[/] {out}: {len(df)} images; score it with --image-root {directory}", highlight=False)
@@ -143,6 +156,8 @@ def jsrt(
     root: Path | None = typer.Option(None, "--root", help="Make paths relative to this folder (default: OUT's folder)."),
 ) -> None:
     """Segmentation manifest pairing JSRT images with merged left+right SCR lung masks."""
+    from sdfn_bench.manifest.jsrt import build_jsrt_manifest, list_jsrt_images
+
     n = len(list_jsrt_images(images))
     with _progress() as bar:
         task = bar.add_task("merging masks", total=n)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -18,8 +19,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from sdfn_bench.score.postprocess import PostProcessing, load_postprocessing, postprocess_run
-from sdfn_bench.score.run import DECODERS, ScoreResult, score_manifest
+from sdfn_bench.cli.defaults import DECODERS
+
+if TYPE_CHECKING:
+    from sdfn_bench.score.postprocess import PostProcessing
+    from sdfn_bench.score.run import ScoreResult
 
 console = Console()
 
@@ -125,6 +129,9 @@ def score(
     ),
 ) -> None:
     """Score every image of MANIFEST: entire-image, lung and SDFN probabilities, lung boxes, errors."""
+    from sdfn_bench.score.postprocess import load_postprocessing
+    from sdfn_bench.score.run import score_manifest
+
     options = dict(
         engines_dir=engines, image_root=image_root, out=out, batch_size=batch_size, decoder=decoder, workers=workers,
         resume=resume, limit=limit, max_errors=max_errors, backend=backend, shard_rows=shard_rows,
@@ -153,6 +160,8 @@ def score(
 def _postprocess(result: ScoreResult, post: PostProcessing | None) -> None:
     if post is None:
         return
+    from sdfn_bench.score.postprocess import postprocess_run
+
     postprocess_run(result.run_dir, post)
     added = [w for w, f in (("calibrated", post.calibration), ("decision", post.thresholds)) if f is not None]
     console.print(f"added {' and '.join(added)} columns to {result.predictions}", highlight=False)

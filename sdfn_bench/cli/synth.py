@@ -10,10 +10,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sdfn_bench.classes import CLASS_NAMES
-from sdfn_bench.synth import SynthError, make_cohort
 
 
 def _parse_strengths(items: list[str]) -> dict[str, float]:
+    from sdfn_bench.synth import SynthError
+
     out: dict[str, float] = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -62,6 +63,8 @@ def synth(
 
     Labels follow the real NIH ChestX-ray14 label co-occurrence; findings are drawn where they live. Same seed and options give the same bytes. Every option: docs/synthetic-cohort.md.
     """
+    from sdfn_bench.synth import make_cohort
+
     console = Console()
     with Progress(TextColumn("[bold]synth"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                   TimeRemainingColumn(), console=console, transient=False) as bar:
