@@ -251,3 +251,77 @@ def test_readme_documents_the_rebuild_commands() -> None:
         "sdfn-bench manifest bbox --boxes ../shared/data/nih/BBox_List_2017.csv.gz -o manifests/nih_bbox.csv",
     ):
         assert fragment in text, fragment
+
+
+def _split_lists(tmp_path: Path) -> None:
+    (tmp_path / "test_list.txt").write_text("00000002_000.png\n00000003_000.png\n")
+    (tmp_path / "train_val_list.txt").write_text("00000001_000.png\n00000001_001.png\n")
+
+
+def test_images_manifest_known_unknown_and_split_counts(tmp_path: Path) -> None:
+    from sdfn_bench.manifest.nih import build_images_manifest
+
+    labels = _label_file(tmp_path)
+    _split_lists(tmp_path)
+    listed = tmp_path / "list.txt"
+    listed.write_text("00000003_000.png\n\nimages/00000001_001.png\nnot_nih.png\nalso_not.png\n")
+    with pytest.raises(ManifestError, match=r"list.txt: 2 of 4 image\(s\) not in the label file .*line 4: "
+                                            r"'not_nih.png'; line 5: 'also_not.png'.*--drop-unknown"):
+        build_images_manifest(labels, listed)
+    df, record = build_images_manifest(labels, listed, drop_unknown=True)
+    assert df["image"].tolist() == ["00000003_000.png", "00000001_001.png"]  # list order, folder dropped
+    assert df["patient_id"].tolist() == ["3", "1"] and df["Hernia"].tolist() == [1, 0]
+    assert record["n_listed"] == 4 and record["unknown_dropped"] == 2 and record["n_images"] == 2
+    assert record["official_split"] == {"images": {"test": 1, "train_val": 1, "none": 0}, "patients": 2,
+                                        "patients_with_train_val_images": 1, "is_official_test_split": False}
+
+
+def test_images_manifest_duplicates_csv_and_official_test(tmp_path: Path) -> None:
+    from sdfn_bench.manifest.nih import build_images_manifest
+
+    labels = _label_file(tmp_path)
+    _split_lists(tmp_path)
+    dup = tmp_path / "dup.txt"
+    dup.write_text("00000002_000.png\n00000003_000.png\n00000002_000.png\n")
+    with pytest.raises(ManifestError, match=r"dup.txt: line 3: '00000002_000.png' already listed on line 1"):
+        build_images_manifest(labels, dup)
+    preds = tmp_path / "preds.csv"
+    pd.DataFrame({"Image Index": ["00000003_000.png", "00000002_000.png"], "prob_Hernia": [0.1, 0.2]}).to_csv(
+        preds, index=False)
+    df, record = build_images_manifest(labels, preds)
+    assert df["image"].tolist() == ["00000003_000.png", "00000002_000.png"]
+    assert record["official_split"]["images"] == {"test": 2, "train_val": 0, "none": 0}
+    assert record["official_split"]["is_official_test_split"] is True
+    no_col = tmp_path / "bad.csv"
+    pd.DataFrame({"name": ["x"]}).to_csv(no_col, index=False)
+    with pytest.raises(ManifestError, match="no 'image' or 'Image Index' column"):
+        build_images_manifest(labels, no_col)
+    (tmp_path / "test_list.txt").unlink()
+    _, unknown_split = build_images_manifest(labels, preds)
+    assert unknown_split["official_split"]["images"] is None
+
+
+def test_cli_images_writes_manifest_and_sidecar(tmp_path: Path) -> None:
+    import json
+
+    from sdfn_bench.manifest.schema import file_sha256
+
+    labels = _label_file(tmp_path)
+    _split_lists(tmp_path)
+    listed = tmp_path / "list.txt"
+    listed.write_text("00000001_000.png\n00000002_000.png\nmissing.png\n")
+    out = tmp_path / "out" / "mine.csv"
+    refused = CliRunner().invoke(app, ["nih", "--labels", str(labels), "--images", str(listed), "-o", str(out)])
+    assert refused.exit_code != 0 and "missing.png" in str(refused.exception) and not out.exists()
+    res = CliRunner().invoke(app, ["nih", "--labels", str(labels), "--images", str(listed), "-o", str(out),
+                                   "--drop-unknown"])
+    assert res.exit_code == 0, res.output
+    printed = " ".join(res.output.split())
+    assert "1 on test_list, 1 on train_val_list, 0 on neither" in printed and "1 of 3 listed name(s)" in printed
+    manifest = read_manifest(out, require_labels=True)
+    assert manifest["image"].tolist() == ["00000001_000.png", "00000002_000.png"]
+    sidecar = json.loads((tmp_path / "out" / "mine.json").read_text())
+    assert sidecar["manifest_sha256"] == file_sha256(out) and sidecar["unknown_examples"] == ["missing.png"]
+    both = CliRunner().invoke(app, ["nih", "--labels", str(labels), "--images", str(listed), "--split-list",
+                                    str(tmp_path / "test_list.txt"), "-o", str(out)])
+    assert both.exit_code != 0 and "exactly one of --split-list" in str(both.exception)

@@ -38,7 +38,7 @@ def _summary(path: Path, df: pd.DataFrame) -> None:
 @app.command("nih")
 def nih(
     labels: Path = typer.Option(..., "--labels", help="NIH label file Data_Entry_2017_v2020.csv[.gz]."),
-    split_list: Path = typer.Option(..., "--split-list", help="test_list.txt or train_val_list.txt."),
+    split_list: Path | None = typer.Option(None, "--split-list", help="test_list.txt or train_val_list.txt."),
     out: Path = typer.Option(..., "-o", "--out", help="Manifest to write (the training part with --val-out)."),
     val_out: Path | None = typer.Option(
         None, "--val-out", help="Also split the list by patient: validation patients go here."
@@ -47,17 +47,53 @@ def nih(
         DEFAULT_VAL_FRACTION, "--val-fraction", min=0.0, max=1.0, help="Fraction of patients for --val-out."
     ),
     seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Seed of the patient split."),
+    images: Path | None = typer.Option(
+        None, "--images", help="Instead of --split-list: exactly these images (a text file of names, or a CSV/Parquet "
+        "with an 'Image Index' or 'image' column, e.g. a prediction file); OUT.json records their official split."),
+    drop_unknown: bool = typer.Option(
+        False, "--drop-unknown", help="With --images: leave out (and count) names the label file lacks."),
+    split_dir: Path | None = typer.Option(
+        None, "--split-dir", help="With --images: folder of test_list.txt/train_val_list.txt (default: beside --labels)."),
 ) -> None:
-    """NIH ChestX-ray14 manifest of one official split list (optionally split train/val by patient)."""
+    """NIH ChestX-ray14 manifest of one official split list (optionally split train/val by patient), or of any
+    image list (--images)."""
+    from sdfn_bench.errors import ManifestError
     from sdfn_bench.manifest.nih import build_nih_manifests
     from sdfn_bench.manifest.schema import write_manifest
 
+    if (split_list is None) == (images is None):
+        raise ManifestError("give exactly one of --split-list (an official split list) and --images (any image list)")
+    if images is not None:
+        if val_out is not None:
+            raise ManifestError("--val-out splits an official list; it does not combine with --images")
+        _nih_images(labels, images, out, drop_unknown=drop_unknown, split_dir=split_dir)
+        return
     first, val = build_nih_manifests(
         labels, split_list, val_fraction=val_fraction if val_out is not None else None, seed=seed
     )
     _summary(write_manifest(first, out), first)
     if val is not None and val_out is not None:
         _summary(write_manifest(val, val_out), val)
+
+
+def _nih_images(labels: Path, images: Path, out: Path, *, drop_unknown: bool, split_dir: Path | None) -> None:
+    from sdfn_bench.manifest.nih import build_images_manifest, write_images_manifest
+
+    df, record = build_images_manifest(labels, images, drop_unknown=drop_unknown, split_dir=split_dir)
+    sidecar = write_images_manifest(df, record, out)
+    _summary(out, df)
+    split = record["official_split"]
+    if split["images"] is None:
+        console.print(f"official split unknown (no test_list.txt/train_val_list.txt in {record['split_lists']})",
+                      highlight=False)
+    else:
+        counts = split["images"]
+        console.print(f"official split: {counts['test']} on test_list, {counts['train_val']} on train_val_list, "
+                      f"{counts['none']} on neither; {split['patients_with_train_val_images']} of {split['patients']} "
+                      f"patients have images on train_val_list -> {sidecar}", highlight=False)
+    if record["unknown_dropped"]:
+        console.print(f"[yellow]{record['unknown_dropped']} of {record['n_listed']} listed name(s) not in the label "
+                      f"file, left out[/] (e.g. {', '.join(record['unknown_examples'][:3])})", highlight=False)
 
 
 @app.command("bbox")

@@ -18,6 +18,7 @@ import csv
 import gzip
 import hashlib
 import io
+import json
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -27,7 +28,7 @@ import pandas as pd
 
 from sdfn_bench.classes import CLASS_NAMES
 from sdfn_bench.errors import ManifestError
-from sdfn_bench.manifest.schema import META_COLUMNS
+from sdfn_bench.manifest.schema import META_COLUMNS, file_sha256, write_manifest
 
 LABEL_FILE_HEADER: tuple[str, ...] = (
     "Image Index",
@@ -273,3 +274,151 @@ def build_nih_manifests(
     if val_fraction is None:
         return manifest, None
     return split_by_patient(manifest, val_fraction=val_fraction, seed=seed)
+
+
+IMAGE_LIST_COLUMNS = ("image", "imageindex")
+SPLIT_LISTS = {"test": "test_list.txt", "train_val": "train_val_list.txt"}
+
+
+def read_image_list(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
+    """Image names with their 1-based line numbers, from a text file (one name a line, blank lines
+    ignored) or a CSV/Parquet table with an ``image`` or ``Image Index`` column (a prediction file;
+    the header is line 1).
+
+    Raises:
+        ManifestError: missing or unreadable file, a table without an image column, no names.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: image list not found")
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes[-1:] in ([".parquet"], [".pq"]) or ".csv" in suffixes:
+        try:
+            table = pd.read_parquet(path) if ".csv" not in suffixes else pd.read_csv(path, dtype=str,
+                                                                                     keep_default_na=False)
+        except Exception as exc:  # pandas/pyarrow raise many unrelated types for a bad file
+            raise ManifestError(f"{path}: cannot read the image list (CSV or Parquet): {exc}") from exc
+        column = next((c for c in table.columns
+                       if "".join(ch for ch in str(c).lower() if ch.isalnum()) in IMAGE_LIST_COLUMNS), None)
+        if column is None:
+            raise ManifestError(f"{path}: no 'image' or 'Image Index' column; columns: {list(table.columns)}")
+        # Data row r of a CSV is line r + 1 (the header is line 1).
+        entries = [(i + 2, str(v).strip()) for i, v in enumerate(table[column].tolist())]
+    else:
+        with open(path, encoding="utf-8") as f:
+            entries = [(i, line.strip()) for i, line in enumerate(f, start=1)]
+    entries = [(line, name) for line, name in entries if name]
+    if not entries:
+        raise ManifestError(f"{path}: no image names")
+    return entries
+
+
+def official_split(names: Sequence[str], split_dir: str | os.PathLike[str]) -> pd.Series | None:
+    """Which official split list each image is on: ``test``, ``train_val`` or ``none``; None when
+    ``split_dir`` lacks either list."""
+    lists = {split: Path(split_dir) / file for split, file in SPLIT_LISTS.items()}
+    if not all(p.is_file() for p in lists.values()):
+        return None
+    out = pd.Series("none", index=pd.Index(list(names)), dtype=object)
+    for split, p in lists.items():
+        out[out.index.isin(read_split_list(p))] = split
+    return out
+
+
+def split_summary(manifest: pd.DataFrame, labels: pd.DataFrame, split: pd.Series | None) -> dict[str, object]:
+    """The counts a manifest's sidecar records about the official split (None entries: unknown).
+
+    ``patients_with_train_val_images``: the manifest's patients of whom the label file has an image on
+    the official train_val list, i.e. patients a model trained on the official split has seen.
+    """
+    if split is None:
+        return {"images": None, "patients_with_train_val_images": None, "is_official_test_split": None}
+    images = manifest["image"].astype(str)
+    on = split.reindex(images).fillna("none")
+    counts = {k: int((on == k).sum()) for k in ("test", "train_val", "none")}
+    all_split = split.reindex(labels["image"].astype(str)).fillna("none").to_numpy()
+    train_val_patients = set(labels["patient_id"].astype(str)[all_split == "train_val"])
+    patients = set(manifest["patient_id"].astype(str))
+    n_test = int((split == "test").sum())
+    return {
+        "images": counts,
+        "patients": len(patients),
+        "patients_with_train_val_images": len(patients & train_val_patients),
+        "is_official_test_split": counts["test"] == len(manifest) == n_test,
+    }
+
+
+def build_images_manifest(
+    label_file: str | os.PathLike[str],
+    image_list: str | os.PathLike[str],
+    *,
+    drop_unknown: bool = False,
+    split_dir: str | os.PathLike[str] | None = None,
+) -> tuple[pd.DataFrame, dict[str, object]]:
+    """The manifest of exactly the images of a list (a random split's test images, a prediction file).
+
+    Args:
+        label_file: the NIH label file.
+        image_list: see :func:`read_image_list`; names as in ``Image Index`` (a leading folder is
+            kept out of the match: ``images/00000001_000.png`` is ``00000001_000.png``).
+        drop_unknown: leave out (and count) names the label file lacks instead of refusing.
+        split_dir: the folder of ``test_list.txt`` and ``train_val_list.txt`` (default: the label
+            file's folder); without them the split counts are unknown.
+
+    Returns:
+        ``(manifest in list order, sidecar record)``: the record names the inputs and counts the
+        dropped names and the images on each official split list.
+
+    Raises:
+        ManifestError: a name listed twice (both lines), or names the label file lacks (the first
+            ten with their lines, and how many in all) without ``drop_unknown``; nothing left.
+    """
+    image_list = Path(image_list)
+    entries = read_image_list(image_list)
+    first_line: dict[str, int] = {}
+    for line, name in entries:
+        key = Path(name).name
+        if key in first_line:
+            raise ManifestError(f"{image_list}: line {line}: {name!r} already listed on line {first_line[key]}")
+        first_line[key] = line
+    labels = read_label_file(label_file)
+    names = list(first_line)
+    position = pd.Index(labels["image"]).get_indexer(names)
+    unknown = [(first_line[n], n) for n, p in zip(names, position, strict=True) if p < 0]
+    if unknown and not drop_unknown:
+        shown = "; ".join(f"line {line}: {name!r}" for line, name in unknown[:10])
+        raise ManifestError(f"{image_list}: {len(unknown)} of {len(names)} image(s) not in the label file "
+                            f"{label_file}: {shown}{' ...' if len(unknown) > 10 else ''}; pass --drop-unknown "
+                            "to leave them out")
+    if len(unknown) == len(names):
+        raise ManifestError(f"{image_list}: none of its {len(names)} image(s) is in the label file {label_file}")
+    manifest = labels.iloc[position[position >= 0]].reset_index(drop=True)
+    split_dir = Path(split_dir) if split_dir is not None else Path(label_file).parent
+    record = {
+        "built_by": "sdfn-bench manifest nih --images",
+        "image_list": str(image_list.resolve()),
+        "label_file": str(Path(label_file).resolve()),
+        "split_lists": str(split_dir.resolve()),
+        "n_listed": len(names),
+        "n_images": len(manifest),
+        "unknown_dropped": len(unknown),
+        "unknown_examples": [name for _, name in unknown[:10]],
+        "official_split": split_summary(manifest, labels, official_split(labels["image"], split_dir)),
+    }
+    return manifest, record
+
+
+def sidecar_path(manifest_path: str | os.PathLike[str]) -> Path:
+    """Where a manifest's record lives: ``NAME.json`` beside ``NAME.csv``."""
+    return Path(manifest_path).with_suffix(".json")
+
+
+def write_images_manifest(manifest: pd.DataFrame, record: dict[str, object], out: str | os.PathLike[str]) -> Path:
+    """Write the manifest and, beside it, its sidecar (:func:`sidecar_path`) with the manifest's sha256."""
+    out = write_manifest(manifest, out)
+    sidecar = sidecar_path(out)
+    text = json.dumps({**record, "manifest": str(out.resolve()), "manifest_sha256": file_sha256(out)}, indent=1) + "\n"
+    tmp = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, sidecar)
+    return sidecar
