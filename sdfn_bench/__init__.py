@@ -14,10 +14,13 @@ __version__ = "0.1.0"
 # The notebook API (sdfn_bench.api), imported on first use so that `import sdfn_bench` (the CLI's
 # version lookup) stays free of torch and the engine backends.
 _API = ("ImageScore", "load_engines", "score_images")
-__all__ = ["ImageScore", "__version__", "load_engines", "score_images"]
+# Predictions-only evaluation (sdfn_bench.report.evaluate): pandas and the statistics, no torch.
+_EVALUATE = ("evaluate",)
+__all__ = ["ImageScore", "__version__", "evaluate", "load_engines", "score_images"]
 
 if TYPE_CHECKING:
     from sdfn_bench.api import ImageScore, load_engines, score_images
+    from sdfn_bench.report.evaluate import evaluate
 
 
 def __getattr__(name: str) -> Any:
@@ -25,4 +28,8 @@ def __getattr__(name: str) -> Any:
         from sdfn_bench import api
 
         return getattr(api, name)
+    if name in _EVALUATE:
+        from sdfn_bench.report import evaluate as evaluate_module
+
+        return getattr(evaluate_module, name)
     raise AttributeError(f"module 'sdfn_bench' has no attribute {name!r}")

@@ -56,8 +56,12 @@ def _summary(result: ComparisonResult) -> Table:
 
 def compare(
     run: Path | None = typer.Argument(None, help="Run folder (default: the newest under --runs-dir)."),
-    baseline: list[str] = typer.Option(["entire"], "--baseline", "-b", help="Baseline prediction set; repeatable."),
-    model: str = typer.Option("sdfn", "--model", "-m", help="Prediction set under test."),
+    baseline: list[str] = typer.Option(
+        [], "--baseline", "-b", help="Baseline prediction set; repeatable (default: entire for a run; every other "
+        "model with --manifest)."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Prediction set under test (default: sdfn for a run; the first --predictions "
+        "with --manifest)."),
     bootstrap: int = typer.Option(2000, "--bootstrap", min=0, help="Patient-bootstrap replicates (0: DeLong only)."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     runs_dir: Path = typer.Option(Path("reports/runs"), "--runs-dir", help="Where runs live (default: ./reports/runs)."),
@@ -77,24 +81,62 @@ def compare(
     calibration: Path | None = typer.Option(
         None, "--calibration", help="calibration.json (sdfn-bench calibrate): report calibration before and after it."),
     predictions: list[str] = typer.Option(
-        [], "--predictions", help="NAME=FILE: an outside model's predictions (CSV or Parquet: an image column and the "
-        "14 class columns) as a further Table 1 column compared with the model, on the images all cover; repeatable."),
+        [], "--predictions", help="NAME=FILE: a model's predictions (CSV or Parquet: an image column and the 14 class "
+        "columns, names matched ignoring case, separators and a prob_ prefix); with a run, a further Table 1 column "
+        "compared with the model on the images all cover; with --manifest, the models compared; repeatable."),
+    manifest: Path | None = typer.Option(
+        None, "--manifest", help="Compare --predictions files alone (no scoring run) against this labelled manifest "
+        "(sdfn-bench manifest nih --images builds one); needs -o."),
+    out: Path | None = typer.Option(None, "-o", "--out", help="With --manifest: the folder the report goes to."),
+    allow_missing: bool = typer.Option(
+        False, "--allow-missing", help="With --manifest: evaluate on the images every file covers instead of refusing "
+        "manifest images without a prediction."),
+    trained_on: list[str] = typer.Option(
+        [], "--trained-on", help="With --manifest: NAME=LIST (or LIST with one model), the model's training images "
+        "(NIH names, or a manifest with patient_id), checked against the evaluated patients; repeatable."),
+    ci: str = typer.Option("bca", "--ci", help="Bootstrap interval: bca (default) or percentile."),
 ) -> None:
-    """Compare a run's model with its baselines: Table 1 (md/html/tex/csv), ROC curves, comparison.json."""
-    from sdfn_bench.report.compare import compare_run, latest_run
+    """Compare a run's model with its baselines, or prediction files alone (--manifest): Table 1 (md/html/tex/csv),
+    ROC curves, comparison.json."""
+    from sdfn_bench.report.compare import compare_predictions, compare_run, latest_run
 
-    run_dir = run if run is not None else latest_run(runs_dir.resolve())
-    console.print(f"comparing [bold]{run_dir}[/]: {model} vs {', '.join(baseline)}", highlight=False)
+    if manifest is not None:
+        files = _files_only(run, out, predictions, allow_changed_manifest)
+    elif out is not None or allow_missing or trained_on:
+        raise typer.BadParameter("-o, --allow-missing and --trained-on go with --manifest (prediction files alone); "
+                                 "a run's report is written into the run folder")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("patient bootstrap", total=max(bootstrap, 1))
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = compare_run(run_dir, baselines=tuple(baseline), model=model, n_bootstrap=bootstrap, seed=seed,
-                                 progress=lambda done, total: progress.update(task, completed=done, total=total),
-                                 allow_changed_manifest=allow_changed_manifest, expert_labels=labels,
-                                 thresholds_from=thresholds_from, at=at, allow_test_thresholds=allow_test_thresholds,
-                                 calibration=calibration, predictions=predictions or None)
+            if manifest is not None and out is not None:
+                result = compare_predictions(
+                    manifest, files, out, model=model, baselines=tuple(baseline) or None, allow_missing=allow_missing,
+                    trained_on=trained_on, n_bootstrap=bootstrap, seed=seed, progress=advance, ci_method=ci,
+                    expert_labels=labels, thresholds_from=thresholds_from, at=at,
+                    allow_test_thresholds=allow_test_thresholds, calibration=calibration)
+            else:
+                run_dir = run if run is not None else latest_run(runs_dir.resolve())
+                result = compare_run(
+                    run_dir, baselines=tuple(baseline) or ("entire",), model=model or "sdfn", n_bootstrap=bootstrap,
+                    seed=seed, progress=advance, ci_method=ci, allow_changed_manifest=allow_changed_manifest,
+                    expert_labels=labels, thresholds_from=thresholds_from, at=at,
+                    allow_test_thresholds=allow_test_thresholds, calibration=calibration,
+                    predictions=predictions or None)
+    console.print(f"compared [bold]{result.run_dir}[/]: " + "; ".join(
+        f"{c.model} vs {c.baseline}" for c in result.analysis.comparisons), highlight=False)
+    if result.matched is not None:
+        for name, r in result.matched.items():
+            console.print(f"{name}: {r['n_rows']} rows, {r['n_used']} used, {r['n_outside_manifest']} for images "
+                          f"outside the manifest (ignored), {r['n_missing']} manifest images without a prediction",
+                          highlight=False)
+    if result.split is not None and result.split.note:
+        console.print(f"[yellow]{result.split.note}[/]", highlight=False)
     for w in {str(w.message): w for w in caught}.values():
         console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
     if result.leakage.leaked:
@@ -122,6 +164,19 @@ def compare(
     console.print(f"[green]wrote[/] {result.paths['table1.md']} (+ .html .tex .csv), "
                   f"{result.paths['roc_curves.png']} (+ .svg), {result.paths['comparison.json']}", highlight=False)
     _sections(result)
+
+
+def _files_only(run: Path | None, out: Path | None, predictions: list[str], allow_changed_manifest: bool) -> list[str]:
+    """The --predictions of a comparison without a run, after checking the options that go with it."""
+    if run is not None:
+        raise typer.BadParameter(f"give either a run folder ({run}) or --manifest with --predictions, not both")
+    if out is None:
+        raise typer.BadParameter("--manifest needs -o DIR: where the report goes")
+    if not predictions:
+        raise typer.BadParameter("--manifest needs at least one --predictions NAME=FILE")
+    if allow_changed_manifest:
+        raise typer.BadParameter("--allow-changed-manifest compares a run with its manifest; there is no run here")
+    return predictions
 
 
 def _sections(result: ComparisonResult) -> None:

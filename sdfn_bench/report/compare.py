@@ -20,21 +20,39 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from sdfn_bench import __version__
 from sdfn_bench.classes import CLASS_NAMES
 from sdfn_bench.errors import ManifestError, StatsError
 from sdfn_bench.manifest.schema import file_sha256, read_manifest
-from sdfn_bench.report.beyond_auc import ScoredRun, Sections, add_to_html, plan_sections, write_sections
-from sdfn_bench.report.breakdown import SubgroupAUC, subgroup_aucs
+from sdfn_bench.report.beyond_auc import (
+    ScoredRun,
+    SectionPlan,
+    Sections,
+    add_to_html,
+    plan_sections,
+    write_sections,
+)
+from sdfn_bench.report.breakdown import SubgroupAUC
 from sdfn_bench.report.calibration import CalibrationFile, fit_run_calibration, save_calibration
+from sdfn_bench.report.evaluate import (
+    Evaluation,
+    SplitStatus,
+    default_pairs,
+    evaluate_scores,
+    match_predictions,
+    parse_trained_on,
+    predictions_leakage,
+    split_status,
+)
 from sdfn_bench.report.gallery import link_reports
 from sdfn_bench.report.leakage import LeakageReport, check_leakage
 from sdfn_bench.report.outside import join_outside, parse_all
 from sdfn_bench.report.paper import paper_table1
 from sdfn_bench.report.roc_figure import draw_roc_figure, save_figure
-from sdfn_bench.report.table1 import build_table1, display_name, to_csv, to_html, to_latex, to_markdown
-from sdfn_bench.stats.paired import AUCAnalysis, analyze_aucs
+from sdfn_bench.report.table1 import display_name, to_csv, to_html, to_latex
+from sdfn_bench.stats.paired import AUCAnalysis
 from sdfn_bench.stats.roc import roc_curves
 
 SCORERS: tuple[str, ...] = ("entire", "lung", "sdfn")
@@ -42,6 +60,28 @@ OUTPUTS: tuple[str, ...] = (
     "table1.md", "table1.html", "table1.tex", "table1.csv", "roc_curves.png", "roc_curves.svg", "comparison.json",
     "calibration.md", "calibration.csv", "calibration.png",
 )
+
+DEFINITIONS: dict[str, str] = {
+    "auc": "Mann-Whitney AUC from midranks (ties count 1/2), equal to sklearn roc_auc_score",
+    "delong": "DeLong et al. 1988 covariance via Sun & Xu 2014 midranks; two-sided normal test; "
+              "mean AUC: linear contrast over the joint covariance of the per-class AUCs",
+    "delong_p_holm": "Holm 1979 across the classes (statsmodels multipletests method='holm')",
+    "delong_clustered": "the same components summed per patient before the outer product "
+                        "(cluster-robust, cf. Obuchowski 1997), times the small-sample factor G/(G-1) "
+                        "for G patients; equals DeLong x n/(n-1) with one image per patient",
+    "mean_classes": "every mean AUC and mean contrast (CI, DeLong, clustered DeLong, bootstrap, t across "
+                    "classes) is over the classes with a defined AUC and DeLong variance (>= 2 positives "
+                    "and >= 2 negatives); analysis.left_out_of_mean names the others with the reason",
+    "bootstrap_dropped": "replicates without a positive or negative of a class (per class), or of any of "
+                         "the mean's classes (bootstrap_dropped_mean); left out of those CIs and p-values",
+    "bootstrap": "patients resampled with replacement (all images of a patient together); CI: "
+                 "analysis.ci_method (bca: bias-corrected and accelerated, Efron 1987, acceleration from "
+                 "the leave-one-patient-out jackknife; percentile); "
+                 "p = min(1, 2 min((#d*<=0 + 1)/(B+1), (#d*>=0 + 1)/(B+1)))",
+    "t_across_classes": "scipy.stats.ttest_rel over the per-class AUC pairs (model, baseline)",
+    "t_over_bootstrap": "scipy.stats.ttest_rel over bootstrap replicate pairs; NOT a test and not in the "
+                        "tables: descriptive only, its p shrinks as B grows (see each result's caveat)",
+}
 
 
 @dataclass(frozen=True)
@@ -61,6 +101,8 @@ class ComparisonResult:
         manifest_check: ``"match"`` (the manifest's sha256 equals run.json's), ``"changed (allowed)..."``
             or ``"unverified..."``.
         sections: calibration (always), operating points and expert labels (when requested).
+        split: (predictions files) where the images sit in the official split; None for a run.
+        matched: (predictions files) per model: rows, rows used, ignored and missing.
     """
 
     run_dir: Path
@@ -75,6 +117,8 @@ class ComparisonResult:
     table1_markdown: str
     manifest_check: str = "match"
     sections: Sections | None = None
+    split: SplitStatus | None = None
+    matched: dict[str, dict[str, object]] | None = None
 
 
 def latest_run(runs_dir: str | Path) -> Path:
@@ -126,12 +170,43 @@ def check_manifest_sha256(manifest_path: Path, recorded: object, *, run_json: Pa
     return actual, f"changed (allowed): sha256 {actual} now, {recorded} when scored"
 
 
+def unfinished_run_message(run_dir: Path) -> str:
+    """The error for a run folder that ``score`` started but did not finish ("" when it is not one):
+    what was done and the command that finishes it (its settings from score_state.json)."""
+    state_path = run_dir / "score_state.json"
+    if not state_path.is_file():
+        return ""
+    try:
+        state = json.loads(state_path.read_text())
+    except ValueError:
+        state = {}
+    state = state if isinstance(state, dict) else {}
+    shards = sorted((run_dir / "shards").glob("part-*.parquet")) if (run_dir / "shards").is_dir() else []
+    rows = 0
+    for shard in shards:
+        try:
+            rows += pq.read_metadata(shard).num_rows
+        except (OSError, ValueError):  # a damaged shard: resume rewrites it
+            continue
+    parts = [f"sdfn-bench score {state.get('manifest', 'MANIFEST')}"]
+    if state.get("image_root"):
+        parts.append(f"--image-root {state['image_root']}")
+    if state.get("engines_dir"):
+        parts.append(f"--engines {state['engines_dir']}")
+    parts += [f"-o {run_dir}", "--resume"]
+    if state.get("limit"):
+        parts.insert(-1, f"--limit {state['limit']}")
+    return (f"{run_dir}: an unfinished scoring run (score_state.json, {rows} row(s) in {len(shards)} result "
+            f"shard(s), no run.json yet): it was interrupted before the end. Finish it with `{' '.join(parts)}`, then compare it")
+
+
 def _load(run_dir: Path, *, allow_changed_manifest: bool = False) -> _Inputs:
     run_json = run_dir / "run.json"
     pred_path = run_dir / "predictions.parquet"
     for p in (run_json, pred_path):
         if not p.is_file():
-            raise StatsError(f"{run_dir}: {p.name} not found; is this a `sdfn-bench score` run folder?")
+            raise StatsError(unfinished_run_message(run_dir) or
+                             f"{run_dir}: {p.name} not found; is this a `sdfn-bench score` run folder?")
     try:
         run = json.loads(run_json.read_text())
     except ValueError as exc:
@@ -235,6 +310,7 @@ def compare_run(
     allow_test_thresholds: bool = False,
     calibration: str | os.PathLike[str] | None = None,
     predictions: Sequence[str] | Mapping[str, str | os.PathLike[str]] | None = None,
+    ci_method: str = "bca",
 ) -> ComparisonResult:
     """Compare a run's model against its baselines and write the Table 1 report into the run.
 
@@ -257,6 +333,7 @@ def compare_run(
         predictions: outside models, ``NAME=FILE`` strings or ``{NAME: FILE}``
             (:mod:`sdfn_bench.report.outside`): each becomes a Table 1 column compared with ``model``;
             every statistic is then computed on the images all files cover.
+        ci_method: bootstrap interval, ``bca`` (default) or ``percentile``.
 
     Returns:
         :class:`ComparisonResult` with the written paths and the Table 1 Markdown.
@@ -285,39 +362,20 @@ def compare_run(
     plan = plan_sections(test_run, load_run=lambda d: _scored_run(d, _load(d)), expert_labels=expert_labels,
                          thresholds_from=thresholds_from, at=at, allow_test_thresholds=allow_test_thresholds,
                          calibration=calibration)
-    analysis = analyze_aucs(inputs.labels, inputs.scores, patients, pairs, class_names=CLASS_NAMES,
-                            n_bootstrap=n_bootstrap, seed=seed, level=level, progress=progress)
     checkpoints = inputs.run.get("checkpoints") or {}
     leakage = check_leakage(checkpoints if isinstance(checkpoints, dict) else {}, set(patients))
-    subgroups = subgroup_aucs(inputs.manifest, inputs.labels, inputs.scores, CLASS_NAMES)
     synthetic = bool(inputs.run.get("synthetic", False))
     source = inputs.manifest_path.name
     if inputs.limit is not None:
         source += f" (first {inputs.limit} rows, score --limit)"
     if joined is not None:
         source += f"; {joined.note()}"
-    table = build_table1(analysis, analysis.comparisons, source=source, synthetic=synthetic,
-                         n_excluded=inputs.n_excluded, leakage=leakage, subgroups=subgroups,
-                         manifest_note="" if inputs.manifest_check == "match" else f"Manifest: {inputs.manifest_check}.")
-    markdown = to_markdown(table)
-
-    paths = {name: run_dir / name for name in OUTPUTS}
-    replaced = tuple(name for name, p in paths.items() if p.exists())
-    _write_text(paths["table1.md"], markdown)
-    sections = write_sections(plan, test_run, patients, pairs, n_bootstrap=n_bootstrap, seed=seed, level=level,
-                              title="synthetic cohort" if synthetic else inputs.manifest_path.name)
-    _write_text(paths["table1.html"], add_to_html(to_html(table), sections.html))
-    link_reports(run_dir)  # the CAM gallery and the localization table, when the run has them
-    _write_text(paths["table1.tex"], to_latex(table))
-    _write_text(paths["table1.csv"], to_csv(table))
-    curves = {s: roc_curves(inputs.labels, inputs.scores[s], CLASS_NAMES) for s in inputs.scores}
-    fig_title = "ROC curves, " + ("synthetic cohort" if synthetic else inputs.manifest_path.name)
-    fig = draw_roc_figure(curves, CLASS_NAMES, title=fig_title)
-    save_figure(fig, paths["roc_curves.png"])
-    save_figure(fig, paths["roc_curves.svg"])
-    record = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "sdfn_bench_version": __version__,
+    evaluation = evaluate_scores(
+        inputs.manifest, inputs.labels, inputs.scores, pairs, leakage=leakage, source=source, synthetic=synthetic,
+        n_excluded=inputs.n_excluded, manifest_note="" if inputs.manifest_check == "match" else
+        f"Manifest: {inputs.manifest_check}.", n_bootstrap=n_bootstrap, seed=seed, level=level, ci_method=ci_method,
+        progress=progress)
+    record: dict[str, object] = {
         "run_dir": str(run_dir.resolve()),
         "manifest": str(inputs.manifest_path),
         "manifest_sha256": inputs.manifest_sha256,
@@ -328,41 +386,140 @@ def compare_run(
         "counts": {"scored": len(inputs.labels), "excluded_not_ok": inputs.n_excluded},
         "outside_predictions": joined.record if joined is not None else {},
         "limit": inputs.limit,
+    }
+    title = "synthetic cohort" if synthetic else inputs.manifest_path.name
+    paths, replaced, sections = _write_report(run_dir, evaluation, test_run, plan, patients, leakage, record, title=title,
+                                              n_bootstrap=n_bootstrap, seed=seed, level=level)
+    return ComparisonResult(
+        run_dir=run_dir, analysis=evaluation.analysis, leakage=leakage, subgroups=evaluation.subgroups,
+        n_scored=len(inputs.labels), n_excluded=inputs.n_excluded, synthetic=synthetic, paths=paths,
+        replaced=replaced, table1_markdown=evaluation.markdown, sections=sections, manifest_check=inputs.manifest_check,
+    )
+
+
+def _write_report(out_dir: Path, evaluation: Evaluation, test_run: ScoredRun, plan: SectionPlan, patients: np.ndarray,
+                  leakage: LeakageReport, record: dict[str, object], *, title: str, n_bootstrap: int, seed: int,
+                  level: float) -> tuple[dict[str, Path], tuple[str, ...], Sections]:
+    """Write Table 1 (md/html/tex/csv), the sections, the ROC figure and comparison.json into ``out_dir``.
+
+    Returns:
+        (output name -> path, outputs of an earlier comparison replaced, the sections).
+    """
+    analysis, table = evaluation.analysis, evaluation.table
+    pairs = [(c.model, c.baseline) for c in analysis.comparisons]
+    paths = {name: out_dir / name for name in OUTPUTS}
+    replaced = tuple(name for name, p in paths.items() if p.exists())
+    _write_text(paths["table1.md"], evaluation.markdown)
+    sections = write_sections(plan, test_run, patients, pairs, n_bootstrap=n_bootstrap, seed=seed,
+                              level=level, title=title)
+    _write_text(paths["table1.html"], add_to_html(to_html(table), sections.html))
+    link_reports(out_dir)  # the CAM gallery and the localization table, when the run has them
+    _write_text(paths["table1.tex"], to_latex(table))
+    _write_text(paths["table1.csv"], to_csv(table))
+    curves = {s: roc_curves(test_run.labels, test_run.scores[s], CLASS_NAMES) for s in test_run.scores}
+    fig = draw_roc_figure(curves, CLASS_NAMES, title=f"ROC curves, {title}")
+    save_figure(fig, paths["roc_curves.png"])
+    save_figure(fig, paths["roc_curves.svg"])
+    full = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "sdfn_bench_version": __version__,
+        **record,
         "significance_level": 0.01,
-        "definitions": {
-            "auc": "Mann-Whitney AUC from midranks (ties count 1/2), equal to sklearn roc_auc_score",
-            "delong": "DeLong et al. 1988 covariance via Sun & Xu 2014 midranks; two-sided normal test; "
-                      "mean AUC: linear contrast over the joint covariance of the per-class AUCs",
-            "delong_p_holm": "Holm 1979 across the classes (statsmodels multipletests method='holm')",
-            "delong_clustered": "the same components summed per patient before the outer product "
-                                "(cluster-robust, cf. Obuchowski 1997), times the small-sample factor G/(G-1) "
-                                "for G patients; equals DeLong x n/(n-1) with one image per patient",
-            "mean_classes": "every mean AUC and mean contrast (CI, DeLong, clustered DeLong, bootstrap, t across "
-                            "classes) is over the classes with a defined AUC and DeLong variance (>= 2 positives "
-                            "and >= 2 negatives); analysis.left_out_of_mean names the others with the reason",
-            "bootstrap_dropped": "replicates without a positive or negative of a class (per class), or of any of "
-                                 "the mean's classes (bootstrap_dropped_mean); left out of those CIs and p-values",
-            "bootstrap": "patients resampled with replacement (all images of a patient together); CI: "
-                         "analysis.ci_method (bca: bias-corrected and accelerated, Efron 1987, acceleration from "
-                         "the leave-one-patient-out jackknife; percentile); "
-                         "p = min(1, 2 min((#d*<=0 + 1)/(B+1), (#d*>=0 + 1)/(B+1)))",
-            "t_across_classes": "scipy.stats.ttest_rel over the per-class AUC pairs (model, baseline)",
-            "t_over_bootstrap": "scipy.stats.ttest_rel over bootstrap replicate pairs; NOT a test and not in the "
-                                "tables: descriptive only, its p shrinks as B grows (see each result's caveat)",
-        },
+        "definitions": DEFINITIONS,
         "analysis": _jsonable(analysis),
-        "scorer_display_names": {s: display_name(s) for s in inputs.scores},
+        "scorer_display_names": {s: display_name(s) for s in test_run.scores},
         "leakage": {**_jsonable(leakage), "leaked": leakage.leaked, "summary": leakage.summary()},
-        "subgroups": _jsonable(subgroups),
+        "subgroups": _jsonable(evaluation.subgroups),
         "paper_table1": paper_table1(),
         "table1_csv_columns": list(table.frame.columns),
         **_jsonable(sections.record),
     }
-    _write_text(paths["comparison.json"], json.dumps(record, indent=1, allow_nan=False) + "\n")
+    _write_text(paths["comparison.json"], json.dumps(full, indent=1, allow_nan=False) + "\n")
+    return {**paths, **sections.paths}, replaced, sections
+
+
+def compare_predictions(
+    manifest: str | os.PathLike[str],
+    predictions: Sequence[str] | Mapping[str, str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    model: str | None = None,
+    baselines: Sequence[str] | None = None,
+    n_bootstrap: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    ci_method: str = "bca",
+    progress: Callable[[int, int], None] | None = None,
+    allow_missing: bool = False,
+    trained_on: Sequence[str] | Mapping[str, str | os.PathLike[str]] = (),
+    expert_labels: str | os.PathLike[str] | None = None,
+    thresholds_from: str | os.PathLike[str] | None = None,
+    at: str | None = None,
+    allow_test_thresholds: bool = False,
+    calibration: str | os.PathLike[str] | None = None,
+) -> ComparisonResult:
+    """`compare --manifest M --predictions A=a.csv ...`: the report of :func:`compare_run` from prediction files.
+
+    Args:
+        manifest: a labelled manifest (``manifest nih --images`` builds one for any image list).
+        predictions: ``NAME=FILE`` strings or ``{NAME: FILE}``, one or more models (CSV or Parquet,
+            see :mod:`sdfn_bench.report.outside`); no name is reserved.
+        out_dir: where the outputs go (created).
+        model: the model under test (default: the first); baselines: default every other model.
+        allow_missing: evaluate on the images every file covers instead of refusing a manifest
+            image without a prediction (said in the notes).
+        trained_on: ``NAME=LIST`` (or ``{NAME: LIST}``; a bare LIST with one model): a model's
+            training images, checked against the evaluated patients.
+        Other arguments: as :func:`compare_run`.
+
+    Raises:
+        StatsError: as :func:`compare_run`, plus missing predictions without ``allow_missing``.
+    """
+    manifest_path = Path(manifest)
+    out_dir = Path(out_dir)
+    try:
+        rows = read_manifest(manifest_path, require_labels=True)
+    except ManifestError as exc:
+        raise StatsError(f"--manifest: cannot be used for comparison: {exc}") from exc
+    outside = parse_all(predictions, reserved=())
+    matched = match_predictions(rows, outside, allow_missing=allow_missing, source=str(manifest_path))
+    models = list(matched.scores)
+    pairs = default_pairs(models, model, baselines)
+    specs = dict(trained_on) if isinstance(trained_on, Mapping) else parse_trained_on(list(trained_on), models)
+    leakage = predictions_leakage(models, matched.manifest["patient_id"].astype(str), specs)
+    split = split_status(matched.manifest["image"], manifest_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_sha = file_sha256(manifest_path)
+    test_run = ScoredRun(out_dir, matched.labels, matched.scores, tuple(matched.manifest["image"].astype(str)),
+                         manifest_path.resolve(), manifest_sha)
+    patients = matched.manifest["patient_id"].astype(str).to_numpy()
+    plan = plan_sections(test_run, load_run=lambda d: _scored_run(d, _load(d)), expert_labels=expert_labels,
+                         thresholds_from=thresholds_from, at=at, allow_test_thresholds=allow_test_thresholds,
+                         calibration=calibration)
+    evaluation = evaluate_scores(
+        matched.manifest, matched.labels, matched.scores, pairs, leakage=leakage,
+        source=f"{manifest_path.name} (predictions files {', '.join(models)})", paper=split.official_test,
+        paper_note=split.note, extra_notes=[split.note, *matched.notes()] if split.note else matched.notes(),
+        n_bootstrap=n_bootstrap, seed=seed, level=level, ci_method=ci_method, progress=progress)
+    record: dict[str, object] = {
+        "manifest": str(manifest_path.resolve()),
+        "manifest_sha256": manifest_sha,
+        "predictions": matched.record,
+        "model": pairs[0][0] if pairs else models[0],
+        "baselines": [b for _, b in pairs],
+        "counts": {"scored": matched.n_used, "manifest": matched.n_manifest},
+        "official_split": {"official_test": split.official_test, "counts": split.counts, "source": split.source,
+                           "note": split.note},
+        "trained_on": {k: str(v) for k, v in specs.items()},
+    }
+    paths, replaced, sections = _write_report(out_dir, evaluation, test_run, plan, patients, leakage, record,
+                                              title=manifest_path.name, n_bootstrap=n_bootstrap, seed=seed,
+                                              level=level)
     return ComparisonResult(
-        run_dir=run_dir, analysis=analysis, leakage=leakage, subgroups=subgroups, n_scored=len(inputs.labels),
-        n_excluded=inputs.n_excluded, synthetic=synthetic, paths={**paths, **sections.paths}, replaced=replaced,
-        table1_markdown=markdown, sections=sections, manifest_check=inputs.manifest_check,
+        run_dir=out_dir, analysis=evaluation.analysis, leakage=leakage, subgroups=evaluation.subgroups,
+        n_scored=matched.n_used, n_excluded=0, synthetic=False, paths=paths, replaced=replaced,
+        table1_markdown=evaluation.markdown, sections=sections, manifest_check="match", split=split,
+        matched=matched.record,
     )
 
 

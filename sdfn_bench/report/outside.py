@@ -2,13 +2,16 @@
 
 A file is CSV or Parquet with an image column and the 14 class columns (probabilities in [0, 1],
 as the calibration and operating-point sections need). Class columns are matched to :data:`~sdfn_bench.classes.CLASS_NAMES` case- and
-separator-insensitively (``pleural thickening``, ``Pleural-Thickening`` and ``PLEURAL_THICKENING``
-all match ``Pleural_Thickening``); the image column is ``image`` (or NIH's ``Image Index``), matched
-the same way. Other columns are ignored.
+separator-insensitively, after an optional ``prob_`` or ``pred_`` prefix (``pleural thickening``,
+``Pleural-Thickening``, ``PLEURAL_THICKENING`` and ``prob_Pleural_Thickening`` all match
+``Pleural_Thickening``); the image column is ``image`` (or NIH's ``Image Index``), matched the same
+way. Other columns are ignored. The same reader serves ``compare --manifest M --predictions`` and
+:func:`sdfn_bench.evaluate` (in-memory DataFrames).
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,11 +25,32 @@ from sdfn_bench.errors import StatsError
 
 RESERVED = ("entire", "lung", "sdfn")
 IMAGE_COLUMNS = ("image", "imageindex")
+CLASS_PREFIXES = ("prob", "pred")
 
 
 def normalize(name: str) -> str:
     """Lower case without separators: ``Pleural_Thickening`` -> ``pleuralthickening``."""
     return re.sub(r"[^0-9a-z]", "", str(name).lower())
+
+
+def class_key(name: str) -> str:
+    """:func:`normalize` after dropping a ``prob``/``pred`` prefix set off by a separator
+    (``prob_Effusion`` -> ``effusion``; ``Pneumonia`` keeps its letters)."""
+    text = str(name).strip()
+    match = re.match(rf"^(?:{'|'.join(CLASS_PREFIXES)})[\s_\-.:]+(.+)$", text, flags=re.IGNORECASE)
+    return normalize(match.group(1) if match else text)
+
+
+def _mismatch(missing: Sequence[str], columns: Sequence[str]) -> str:
+    """Each missing class beside the file's nearest column name, and what the file's names look like."""
+    keys = {class_key(c): str(c) for c in columns}
+    near = []
+    for c in missing:
+        close = difflib.get_close_matches(class_key(c), list(keys), n=1, cutoff=0.6)
+        near.append(f"{c!r} (closest in the file: {keys[close[0]]!r})" if close else f"{c!r} (nothing close)")
+    shown = [str(c) for c in columns[:20]] + ([f"... {len(columns) - 20} more"] if len(columns) > 20 else [])
+    return (f"expected the 14 names {list(CLASS_NAMES)} (case, separators and a prob_/pred_ prefix ignored); "
+            f"missing: {', '.join(near)}; the file's own columns: {shown}")
 
 
 @dataclass(frozen=True)
@@ -44,46 +68,68 @@ class OutsidePredictions:
     scores: np.ndarray = field(repr=False)
 
 
-def parse_spec(spec: str) -> tuple[str, Path]:
+def parse_spec(spec: str, *, reserved: Sequence[str] = RESERVED, option: str = "--predictions") -> tuple[str, Path]:
     """``NAME=FILE`` -> (NAME, FILE); NAME may not be one of the run's own prediction sets."""
     name, sep, file = spec.partition("=")
     name = name.strip()
     if not sep or not name or not file:
-        raise StatsError(f"--predictions expects NAME=FILE, got {spec!r}")
-    if name in RESERVED:
-        raise StatsError(f"--predictions {spec!r}: the name {name!r} is one of the run's own sets {list(RESERVED)}")
+        raise StatsError(f"{option} expects NAME=FILE, got {spec!r}")
+    if name in reserved:
+        raise StatsError(f"{option} {spec!r}: the name {name!r} is one of the run's own sets {list(reserved)}")
     return name, Path(file)
 
 
-def read_outside_predictions(name: str, path: str | Path) -> OutsidePredictions:
-    """Read and check one outside prediction file.
-
-    Raises:
-        StatsError: unreadable file, no image column, missing class columns (all listed, with the
-            columns found), duplicate images, non-numeric or non-finite scores (first one named).
-    """
+def read_table(path: str | Path, what: str) -> pd.DataFrame:
+    """A CSV or Parquet file (by suffix) as a DataFrame; ``what`` names it in errors."""
     path = Path(path)
     if not path.is_file():
-        raise StatsError(f"{path}: predictions file of {name!r} not found")
+        raise StatsError(f"{path}: {what} not found")
     try:
-        df = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
+        return pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
     except Exception as exc:  # pandas/pyarrow raise many unrelated types for a bad file
-        raise StatsError(f"{path}: cannot read predictions of {name!r} (CSV or Parquet): {exc}") from exc
+        raise StatsError(f"{path}: cannot read {what} (CSV or Parquet): {exc}") from exc
+
+
+def read_outside_predictions(name: str, path: str | Path) -> OutsidePredictions:
+    """Read and check one outside prediction file (see :func:`predictions_from_frame`)."""
+    path = Path(path)
+    return predictions_from_frame(name, read_table(path, f"predictions file of {name!r}"), path)
+
+
+def predictions_from_frame(name: str, df: pd.DataFrame, path: str | Path) -> OutsidePredictions:
+    """Check one model's predictions (a file read, or a DataFrame given to :func:`sdfn_bench.evaluate`).
+
+    Args:
+        name: the model's name. df: an image column and the 14 class columns.
+        path: the file (or a label such as ``<DataFrame 'A'>``) named in errors; rows are 1-based
+            data rows.
+
+    Raises:
+        StatsError: no image column, missing class columns (each with the file's nearest name and
+            the file's own columns), duplicate images, non-numeric or out-of-range scores (first
+            one named with its row).
+    """
+    path = Path(path)
     by_norm: dict[str, str] = {}
     for col in df.columns:
         by_norm.setdefault(normalize(col), str(col))
     image_col = next((by_norm[k] for k in IMAGE_COLUMNS if k in by_norm), None)
     if image_col is None:
         raise StatsError(f"{path}: no image column (expected 'image' or 'Image Index'); columns: {list(df.columns)}")
-    missing = [c for c in CLASS_NAMES if normalize(c) not in by_norm]
+    by_class: dict[str, str] = {}
+    for col in df.columns:
+        if str(col) != image_col:
+            by_class.setdefault(class_key(col), str(col))
+    missing = [c for c in CLASS_NAMES if normalize(c) not in by_class]
     if missing:
-        raise StatsError(f"{path}: predictions of {name!r} lack class column(s) {missing} (matched ignoring case and "
-                         f"separators); columns found: {list(df.columns)}")
+        raise StatsError(f"{path}: predictions of {name!r} lack class column(s) {missing}: "
+                         + _mismatch(missing, [str(c) for c in df.columns]))
     images = df[image_col].astype(str).to_numpy()
     dup = pd.Index(images).duplicated()
     if dup.any():
-        raise StatsError(f"{path}: image {images[dup][0]!r} appears more than once")
-    cols = [by_norm[normalize(c)] for c in CLASS_NAMES]
+        first = int(np.flatnonzero(dup)[0])
+        raise StatsError(f"{path}: image {images[first]!r} appears more than once (row {first + 1})")
+    cols = [by_class[normalize(c)] for c in CLASS_NAMES]
     try:
         scores = df[cols].to_numpy(dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -96,16 +142,18 @@ def read_outside_predictions(name: str, path: str | Path) -> OutsidePredictions:
     return OutsidePredictions(name, path, images, scores)
 
 
-def parse_all(specs: Sequence[str] | Mapping[str, str | Path]) -> list[OutsidePredictions]:
-    """Every ``NAME=FILE`` (or ``{NAME: FILE}``) read; names must be distinct."""
-    pairs = list(specs.items()) if isinstance(specs, Mapping) else [parse_spec(s) for s in specs]
+def parse_all(specs: Sequence[str] | Mapping[str, str | Path], *,
+              reserved: Sequence[str] = RESERVED) -> list[OutsidePredictions]:
+    """Every ``NAME=FILE`` (or ``{NAME: FILE}``) read; names must be distinct and not ``reserved``
+    (the run's own sets; nothing is reserved without a run)."""
+    pairs = list(specs.items()) if isinstance(specs, Mapping) else [parse_spec(s, reserved=reserved) for s in specs]
     names = [n for n, _ in pairs]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise StatsError(f"--predictions: name(s) {sorted(dup)} given more than once")
     for name, _ in pairs:
-        if name in RESERVED:
-            raise StatsError(f"--predictions: the name {name!r} is one of the run's own sets {list(RESERVED)}")
+        if name in reserved:
+            raise StatsError(f"--predictions: the name {name!r} is one of the run's own sets {list(reserved)}")
     return [read_outside_predictions(n, p) for n, p in pairs]
 
 

@@ -105,6 +105,9 @@ def build_table1(
     leakage: LeakageReport | None,
     subgroups: Sequence[SubgroupAUC] = (),
     manifest_note: str = "",
+    paper: bool = True,
+    paper_note: str = "",
+    extra_notes: Sequence[str] = (),
 ) -> Table1:
     """Assemble Table 1 from the statistics of a run.
 
@@ -117,27 +120,31 @@ def build_table1(
         leakage: the leakage guard's report.
         subgroups: subgroup mean AUCs.
         manifest_note: a sentence for the notes when the manifest could not be verified or changed.
+        paper: show the paper's published columns (they describe the official test split only).
+        paper_note: why they are left out (a note), when ``paper`` is False.
+        extra_notes: further sentences for the notes (e.g. which official split the images are on).
     """
     names = analysis.class_names
-    paper = paper_table1()
+    published = paper_table1()
     scorers = [s.name for s in analysis.scorers]
     row_keys = [*names, "Mean"]
     n_mean = len(analysis.mean_classes)
     mean_label = "Mean" if n_mean == len(names) else f"Mean ({n_mean} of {len(names)} classes)"
     ci_method = "bootstrap" if analysis.n_bootstrap > 0 else "delong"
 
-    columns = ["Finding", *PAPER_COLUMNS]
+    paper_columns = PAPER_COLUMNS if paper else ()
+    columns = ["Finding", *paper_columns]
     columns += [f"{display_name(s)} (this run)" for s in scorers]
     columns += [f"{display_name(c.model)} − {display_name(c.baseline)}" for c in comparisons]
 
-    numeric: dict[str, list[float]] = {f"paper_{c}": [] for c in PAPER_COLUMNS}
+    numeric: dict[str, list[float]] = {f"paper_{c}": [] for c in paper_columns}
     rows: list[tuple[str, ...]] = []
     sig = [_significant(c) for c in comparisons]
     for i, key in enumerate(row_keys):
         is_mean = key == "Mean"
         cells = [mean_label if is_mean else key.replace("_", " ")]
-        for col in PAPER_COLUMNS:
-            value = paper.get(key, {}).get(col, float("nan"))
+        for col in paper_columns:
+            value = published.get(key, {}).get(col, float("nan"))
             cells.append(_auc(value))
             numeric[f"paper_{col}"].append(value)
         for s in scorers:
@@ -179,14 +186,16 @@ def build_table1(
 
     cohort = f"SYNTHETIC cohort {source} (not ChestX-ray14)" if synthetic else source
     title = f"Table 1 — ROC AUC on {cohort}: {analysis.n_images} images, {analysis.n_patients} patients"
-    if synthetic:
+    if synthetic and paper:
         title += " — synthetic data: the paper's columns are shown for layout, not comparable"
     banner = f"WARNING — {leakage.summary()}" if leakage is not None and leakage.leaked else ""
 
     notes = [
         f"Scored: {analysis.n_images} images of {analysis.n_patients} patients from {source}; "
         f"{n_excluded} prediction row(s) with status other than ok excluded.",
-        "Paper columns: published AUCs of Liu et al. (2019) Table 1 on the NIH ChestX-ray14 test split.",
+        "Paper columns: published AUCs of Liu et al. (2019) Table 1 on the NIH ChestX-ray14 test split." if paper
+        else paper_note or "The paper's columns are left out.",
+        *extra_notes,
         (f"This run: AUC [{analysis.level:.0%} CI]; CI = {CI_NAMES.get(analysis.ci_method, analysis.ci_method)} of "
          f"{analysis.n_bootstrap} patient-level bootstrap replicates (images of a patient resampled together, "
          f"seed {analysis.seed})"
