@@ -174,3 +174,17 @@ def test_actor_resources_one_gpu_per_actor():
         ray_runner.actor_resources({"CPU": 16.0}, gpu_engines=True, actors=None, workers=None)
     with pytest.raises(ScoreError, match="8 GPU"):
         ray_runner.actor_resources(gpu_cluster, gpu_engines=True, actors=9, workers=None)
+
+
+def test_run_json_records_the_ray_cluster_actually_used():
+    from types import SimpleNamespace
+
+    from sdfn_bench.score.ray_runner import connection_record
+
+    ray = SimpleNamespace(get_runtime_context=lambda: SimpleNamespace(gcs_address="10.0.0.5:6379"))
+    # Ray already initialised (a notebook): `--ray auto` was asked, the existing cluster was used.
+    assert connection_record(ray, "auto", preexisting=True) == {
+        "address": "10.0.0.5:6379", "requested_address": "auto", "connection": "already initialised in this process"}
+    assert connection_record(ray, "local", preexisting=False)["connection"] == "opened for this run"
+    old = SimpleNamespace(get_runtime_context=lambda: SimpleNamespace())
+    assert connection_record(old, "ray://h:10001", preexisting=False)["address"] == "ray://h:10001"

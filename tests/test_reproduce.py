@@ -80,12 +80,17 @@ def test_reproduce_demo_end_to_end_then_reuses_everything(base: Path) -> None:
         assert "vs the paper's 0.815" in first.stdout and "Table 1:" in first.stdout
 
     mtimes = {p: p.stat().st_mtime_ns for p in (work / "checkpoints").glob("*.safetensors")}
+    # Died after scoring finished but before the state said so: the rerun must reuse the finished run.
+    state.pop("scored")
+    (work / "reproduce.json").write_text(json.dumps(state))
     again = cli(*reproduce_args(real_layouts(base), work), *REPRODUCE_FLAGS)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     new_lines = (work / "reproduce.log").read_text()[len(log):]
     for step in ("data", "lung boxes", "engines", "score"):
         assert f"done {step} in" in new_lines and f"done {step}" in new_lines
     assert new_lines.count(": reused") >= 8  # data, segmenter, boxes, 2 extractors, fusion, engines, score
+    assert "score: reused (finished before the last state save)" in new_lines or \
+        "reused (finished before the last state save)" in new_lines
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     assert json.loads((work / "reproduce.json").read_text())["run_dir"] == str(run_dir)
 

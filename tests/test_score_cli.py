@@ -129,3 +129,42 @@ def test_gpu_backends_match_cpu(engines_dir, tmp_path, backend):
     probs = [c for c in a.columns if c.startswith(("entire_", "sdfn_")) or c.startswith("lung_") and c[5:6].isupper()]
     # TF32 convolutions on the GPU (the default for cuDNN) change the last digits.
     np.testing.assert_allclose(a[probs].to_numpy(float), b[probs].to_numpy(float), atol=5e-3, equal_nan=True)
+
+
+def test_sigint_says_how_far_and_resume_finishes_then_reports_finished(engines_dir, tmp_path, monkeypatch):
+    import os
+    import signal
+    import time
+
+    from sdfn_bench.score.shards import shard_files
+
+    monkeypatch.setenv("COLUMNS", "400")  # Rich wraps at 80 columns off a terminal
+    manifest = make_image_folder(tmp_path / "data", 120, seed=3)
+    out = tmp_path / "run"
+    common = ("--engines", engines_dir, "--batch-size", "2", "--shard-rows", "2", "--decoder", "cpu", "--workers", "1")
+    proc = subprocess.Popen([*_cli(), "score", str(manifest), "--out", str(out), *map(str, common)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while len(shard_files(out)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    done = len(pd.concat([pd.read_parquet(p) for p in shard_files(out)]))
+    assert lines == [f"interrupted after {done} of 120 images; rerun the same command with --resume"]
+    state = json.loads((out / "score_state.json").read_text())
+    assert [(s["ended"], s["images"]) for s in state["sessions"]] == [("interrupted", done)]
+
+    resumed = _score(manifest, "--out", out, "--resume", *common)
+    assert f"120 images: 120 ok, 0 error; {120 - done} images in" in resumed.stdout
+    assert f"(this invocation; {done} scored before)" in resumed.stdout
+    record = json.loads((out / "run.json").read_text())
+    assert [(s["ended"], s["images"]) for s in record["sessions"]] == [("interrupted", done), ("finished", 120 - done)]
+    assert sum(record["lrg_status"].values()) == 120
+
+    again = _score(manifest, "--out", out, "--resume", *common)
+    assert [line for line in again.stdout.splitlines() if line.strip()] == [
+        f"{out}: already complete (120 images: 120 ok, 0 error); nothing to resume"]
+    assert json.loads((out / "run.json").read_text()) == record  # untouched

@@ -89,8 +89,63 @@ def test_refuses_non_empty_out_and_bad_resume(cohort, tmp_path):
         score_manifest(manifest, engines=FakeEngines(), decoder="cpu", resume=True)
     done = tmp_path / "done"
     score_manifest(manifest, engines=FakeEngines(), out=done, decoder="cpu", limit=3)
-    with pytest.raises(ScoreError, match="already complete"):
-        score_manifest(manifest, engines=FakeEngines(), out=done, decoder="cpu", limit=3, resume=True)
+    before = (done / RUN_JSON).read_text()
+    # A finished run is a success for a script that reruns the same command: nothing scored, nothing written.
+    unused = FakeEngines()
+    again = score_manifest(manifest, engines=unused, out=done, decoder="cpu", limit=3, resume=True)
+    assert again.already_complete and (again.total, again.ok, again.scored) == (3, 3, 0)
+    assert unused.segmenter.batches == [] and (done / RUN_JSON).read_text() == before
+    other = manifest.with_name("other.csv")
+    other.write_text(manifest.read_text().replace("\n", "\n", 1) + "\n")
+    with pytest.raises(ScoreError, match="this run is complete, and scored"):
+        score_manifest(other, engines=FakeEngines(), out=done, decoder="cpu", resume=True)
+
+
+def test_resume_refuses_a_different_image_root(tmp_path):
+    first = make_image_folder(tmp_path / "a", 6)
+    make_image_folder(tmp_path / "b", 6)
+    crashing = FakeEngines()
+    crashing.extractor_lung = FakeEngine(crashing.extractor_lung.fn, fail_on_call=2)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="engine exploded"):
+        score_manifest(first, engines=crashing, out=out, batch_size=2, shard_rows=2, decoder="cpu", workers=1)
+    with pytest.raises(ScoreError, match="cannot resume: the --image-root differs"):
+        score_manifest(first, engines=FakeEngines(), out=out, decoder="cpu", resume=True, image_root=tmp_path / "b")
+    res = score_manifest(first, engines=FakeEngines(), out=out, decoder="cpu", resume=True, image_root=tmp_path / "a")
+    assert (res.total, res.ok) == (6, 6)
+
+
+def test_stage_rates_need_work_and_time() -> None:
+    from sdfn_bench.score.run import MIN_RATE_SECONDS, rate
+
+    assert rate(2, 3e-6) is None  # a 2-row parquet write is not "666666 images/s"
+    assert rate(0, 10.0) is None
+    assert rate(10, MIN_RATE_SECONDS) == pytest.approx(10 / MIN_RATE_SECONDS)
+    assert rate(10, 2e-6, min_seconds=0) == pytest.approx(5e6)
+
+
+def test_a_run_without_ok_rows_reports_no_speed(tmp_path):
+    manifest = make_image_folder(tmp_path / "d", 3, broken={0: "missing", 1: "corrupt", 2: "missing"})
+    res = score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "r", decoder="cpu")
+    record = json.loads(res.run_json.read_text())
+    assert res.ok == 0 and res.images_per_s == 0.0 and record["images_per_s"] is None
+    assert all(s["images_per_s"] is None for name, s in record["stages"].items() if name != "decode")
+    assert record["lrg_status"] == {"clean": 0, "removed_false_positive": 0, "mirrored": 0, "fallback_full_image": 0}
+
+
+def test_lrg_status_counts_and_warning() -> None:
+    from sdfn_bench.score.run import lrg_clean_warning, lrg_status_counts
+
+    frame = pd.DataFrame({"status": ["ok"] * 20 + ["error"],
+                          "lrg_status": ["clean"] * 4 + ["mirrored"] * 7 + ["removed_false_positive"] * 9 + [""]})
+    counts = lrg_status_counts(frame)
+    assert counts == {"clean": 4, "removed_false_positive": 9, "mirrored": 7, "fallback_full_image": 0}
+    warning = lrg_clean_warning(counts)
+    assert warning is not None and "only 4 of 20 lung boxes are clean (20.0 %; paper 95.84 %" in warning
+    assert "mirrored 7" in warning and "removed_false_positive 9" in warning
+    assert lrg_clean_warning({"clean": 16, "mirrored": 4}) is None  # 80 %: at the threshold
+    assert lrg_clean_warning({"clean": 15, "mirrored": 5}) is not None
+    assert lrg_clean_warning({"clean": 0}) is None  # no ok rows: nothing to judge
 
 
 def test_manifest_errors_are_manifest_level(tmp_path):
@@ -122,7 +177,9 @@ def test_resume_after_crash_is_identical(cohort, tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(res.predictions), pd.read_parquet(fresh.predictions))
     pd.testing.assert_frame_equal(pd.read_parquet(res.predictions), _expected(rows, resolver, 2))
     record = json.loads(res.run_json.read_text())
-    assert len(record["sessions"]) == 1 and record["sessions"][0]["images"] == 9
+    # Every invocation is kept: the crashed one with the 4 rows it delivered, then the resume.
+    assert [(s["ended"], s["images"]) for s in record["sessions"]] == [("error: RuntimeError", 4), ("finished", 9)]
+    assert res.scored == 9 and res.wall_s == record["sessions"][1]["wall_s"]
     assert record["counts"]["total"] == 13
 
 
@@ -175,7 +232,7 @@ def test_stage_failure_keeps_every_delivered_batch_in_shards(cohort, tmp_path):
     res = score_manifest(manifest, engines=FakeEngines(), out=out, decoder="cpu", resume=True)
     pd.testing.assert_frame_equal(pd.read_parquet(res.predictions), _expected(rows, resolver, 2))
     record = json.loads(res.run_json.read_text())
-    assert record["sessions"][0]["images"] == 13 - 6
+    assert [s["images"] for s in record["sessions"]] == [6, 13 - 6]
     assert record["decoder_counts"] == {"cpu": 13 - 6}  # this session decoded the rest
 
 

@@ -73,14 +73,30 @@ def _register() -> None:
 _register()
 
 
+def _interruption(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C behind an exit: typer turns KeyboardInterrupt into a silent ``Exit(130)``."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, KeyboardInterrupt):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def main() -> None:
     try:
         app()
     except SdfnError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(1)
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
+    except (KeyboardInterrupt, SystemExit) as exc:
+        interrupt = _interruption(exc)
+        if interrupt is None:
+            raise
+        # score's interruption says how far it got and how to continue; a bare Ctrl-C has no text.
+        err_console.print(f"[yellow]{escape(str(interrupt) or 'interrupted')}[/]", highlight=False)
         sys.exit(130)
 
 

@@ -67,17 +67,32 @@ def _summary(result: ScoreResult) -> None:
     table.add_column("images/s", justify="right")
     for stage, s in result.stages.items():
         rate = s["images_per_s"]
-        table.add_row(stage, f"{s['seconds']:.2f}", "-" if rate is None else f"{rate:.1f}")
+        table.add_row(stage, f"{s['seconds']:.3f}", "-" if rate is None else f"{rate:.1f}")
     console.print(table)
     console.print(
         f"[green]scored[/] {result.total} images: {result.ok} ok, "
-        f"{'[red]' if result.error else ''}{result.error} error{'[/]' if result.error else ''}; "
-        f"{result.wall_s:.1f} s, {result.images_per_s:.2f} images/s",
+        f"{'[red]' if result.error else ''}{result.error} error{'[/]' if result.error else ''}; {_speed(result)}",
         highlight=False,
     )
     for image, error in result.errors:
         console.print(f"  [red]error[/] {image}: {error}", highlight=False)
+    _lrg(result)
     console.print(f"predictions: {result.predictions}\nrun record:  {result.run_json}", highlight=False)
+
+
+def _speed(result: ScoreResult) -> str:
+    """This invocation's rows, seconds and speed (a resumed run's earlier sessions are in run.json)."""
+    resumed = f" (this invocation; {result.total - result.scored} scored before)" if result.scored < result.total else ""
+    speed = f"{result.images_per_s:.2f} images/s" if result.ok and result.images_per_s else "no speed (no image ok)"
+    return f"{result.scored} images in {result.wall_s:.1f} s, {speed}{resumed}"
+
+
+def _lrg(result: ScoreResult) -> None:
+    if result.lrg_status:
+        console.print("lung boxes (LRG): " + ", ".join(f"{k} {v}" for k, v in result.lrg_status.items()),
+                      highlight=False)
+    if result.lrg_warning:
+        console.print(f"[yellow]warning:[/] {result.lrg_warning}", highlight=False)
 
 
 def score(
@@ -144,17 +159,30 @@ def score(
     post = load_postprocessing(calibration, thresholds) if calibration or thresholds else None
     if quiet:
         result = score_manifest(manifest, **options)
+        if _finished_before(result):
+            return
         _postprocess(result, post)
         console.print(
-            f"scored {result.total} images ({result.ok} ok, {result.error} error) in {result.wall_s:.1f} s "
-            f"({result.images_per_s:.2f} images/s) -> {result.run_dir}",
+            f"scored {result.total} images ({result.ok} ok, {result.error} error); {_speed(result)} -> {result.run_dir}",
             highlight=False,
         )
+        if result.lrg_warning:
+            console.print(f"[yellow]warning:[/] {result.lrg_warning}", highlight=False)
         return
     with _bar() as bar:
         result = score_manifest(manifest, progress=_RateProgress(bar), **options)
+    if _finished_before(result):
+        return
     _summary(result)
     _postprocess(result, post)
+
+
+def _finished_before(result: ScoreResult) -> bool:
+    """One line (exit 0) when --resume found the run already complete."""
+    if result.already_complete:
+        console.print(f"{result.run_dir}: already complete ({result.total} images: {result.ok} ok, {result.error} "
+                      "error); nothing to resume", highlight=False)
+    return result.already_complete
 
 
 def _postprocess(result: ScoreResult, post: PostProcessing | None) -> None:

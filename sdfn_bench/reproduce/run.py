@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from sdfn_bench.reproduce.data import TEST_LIST, TRAIN_VAL_LIST, DataReport, ReproduceError, inspect_data
+from sdfn_bench.score.run import completed_run
 from sdfn_bench.steps import (
     StepHooks,
     StepLog,
@@ -236,6 +237,11 @@ def run_reproduce(
     with log.step("score", f"{inputs.val.with_name('nih_test.csv')} -> {run_dir}"):
         if state.get("scored") == str(run_dir) and (run_dir / "run.json").is_file():
             log.summary["score"] = "reused"
+        elif completed_run(run_dir, manifests / "nih_test.csv") is not None:
+            # Scoring finished but the process died before saving that: a finished step, not a resume.
+            log.summary["score"] = "reused (finished before the last state save)"
+            state["scored"] = str(run_dir)
+            save_state()
         else:
             resume = run_dir.is_dir() and any(run_dir.iterdir())
             state["run_dir"] = str(run_dir)

@@ -278,6 +278,18 @@ def connected(address: str) -> Iterator[tuple[Any, float]]:
             ray.shutdown()
 
 
+def connection_record(ray: Any, requested: str, preexisting: bool) -> dict[str, Any]:
+    """What run.json says about the Ray connection: the cluster actually used (its GCS address), the
+    address asked for, and whether this process found Ray already initialised (then ``--ray`` named
+    nothing: the existing connection was used as it was)."""
+    try:
+        used = str(ray.get_runtime_context().gcs_address)
+    except (AttributeError, RuntimeError):  # a Ray without the field, or not connected: what was asked
+        used = requested
+    return {"address": used, "requested_address": requested,
+            "connection": "already initialised in this process" if preexisting else "opened for this run"}
+
+
 def _sdfn_cause(exc: BaseException) -> SdfnError | None:
     """The first sdfn error in an exception's cause chain (Ray wraps errors raised in actors)."""
     seen: set[int] = set()
@@ -395,13 +407,14 @@ def score_on_ray(
     shard_dir.mkdir(parents=True, exist_ok=True)
     committer = ShardCommitter(positions, batch_size, result_frame([], [], [], None, class_names).dtypes.to_dict(),
                                shard_dir)
+    preexisting = import_ray().is_initialized()
     with connected(address) as (ray, connect_s):
         cluster = {k: float(v) for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")}
         n_actors, cpus, gpus, threads = actor_resources(cluster, gpu_engines=gpu_engines, actors=actors, workers=workers)
         per_block = math.ceil(len(positions) / (BLOCKS_PER_ACTOR * n_actors)) if len(positions) else 1
         per_block = min(max(1, math.ceil(per_block / batch_size)) * batch_size, max(shard_rows, batch_size))
         blocks = plan_blocks(positions, images, batch_size, per_block)
-        info = {"address": address, "actors": n_actors, "cpus_per_actor": cpus, "gpus_per_actor": gpus,
+        info = {**connection_record(ray, address, preexisting), "actors": n_actors, "cpus_per_actor": cpus, "gpus_per_actor": gpus,
                 "threads_per_actor": threads, "blocks": len(blocks), "cluster": cluster, "connect_s": round(connect_s, 3)}
         t0 = time.perf_counter()
         if blocks:

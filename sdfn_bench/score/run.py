@@ -8,7 +8,12 @@ both are removed once the predictions are merged and checked.
 
 A previous run is never overwritten: the default folder is ``reports/runs/<UTC timestamp>/`` (a
 suffix is added if that exists), an explicit ``--out`` must be empty or absent unless
-``--resume`` is given, and a finished run cannot be resumed.
+``--resume`` is given, and resuming a finished run changes nothing (it is reported as finished,
+so a script may rerun the same command until it succeeds).
+
+Every invocation that scored rows is one entry of ``sessions`` (in the state file, then in
+run.json), interrupted and failed ones included, with the rows it delivered and its seconds; the
+speed a run reports is that of the invocation that reports it.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import datetime as _dt
 import json
 import os
 import platform
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -51,6 +57,27 @@ BATCHES_PER_SHARD = 16
 DECODERS = ("auto", "dali", "cpu")
 
 
+# The paper's LRG left 95.84 % of the NIH films' lung regions clean (section 2.2.2.2). A segmenter
+# suited to the films should stay near that; below this share of clean boxes (one box in five or
+# more mirrored, pruned or fallen back to the whole film) the lung view sees repaired regions and the
+# score summary warns that the segmenter may not suit these films.
+CLEAN_SHARE_WARNING = 0.80
+PAPER_CLEAN_SHARE = 0.9584
+
+
+class ScoreInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during scoring, after the finished shards were kept for ``--resume``.
+
+    A :class:`KeyboardInterrupt` (not an :class:`~sdfn_bench.errors.SdfnError`): code that catches
+    ``Exception`` must not swallow it, and the CLI exits 130 with its message.
+    """
+
+    def __init__(self, done: int, total: int, run_dir: Path, out_given: bool) -> None:
+        self.done, self.total, self.run_dir = done, total, run_dir
+        hint = "rerun the same command with --resume" + ("" if out_given else f" --out {run_dir}")
+        super().__init__(f"interrupted after {done} of {total} images; {hint}")
+
+
 class Progress(Protocol):
     """Progress reporting hooks (the CLI implements them with a Rich bar)."""
 
@@ -65,11 +92,15 @@ class ScoreResult:
 
     Attributes:
         run_dir: the run folder.
-        total, ok, error: row counts (error: unreadable images).
-        wall_s: wall seconds of the sessions that scored the rows (resumed runs: their sum).
-        images_per_s: rows scored / wall_s.
-        stages: per-stage seconds and images/s.
+        total, ok, error: row counts of the whole run (error: unreadable images).
+        wall_s: wall seconds of this invocation.
+        images_per_s: rows this invocation scored / its wall_s (earlier sessions of a resumed run
+            are in run.json's ``sessions``).
+        stages: per-stage seconds and images/s over every session.
         errors: up to 10 ``(image, error)`` examples.
+        scored: rows this invocation scored (0 when the run was already complete).
+        lrg_status: ok rows per LRG status (``clean``, ``mirrored``, ...).
+        already_complete: ``--resume`` found the run finished; nothing was scored.
     """
 
     run_dir: Path
@@ -80,6 +111,14 @@ class ScoreResult:
     images_per_s: float
     stages: dict[str, dict[str, Any]]
     errors: tuple[tuple[str, str], ...]
+    scored: int = 0
+    lrg_status: dict[str, int] = field(default_factory=dict)
+    already_complete: bool = False
+
+    @property
+    def lrg_warning(self) -> str | None:
+        """A warning when the clean share of lung boxes is far below the paper's, else None."""
+        return lrg_clean_warning(self.lrg_status)
 
     @property
     def predictions(self) -> Path:
@@ -88,6 +127,29 @@ class ScoreResult:
     @property
     def run_json(self) -> Path:
         return self.run_dir / RUN_JSON
+
+
+def lrg_status_counts(predictions: pd.DataFrame) -> dict[str, int]:
+    """Ok rows per LRG status, every status listed (0 when absent), in :data:`sdfn_bench.lrg.STATUSES` order."""
+    from sdfn_bench.lrg import STATUSES
+
+    ok = predictions.loc[predictions["status"] == "ok", "lrg_status"].astype(str)
+    counts = ok.value_counts()
+    return {s: int(counts.get(s, 0)) for s in STATUSES} | {s: int(n) for s, n in counts.items() if s not in STATUSES}
+
+
+def lrg_clean_warning(counts: dict[str, int]) -> str | None:
+    """The warning for a clean share below :data:`CLEAN_SHARE_WARNING`, or None (also for no ok rows)."""
+    n = sum(counts.values())
+    if n == 0:
+        return None
+    share = counts.get("clean", 0) / n
+    if share >= CLEAN_SHARE_WARNING:
+        return None
+    others = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "clean" and v)
+    return (f"only {counts.get('clean', 0)} of {n} lung boxes are clean ({100 * share:.1f} %; paper "
+            f"{100 * PAPER_CLEAN_SHARE:.2f} %, warning below {100 * CLEAN_SHARE_WARNING:.0f} %): {others}; "
+            "the segmenter may not suit these films, and the lung view then sees repaired regions")
 
 
 def utc_stamp(now: _dt.datetime | None = None) -> str:
@@ -198,7 +260,8 @@ def _open_run_dir(out: Path | None, resume: bool) -> Path:
         if out is None:
             raise ScoreError("--resume needs --out RUN_DIR (the folder of the interrupted run)")
         if (out / PREDICTIONS).exists() and not (out / STATE_JSON).exists():
-            raise ScoreError(f"{out}: this run is already complete ({PREDICTIONS} exists); nothing to resume")
+            raise ScoreError(f"{out}: {PREDICTIONS} exists without {RUN_JSON} or {STATE_JSON}: not a run this tool "
+                             "can resume; score into a new --out")
         if not (out / STATE_JSON).is_file():
             raise ScoreError(f"{out}: not an interrupted scoring run (no {STATE_JSON})")
         return out
@@ -210,9 +273,28 @@ def _open_run_dir(out: Path | None, resume: bool) -> Path:
     return out
 
 
+def completed_run(out: Path, manifest: Path) -> ScoreResult | None:
+    """The finished run in ``out`` (predictions and run.json, no state file) as a result, else None.
+
+    Raises:
+        ScoreError: the finished run scored a different manifest (by sha256) than ``manifest``.
+    """
+    if not ((out / PREDICTIONS).is_file() and (out / RUN_JSON).is_file()) or (out / STATE_JSON).exists():
+        return None
+    record = json.loads((out / RUN_JSON).read_text())
+    if record.get("manifest_sha256") != file_sha256(manifest):
+        raise ScoreError(f"{out}: this run is complete, and scored {record.get('manifest')} (sha256 "
+                         f"{str(record.get('manifest_sha256'))[:12]}...), not {manifest}; score into a new --out")
+    counts = record["counts"]
+    return ScoreResult(run_dir=out.resolve(), total=counts["total"], ok=counts["ok"], error=counts["error"], wall_s=0.0,
+                       images_per_s=0.0, stages=record.get("stages", {}), errors=(),
+                       lrg_status=record.get("lrg_status", {}), already_complete=True)
+
+
 def _check_resume(state: dict[str, Any], fresh: dict[str, Any], run_dir: Path) -> None:
     for key, what in (
         ("manifest_sha256", "manifest"),
+        ("image_root", "--image-root"),
         ("engines_digest", "engines"),
         ("limit", "--limit"),
         ("decoder", "decoder"),
@@ -235,16 +317,24 @@ def _sum_counts(counts: list[dict[str, int]]) -> dict[str, int]:
     return out
 
 
+# A stage timed below this has no meaningful rate (a parquet write of 2 rows in 3 us is not
+# "666666 images/s"); its seconds are still recorded.
+MIN_RATE_SECONDS = 0.05
+
+
+def rate(images: int, seconds: float, min_seconds: float = MIN_RATE_SECONDS) -> float | None:
+    """images / seconds, or None when nothing was processed or the time is below ``min_seconds``."""
+    return round(images / seconds, 3) if images > 0 and seconds > 0 and seconds >= min_seconds else None
+
+
 def _sum_stages(sessions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per-stage totals over the sessions that finished (interrupted ones have no stage timings)."""
+    timed = [s for s in sessions if s.get("stages")]
     out: dict[str, dict[str, Any]] = {}
     for stage in STAGES:
-        seconds = sum(s["stages"][stage]["seconds"] for s in sessions)
-        images = sum(s["stages"][stage]["images"] for s in sessions)
-        out[stage] = {
-            "seconds": round(seconds, 4),
-            "images": images,
-            "images_per_s": round(images / seconds, 3) if seconds > 0 else None,
-        }
+        seconds = sum(s["stages"][stage]["seconds"] for s in timed)
+        images = sum(s["stages"][stage]["images"] for s in timed)
+        out[stage] = {"seconds": round(seconds, 4), "images": images, "images_per_s": rate(images, seconds)}
     return out
 
 
@@ -309,7 +399,10 @@ def score_manifest(
         ScoreError: bad run folder or resume, or more than ``max_errors`` unreadable images.
     """
     t_start = _dt.datetime.now(_dt.timezone.utc)
+    clock = time.perf_counter()
     manifest = Path(manifest).resolve()
+    if resume and out is not None and (finished := completed_run(Path(out), manifest)) is not None:
+        return finished
     df = read_manifest(manifest)
     if limit is not None:
         if limit < 1:
@@ -417,15 +510,25 @@ def score_manifest(
                 cam_sink=cam_writer.add if cam_writer is not None else None,
                 limits=limits,
             )
-    except BaseException:
-        # Whole batches were delivered before the failure: keep them for --resume.
+    except BaseException as exc:
+        # Whole batches were delivered before the failure: keep them for --resume, and the session.
         with contextlib.suppress(Exception):
             writer.close()
+        now_done = read_shards(run_dir, images)
+        n_done = 0 if now_done is None else len(now_done)
+        with contextlib.suppress(Exception):
+            state["sessions"].append(
+                {"started": t_start.isoformat(), "images": n_done - len(done_images),
+                 "wall_s": round(time.perf_counter() - clock, 3),
+                 "ended": "interrupted" if isinstance(exc, KeyboardInterrupt) else f"error: {type(exc).__name__}"})
+            _write_json(state_path, state)
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, ScoreInterrupted):
+            raise ScoreInterrupted(n_done, len(images), run_dir, out_given=out is not None) from exc
         raise
     writer.close()
     state["sessions"].append(
         {"started": t_start.isoformat(), "images": stats.images, "wall_s": round(stats.wall_s, 3), "stages": stats.stages,
-         "decoders": dict(getattr(stats, "decoders", None) or {})}
+         "decoders": dict(getattr(stats, "decoders", None) or {}), "ended": "finished"}
     )
     if ray is not None:
         state["sessions"][-1]["ray"] = stats.ray
@@ -463,6 +566,7 @@ def _finish(
     n_error = int(is_error.sum())
     stages = _sum_stages(sessions)
     manifest = Path(state["manifest"])
+    lrg = lrg_status_counts(predictions)
     record = {
         "manifest": state["manifest"],
         "manifest_sha256": state["manifest_sha256"],
@@ -486,8 +590,11 @@ def _finish(
         "versions": versions(decoder),
         "hardware": hardware(),
         "counts": {"total": total, "ok": total - n_error, "error": n_error},
+        "lrg_status": lrg,
+        "lrg_clean_share": round(lrg["clean"] / max(1, total - n_error), 4) if total > n_error else None,
+        # Over every session (interrupted ones included); the summary shows the last one's speed.
         "wall_s": round(wall_s, 3),
-        "images_per_s": round(scored / wall_s, 3) if wall_s > 0 else None,
+        "images_per_s": rate(scored, wall_s, min_seconds=0) if total > n_error else None,
         "stages": stages,
         "sessions": sessions,
         "synthetic": (manifest.parent / "cohort.json").is_file(),
@@ -496,14 +603,17 @@ def _finish(
     }
     _write_json(run_dir / RUN_JSON, record)
     examples = predictions.loc[is_error, ["image", "error"]].head(10)
+    this = sessions[-1]
     return ScoreResult(
         run_dir=run_dir,
         total=total,
         ok=total - n_error,
         error=n_error,
-        wall_s=record["wall_s"],
-        images_per_s=record["images_per_s"] or 0.0,
+        wall_s=this["wall_s"],
+        images_per_s=(rate(this["images"], this["wall_s"], min_seconds=0) or 0.0) if total > n_error else 0.0,
         stages=stages,
         errors=tuple((str(a), str(b)) for a, b in examples.itertuples(index=False)),
+        scored=this["images"],
+        lrg_status=lrg,
     )
 

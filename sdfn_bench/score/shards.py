@@ -6,10 +6,13 @@ leaves only complete shards. ``--resume`` reads them back, checks that they hold
 duplicated image, and scores only the remaining rows. The final merge puts the rows in manifest
 order and checks that the row set equals the manifest's.
 
-A shard holds a whole number of batches (``shard_rows`` is a multiple of the batch size) and rows
-are scored in manifest order, so after a crash the completed shards cover a prefix of the
-manifest and a resumed run forms exactly the same batches as an uninterrupted one: its numbers
-are bit-identical, not just close.
+A shard holds whole batches, and a batch is always the same rows: positions ``[k * batch_size,
+(k + 1) * batch_size)`` of the manifest. In one process rows are scored in manifest order, so the
+completed shards of a crashed run cover a prefix of the manifest; after a Ray session they need
+not (actors finish blocks in any order, :class:`sdfn_bench.score.ray_runner.ShardCommitter` commits
+each batch once it is complete), and they may leave gaps. Either way every batch is done or not
+done as a whole, so the rows left to score form exactly the batches an uninterrupted run would
+form: a resumed run's numbers are bit-identical, not just close.
 """
 
 from __future__ import annotations
