@@ -264,11 +264,12 @@ def _build_pipeline_engines(settings: BenchSettings, ckpt_dir: Path, engines_dir
                             stamp: str, say: Callable[[str], None]) -> dict[str, Any] | None:
     """Build the pipeline's engines; reduced precision through the gate. Returns the gate record."""
     from sdfn_bench.engines import build_engines
-    from sdfn_bench.score.gated_build import build_gated
+    from sdfn_bench.score.gated_build import build_gated, resolve_device
 
     max_batch = max(16, settings.batch_size)
+    device = resolve_device(settings.backend, None)  # before any precision: auto on a GPU means fp16
     if settings.precision == "fp32":
-        build_engines(ckpt_dir, engines_dir, backend=settings.backend, max_batch=max_batch)
+        build_engines(ckpt_dir, engines_dir, backend=settings.backend, max_batch=max_batch, device=device)
         return None
     calib = None
     if settings.precision in ("int8", "auto"):
@@ -281,7 +282,8 @@ def _build_pipeline_engines(settings: BenchSettings, ckpt_dir: Path, engines_dir
 
     gated = build_gated(ckpt_dir, engines_dir, backend=settings.backend, precision=settings.precision,
                         gate_manifest=gate_manifest, gate_image_root=settings.gate_image_root, calib_manifest=calib,
-                        max_batch=max_batch, log=say, thresholds=settings.gate_thresholds or GateThresholds())
+                        max_batch=max_batch, device=device, log=say,
+                        thresholds=settings.gate_thresholds or GateThresholds())
     return gated.record
 
 

@@ -175,11 +175,12 @@ class OnnxCache:
             fp32, facts = self.get(source, wrapper, spec, "fp32", calibration, report)
             if calibration is None:
                 raise EngineError(f"{source.name}: int8 needs calibration images (--calib-manifest)")
-            from sdfn_bench.engines.quantize import quantize_int8
+            from sdfn_bench.engines.quantize import quantize_network
 
             report(source.name, "quantize")
             path = self.folder / f"{source.name}.int8{'' if activations == 's8' else '-' + activations}.onnx"
-            facts = dict(facts, quantization=quantize_int8(fp32, path, {"image": calibration}, activations=activations))
+            facts = dict(facts, quantization=quantize_network(source.kind, fp32, path, {"image": calibration},
+                                                              activations=activations, meta=source.meta))
         else:
             report(source.name, "export")
             path = self.folder / f"{source.name}.{precision}.onnx"

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,25 @@ def read_calibration_images(manifest: str | Path, image_root: str | Path | None,
 def calibration_batch(images: list[np.ndarray], pre: Preprocessing) -> np.ndarray:
     """(N, 1, S, S) float32 network inputs made with the engine's own preprocessing."""
     return np.stack([prepare(image, pre) for image in images]).astype(np.float32, copy=False)
+
+
+def quantize_network(kind: str, onnx_fp32: Path, out_path: Path, calibration: dict[str, np.ndarray], *,
+                     activations: str, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The int8 Q/DQ ONNX of one network; the quantization facts for engines.json.
+
+    The segmenter gets mixed precision by measured per-layer sensitivity
+    (:func:`sdfn_bench.engines.sensitivity.quantize_mixed`: the layers whose int8 error moves a
+    calibration image's mask or lung box stay float, judged at the checkpoint's mask threshold
+    and lung margin); the extractors are quantized whole (the accuracy gate judges them).
+    """
+    if kind == "segmenter":
+        from sdfn_bench.engines.sensitivity import quantize_mixed
+        from sdfn_bench.lrg import LungMargin
+
+        return quantize_mixed(onnx_fp32, out_path, calibration, activations=activations,
+                              mask_threshold=float(meta.get("mask_threshold", 0.5)),
+                              margin=LungMargin.from_record(meta.get("lung_margin")))
+    return quantize_int8(onnx_fp32, out_path, calibration, activations=activations)
 
 
 def quantizer_name() -> str:

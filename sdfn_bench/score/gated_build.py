@@ -13,10 +13,19 @@
    ``accuracy_gate`` object; on a failure, delete it and raise :class:`GateError` with the
    numbers: the engines folder is unchanged.
 
+What is built comes from one precision plan (:func:`plan_build`, over the capability table of
+:mod:`sdfn_bench.engines.precision`): first the device (``--device``, else the backend's default
+here: a GPU when TensorRT or CUDA PyTorch can use one), then the precisions (``auto``: int8 with
+calibration images, fp16 on a GPU or bf16 on a CPU that has it, fp32), then per network the
+(backend, precision) candidates the table says really build there.
+
 ``--precision auto`` tries per network the fastest precision first and, when the gate fails,
 moves only the networks the failure points at (:func:`sdfn_bench.score.gate.implicated`) to
-their next more precise candidate, until the gate passes (fp32 always passes by construction).
-Without a gate manifest reduced precision is refused unless ``no_gate`` (recorded as skipped).
+their next more precise candidate, until the gate passes. Every network's last candidate is
+PyTorch fp32, the gate's reference itself (:data:`~sdfn_bench.engines.precision.REFERENCE`,
+ranked above the other fp32 engines), so on a CPU the last step compares the reference with itself
+and passes. Without a gate manifest reduced precision is refused unless ``no_gate`` (recorded as
+skipped).
 """
 
 from __future__ import annotations
@@ -25,11 +34,11 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sdfn_bench.engines.backends.base import ENGINE_NAMES, KIND_OF, PRECISIONS
+from sdfn_bench.engines.backends.base import ENGINE_NAMES, KIND_OF, PRECISIONS, probe_device
 from sdfn_bench.engines.build import (
     BuildReport,
     Candidate,
@@ -43,7 +52,9 @@ from sdfn_bench.engines.build import (
     resolve_backends,
     stage,
 )
-from sdfn_bench.engines.candidates import Source, engine_precision
+from sdfn_bench.engines.candidates import Source
+from sdfn_bench.engines.precision import DeviceCaps, PrecisionPlan, make_plan, precision_rank
+from sdfn_bench.engines.precision import auto_precisions as plan_auto_precisions
 from sdfn_bench.errors import EngineError
 from sdfn_bench.score.gate import (
     GateError,
@@ -55,7 +66,6 @@ from sdfn_bench.score.gate import (
     labels_of,
 )
 
-RANK = {"int8": 0, "bf16": 1, "fp16": 1, "fp32": 2}  # more precise = higher
 Log = Callable[[str], None]
 
 
@@ -68,33 +78,47 @@ class GatedBuild:
     record: dict[str, Any]
 
 
-def auto_precisions(device: str, *, has_calibration: bool) -> list[str]:
-    """The precisions ``--precision auto`` tries on ``device``, fastest kind first."""
-    reduced = ["int8"] if has_calibration else []
-    reduced += ["fp16"] if device.startswith("cuda") else ["bf16"]
-    return [*reduced, "fp32"]
+def resolve_device(backend: str, device: str | None) -> str:
+    """The device a build with ``backend`` runs on: ``device``, else the backend's default here
+    (``auto``: a GPU when TensorRT or CUDA PyTorch can use one, else the CPU). The plan resolves it
+    before choosing any precision."""
+    return resolve_backends(backend, "fp32", device)[1]
 
 
-def plan_choices(backend: str, precisions: Sequence[str], device: str | None) -> tuple[dict[str, list[tuple[str, str]]], str, dict[str, str]]:
-    """Per network the (backend, precision) candidates to build, the device, and per precision
-    why it was left out (a CPU without bf16, a backend that cannot build it)."""
-    choices: dict[str, list[tuple[str, str]]] = {n: [] for n in ENGINE_NAMES}
-    skipped: dict[str, str] = {}
-    resolved_device = device
-    for precision in precisions:
+def auto_precisions(device: str | DeviceCaps, *, has_calibration: bool) -> list[str]:
+    """The precisions ``--precision auto`` tries on ``device`` (a resolved device string, probed
+    here, or its capabilities), fastest kind first
+    (:func:`sdfn_bench.engines.precision.auto_precisions`)."""
+    caps = device if isinstance(device, DeviceCaps) else probe_device(device)
+    return list(plan_auto_precisions(caps, has_calibration=has_calibration)[0])
+
+
+def plan_build(backend: str, precision: str, device: str | None, *, has_calibration: bool) -> PrecisionPlan:
+    """The precision plan of a build: the device first, then the precisions, then per network the
+    (backend, precision) candidates in order (``auto``: PyTorch fp32, the reference, last).
+
+    Raises:
+        EngineError: a network with no candidate (the message says why for each precision).
+    """
+    resolved = resolve_device(backend, device)
+    caps = probe_device(resolved)
+    if precision == "auto":
+        precisions, skipped = plan_auto_precisions(caps, has_calibration=has_calibration)
+    else:
+        precisions, skipped = (precision,), {}
+    backends: dict[str, Sequence[str] | str] = {}
+    for p in precisions:
         try:
-            backends, resolved_device = resolve_backends(backend, precision, device)
+            backends[p] = resolve_backends(backend, p, resolved)[0]
         except EngineError as exc:
-            skipped[precision] = str(exc)
-            continue
-        for name in ENGINE_NAMES:
-            for b in backends:
-                choice = (b, engine_precision(KIND_OF[name], precision))
-                if choice not in choices[name]:
-                    choices[name].append(choice)
-    if not all(choices.values()):
-        raise EngineError("no backend can build any of " + ", ".join(precisions) + ": " + "; ".join(skipped.values()))
-    return choices, str(resolved_device), skipped
+            backends[p] = str(exc)
+    plan = make_plan(precisions, resolved, caps, backends, {n: KIND_OF[n] for n in ENGINE_NAMES},
+                     last_resort=precision == "auto")
+    plan = replace(plan, skipped={**skipped, **plan.skipped})
+    if not all(plan.choices.values()):
+        raise EngineError(f"no backend can build any of {', '.join(precisions)} on {resolved}: "
+                          + "; ".join(f"{k}: {v}" for k, v in plan.skipped.items()))
+    return plan
 
 
 def by_speed(candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -170,9 +194,8 @@ def build_gated(
                                extra={"accuracy_gate": record})
         return GatedBuild(report, None, record)
 
-    precisions = auto_precisions(device or "cpu", has_calibration=calib_manifest is not None) \
-        if precision == "auto" else [precision]
-    choices, device, skipped = plan_choices(backend, precisions, device)
+    plan = plan_build(backend, precision, device, has_calibration=calib_manifest is not None)
+    choices, device = {n: list(c) for n, c in plan.choices.items()}, plan.device
     sources = sources or load_sources(checkpoints_dir)
     calibration = None
     if calib_manifest is not None and any(p == "int8" for cs in choices.values() for _, p in cs):
@@ -191,8 +214,7 @@ def build_gated(
         for name, cands in ordered.items():
             if not cands:
                 raise EngineError("; ".join(c.message for c in candidates[name]) + "; nothing was written")
-        selection = {"precisions_tried": precisions, "precisions_skipped": skipped,
-                     "candidates": {n: [c.summary() for c in cs] for n, cs in candidates.items()}}
+        selection = {**plan.to_dict(), "candidates": {n: [c.summary() for c in cs] for n, cs in candidates.items()}}
         picks = {n: cs[0] for n, cs in ordered.items()}
         if no_gate:
             record = {"skipped": True, "reason": "--no-gate: reduced precision built without the accuracy gate"}
@@ -262,11 +284,11 @@ def _step_down(picks: Mapping[str, Candidate], ordered: Mapping[str, list[Candid
     """
     new = dict(picks)
     for name in names:
-        current = RANK[picks[name].precision]
-        better = [c for c in ordered[name] if RANK[c.precision] > current]
+        current = precision_rank(picks[name].backend, picks[name].precision)
+        better = [c for c in ordered[name] if precision_rank(c.backend, c.precision) > current]
         if better:
             new[name] = better[0]
     return None if new == dict(picks) else new
 
 
-__all__ = ["GateError", "GatedBuild", "auto_precisions", "build_gated", "plan_choices"]
+__all__ = ["GateError", "GatedBuild", "auto_precisions", "build_gated", "plan_build", "resolve_device"]

@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sdfn_bench.engines import cpu_features as _cpu
+from sdfn_bench.engines.precision import PRECISIONS as PRECISIONS  # re-exported: one list of precisions
+from sdfn_bench.engines.precision import DeviceCaps, device_kind, refusal
 from sdfn_bench.errors import EngineError
 
 if TYPE_CHECKING:
@@ -38,7 +41,6 @@ ENGINE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "fusion": (("features_entire", "features_lung"), ("logits",)),
 }
 CAM_OUTPUT = "feature_maps"
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
 BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino", "torch", "tensorrt")
 
 
@@ -100,6 +102,21 @@ class LoadContext:
         if role not in files:
             raise EngineError(f"{self.spec.name}: engines.json has no {role!r} file for this engine")
         return self.engines_dir / files[role]
+
+
+def probe_device(device: str) -> DeviceCaps:
+    """This machine's :class:`~sdfn_bench.engines.precision.DeviceCaps` for ``device`` (``cpu``,
+    ``cuda[:N]``): the CPU's flags, or the GPU's name and compute capability read from PyTorch
+    (no capability when no CUDA device is visible, so every CUDA precision is refused)."""
+    if device_kind(device) != "cuda":
+        return DeviceCaps.for_cpu(_cpu.cpu_features())
+    import torch
+
+    if not torch.cuda.is_available():
+        return DeviceCaps.for_cuda(f"{device} (not visible)", None)
+    index = torch.device(device).index or 0
+    major, minor = torch.cuda.get_device_capability(index)
+    return DeviceCaps.for_cuda(str(torch.cuda.get_device_name(index)), (int(major), int(minor)))
 
 
 def to_numpy_f32(value: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -242,8 +259,13 @@ class Backend(ABC):
         """``cuda:0`` when the backend can use a GPU here, else ``cpu``."""
 
     def supports(self, precision: str, device: str) -> str | None:
-        """None when the combination works, else the reason it does not."""
-        return None
+        """None when the combination works, else the reason it does not.
+
+        By default the capability table's answer (:func:`sdfn_bench.engines.precision.refusal`)
+        for this machine's device; a backend may refuse more (a missing package, a failing
+        self-test), never less: builds also check the table (``engines/candidates.py``).
+        """
+        return refusal(self.name, precision, probe_device(device))
 
     @abstractmethod
     def build(self, job: BuildJob) -> tuple[dict[str, str], dict[str, Any]]:

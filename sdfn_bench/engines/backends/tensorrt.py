@@ -6,6 +6,10 @@ Build (one plan per network, from the exported ONNX):
   ``EXPLICIT_BATCH``), so the precision is the ONNX's own: the fp16 export (float16 weights and
   compute, float32 I/O) or an explicitly quantized Q/DQ ONNX for int8. No ``BuilderFlag.FP16/INT8``
   and no entropy calibrator (deprecated in 10, removed in 11);
+- only what the capability table (:mod:`sdfn_bench.engines.precision`) lists for TensorRT: fp32,
+  fp16 and int8. There is no bf16: no bf16 ONNX is exported, and a strongly typed network built
+  from the fp32 ONNX would run fp32 while engines.json said bf16. Before building, the ONNX's own
+  precision (:func:`onnx_precision`) must be the one requested;
 - every ONNX parser error listed when parsing fails;
 - one optimization profile: min 1, opt ``opt_batch`` (default ``max_batch``), max ``max_batch``;
 - ``build_serialized_network`` (None means failure) and a timing cache file ``trt_timing.cache`` in
@@ -26,6 +30,7 @@ import numpy as np
 import torch
 
 from sdfn_bench.engines.backends.base import CAM_OUTPUT, Backend, BuildJob, Engine, EngineSpec, LoadContext
+from sdfn_bench.engines.precision import capability
 from sdfn_bench.errors import BackendUnavailableError, EngineError
 
 TIMING_CACHE = "trt_timing.cache"
@@ -56,6 +61,26 @@ def profile_shapes(shape: tuple[int, ...], *, opt_batch: int, max_batch: int) ->
     if any(d < 1 for d in rest):
         raise EngineError(f"only the batch axis may be dynamic, got input shape {shape}")
     return (1, *rest), (opt_batch, *rest), (max_batch, *rest)
+
+
+def onnx_precision(path: Path) -> str:
+    """The precision a strongly typed network built from the ONNX file computes in: ``int8`` when it
+    has QuantizeLinear/DequantizeLinear nodes, else ``fp16`` or ``bf16`` when any weight has that
+    type, else ``fp32`` (weights only: external data is not read)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in graph.node):
+        return "int8"
+    types = {init.data_type for init in graph.initializer}
+    types |= {attr.t.data_type for node in graph.node if node.op_type == "Constant"
+              for attr in node.attribute if attr.name == "value"}
+    if onnx.TensorProto.FLOAT16 in types:
+        return "fp16"
+    if onnx.TensorProto.BFLOAT16 in types:
+        return "bf16"
+    return "fp32"
 
 
 def parser_errors(parser: Any) -> list[str]:
@@ -209,19 +234,24 @@ class TensorRTBackend(Backend):
     def default_device(self) -> str:
         return "cuda:0"
 
-    def supports(self, precision: str, device: str) -> str | None:
-        if not device.startswith("cuda"):
-            return "TensorRT runs on an NVIDIA GPU only"
-        return None
+    # supports(): the capability table's answer (Backend.supports): fp32, fp16, int8 on a GPU only
 
     def build(self, job: BuildJob) -> tuple[dict[str, str], dict[str, Any]]:
         if job.onnx_path is None:
             raise EngineError(f"{job.spec.name}: the tensorrt backend needs an exported ONNX file")
+        row = capability("tensorrt", job.precision, "cuda")
+        if row is None:
+            raise EngineError(f"{job.spec.name}: the tensorrt backend does not build {job.precision} "
+                              f"({self.supports(job.precision, job.device)})")
+        found = onnx_precision(job.onnx_path)
+        if found != row.onnx:
+            raise EngineError(f"{job.spec.name}: a TensorRT {job.precision} engine needs the {row.onnx} ONNX, but "
+                              f"{job.onnx_path.name} is {found}: the strongly typed network would compute in {found}")
         plan = job.out_dir / f"{job.onnx_path.stem}.plan"
         with torch.cuda.device(torch.device(job.device if ":" in job.device else "cuda:0")):
             facts = build_plan(job.onnx_path, plan, max_batch=job.spec.max_batch,
                                opt_batch=job.options.get("opt_batch"), timing_cache=job.out_dir / TIMING_CACHE)
-        return {"onnx": job.onnx_path.name, "plan": plan.name}, facts
+        return {"onnx": job.onnx_path.name, "plan": plan.name}, {**facts, "onnx_precision": found}
 
     def load(self, ctx: LoadContext) -> Engine:
         path = ctx.file("plan")
