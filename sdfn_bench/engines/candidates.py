@@ -1,5 +1,9 @@
 """One network built one way (a backend and a precision), checked and timed: a *candidate*.
 
+Which backend builds which precision, from which ONNX, is the capability table's
+(:mod:`sdfn_bench.engines.precision`): a combination it lacks is refused here, and engines.json
+records the table's ``built_as`` description with each engine.
+
 ``--backend auto`` on a CPU and ``--precision auto`` build several candidates per network, keep
 those whose parity check passes, and pick by a short timing probe measured here at build time
 (:func:`probe_rates`), not by a fixed order. The ONNX export (and the int8 quantization) of a
@@ -27,9 +31,11 @@ import torch
 from torch import nn
 
 from sdfn_bench.engines.backends import get_backend
-from sdfn_bench.engines.backends.base import KIND_OF, BuildJob, EngineSpec, LoadContext
+from sdfn_bench.engines.backends.base import KIND_OF, BuildJob, EngineSpec, LoadContext, probe_device
 from sdfn_bench.engines.export import engine_spec, example_inputs, export_onnx, io_module, torch_outputs
 from sdfn_bench.engines.parity import check_parity, tolerance_key
+from sdfn_bench.engines.precision import capability, device_kind, refusal
+from sdfn_bench.engines.precision import engine_precision as engine_precision  # re-exported for build.py
 from sdfn_bench.errors import EngineError
 from sdfn_bench.manifest.schema import file_sha256
 from sdfn_bench.preprocess import Preprocessing, prepare
@@ -80,15 +86,6 @@ class Candidate:
         return {"backend": self.backend, "precision": self.precision, "parity_passed": self.passed,
                 "images_per_s": None if self.images_per_s is None else round(self.images_per_s, 3),
                 **({"why_not": self.message} if self.message else {})}
-
-
-def engine_precision(kind: str, precision: str) -> str:
-    """The precision a network of ``kind`` is built in for a requested reduced ``precision``.
-
-    The fusion head is one linear layer (a negligible share of the FLOPs): int8 or bf16 would gain
-    nothing there and only add error, so it stays fp32.
-    """
-    return "fp32" if kind == "fusion" and precision in ("int8", "bf16") else precision
 
 
 def feature_dim(sources: Mapping[str, Source]) -> int:
@@ -152,9 +149,13 @@ def probe_rates(engines: Sequence[Any], spec: EngineSpec, *, batch: int = PROBE_
 
 
 def int8_activations(backend: str, device: str) -> str:
-    """The int8 activation scheme a backend gets (:mod:`sdfn_bench.engines.quantize`): symmetric
-    ``s8`` for TensorRT and GPUs (zero points 0), asymmetric ``u8`` for the CPU backends."""
-    return "s8" if backend == "tensorrt" or device.startswith("cuda") else "u8"
+    """The int8 activation scheme a backend gets (:mod:`sdfn_bench.engines.quantize`), as the
+    capability table says: symmetric ``s8`` for TensorRT (zero points 0), asymmetric ``u8`` for the
+    CPU backends; for a combination the table has no int8 for, ``s8`` on GPUs and ``u8`` on CPUs."""
+    row = capability(backend, "int8", device_kind(device))
+    if row is not None:
+        return row.activations
+    return "s8" if device_kind(device) == "cuda" else "u8"
 
 
 class OnnxCache:
@@ -204,6 +205,10 @@ def build_candidate(
     start = time.perf_counter()
     be = get_backend(backend)
     kind = source.kind
+    row = capability(backend, precision, device_kind(device))
+    if row is None:  # the table is the authority, whatever the backend's own checks accepted
+        raise EngineError(f"{source.name}: backend {backend} cannot build {precision} on {device}: "
+                          f"{refusal(backend, precision, probe_device(device))}")
     pre = Preprocessing.from_dict(source.meta["preprocessing"])
     wrapper = io_module(kind, source.module, cams=cams)
     spec = engine_spec(source.name, kind, wrapper, input_size=pre.input_size, feature_dim=feature_dim,
@@ -212,9 +217,10 @@ def build_candidate(
     export_facts: dict[str, Any] = {}
     onnx_path = None
     if be.needs_onnx:
-        shared, export_facts = onnx_cache.get(source, wrapper, spec, "fp16" if precision == "fp16" else
-                                              ("int8" if precision == "int8" else "fp32"), calibration, report,
-                                              activations=int8_activations(backend, device))
+        if row.onnx is None:
+            raise EngineError(f"{source.name}: the capability table gives {backend}/{precision} no ONNX to read")
+        shared, export_facts = onnx_cache.get(source, wrapper, spec, row.onnx, calibration, report,
+                                              activations=row.activations or "s8")
         onnx_path = folder / shared.name
         shutil.copy2(shared, onnx_path)
 
@@ -231,6 +237,7 @@ def build_candidate(
         "backend": backend,
         "backend_version": be.version(),
         "precision": precision,
+        "built_as": row.how,
         "checkpoint": {"path": str(source.path) if source.path else None, "sha256": source.sha256},
         "inputs": [t.to_dict() for t in spec.inputs],
         "outputs": [t.to_dict() for t in spec.outputs],
