@@ -225,3 +225,28 @@ def test_auto_on_an_old_gpu_leaves_fp16_out_with_the_reason() -> None:
     old = DeviceCaps.for_cuda("GeForce GTX 980 (fake)", (5, 2))
     tried, skipped = auto_precisions(old, has_calibration=False)
     assert tried == ("fp32",) and "5.2" in skipped["fp16"] and "int8" in skipped
+
+
+# --- candidates are built only as the table says --------------------------------------------------
+
+def test_build_candidate_records_built_as_and_refuses_what_the_table_lacks(tmp_path: Path) -> None:
+    from sdfn_bench.engines.candidates import build_candidate
+
+    sources = tiny_sources()
+    common = {"max_batch": 2, "cams": False, "torch_compile": False, "calibration": None, "feature_dim": 0,
+              "onnx_cache": OnnxCache(tmp_path / "onnx"), "report": lambda *_: None, "keep_engine": False}
+    built = build_candidate(sources["segmenter"], tmp_path / "torch", backend="torch", precision="fp32",
+                            device="cpu", **common)
+    assert built.passed and "reference" in built.entry["built_as"]
+    # onnxruntime's own check accepts int8 on CUDA, the table does not: refused before any export
+    with pytest.raises(EngineError, match="no int8 convolutions"):
+        build_candidate(sources["segmenter"], tmp_path / "ort", backend="onnxruntime", precision="int8",
+                        device="cuda:0", **common)
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_an_invisible_gpu_gets_no_plan_at_all() -> None:
+    gone = DeviceCaps.for_cuda("cuda:1 (not visible)", None)
+    assert refusal("torch", "fp32", gone) == "no CUDA device is visible (cuda:1 (not visible))"
+    with pytest.raises(EngineError, match="last resort.*not visible"):
+        make_plan(("fp32",), "cuda:1", gone, {"fp32": ["torch"]}, KINDS, last_resort=True)

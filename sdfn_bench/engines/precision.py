@@ -190,6 +190,8 @@ def refusal(backend: str, precision: str, caps: DeviceCaps) -> str | None:
             return "the openvino backend runs on the CPU only here"
         return NOT_BUILT.get((backend, caps.kind, precision),
                              f"the {backend} backend does not build {precision} on a {caps.kind} device")
+    if caps.kind == "cuda" and caps.cuda_capability is None:
+        return f"no CUDA device is visible ({caps.name})"
     return caps.lacks(row.needs)
 
 
@@ -318,8 +320,9 @@ def make_plan(precisions: Sequence[str], device: str, caps: DeviceCaps,
                     built_as["/".join(choice)] = row.how
     if last_resort:
         row = capability(*REFERENCE, caps.kind)
-        if row is None:  # the reference exists on every device kind the tool supports
-            raise EngineError(f"no {'/'.join(REFERENCE)} engine can be built on a {caps.kind} device")
+        why_not = refusal(*REFERENCE, caps)
+        if row is None or why_not:
+            raise EngineError(f"no {'/'.join(REFERENCE)} engine, the last resort, can be built on {device}: {why_not}")
         built_as["/".join(REFERENCE)] = row.how
         for name in choices:
             choices[name] = [c for c in choices[name] if c != REFERENCE] + [REFERENCE]
