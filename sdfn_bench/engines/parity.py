@@ -83,6 +83,25 @@ def is_mask(output_name: str) -> bool:
     return output_name == "mask_logits"
 
 
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of paired boxes.
+
+    Args:
+        a, b: (n, 4) ``x0, y0, x1, y1`` (x1/y1 exclusive, as in predictions.parquet).
+
+    Returns:
+        (n,) float64; 1.0 where both boxes are empty.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    inter = w * h
+    area = lambda box: np.clip(box[:, 2] - box[:, 0], 0, None) * np.clip(box[:, 3] - box[:, 1], 0, None)  # noqa: E731
+    union = area(a) + area(b) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 1.0)
+
+
 def mask_pixel_agreement(got: np.ndarray, ref: np.ndarray, mask_threshold: float) -> np.ndarray:
     """Per image, the share of mask pixels on the same side of ``mask_threshold`` in both.
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from sdfn_bench.engines.parity import mask_pixel_agreement
+from sdfn_bench.engines.parity import box_iou, mask_pixel_agreement
 from sdfn_bench.errors import EngineError
 from sdfn_bench.lrg import PAPER_MARGIN, LungMargin, lung_box
 
@@ -107,8 +107,6 @@ def check_masks(got: np.ndarray, ref: np.ndarray, *, mask_threshold: float, marg
         margin: the checkpoint's lung margin (the LRG box includes it).
     """
     from scipy.special import expit
-
-    from sdfn_bench.score.gate import box_iou  # the gate's own IoU (pure geometry)
 
     agreement = mask_pixel_agreement(got, ref, mask_threshold)
     boxes = []

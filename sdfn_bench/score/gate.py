@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sdfn_bench.engines.parity import box_iou
 from sdfn_bench.errors import EngineError
 from sdfn_bench.score.batch import BOX_COLUMNS, HEADS
 from sdfn_bench.stats.auc import class_aucs
@@ -244,25 +245,6 @@ class GateResult:
 
 def _num(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of paired boxes.
-
-    Args:
-        a, b: (n, 4) ``x0, y0, x1, y1`` (x1/y1 exclusive, as in predictions.parquet).
-
-    Returns:
-        (n,) float64; 1.0 where both boxes are empty.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-    h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    inter = w * h
-    area = lambda box: np.clip(box[:, 2] - box[:, 0], 0, None) * np.clip(box[:, 3] - box[:, 1], 0, None)  # noqa: E731
-    union = area(a) + area(b) - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 1.0)
 
 
 def head_gate(head: str, candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray | None,
