@@ -250,3 +250,14 @@ def test_an_invisible_gpu_gets_no_plan_at_all() -> None:
     assert refusal("torch", "fp32", gone) == "no CUDA device is visible (cuda:1 (not visible))"
     with pytest.raises(EngineError, match="last resort.*not visible"):
         make_plan(("fp32",), "cuda:1", gone, {"fp32": ["torch"]}, KINDS, last_resort=True)
+
+
+def test_a_recorded_tensorrt_bf16_engine_is_refused_at_load(onnx_files, tmp_path) -> None:
+    from sdfn_bench.engines.backends.base import LoadContext
+
+    spec, _ = onnx_files
+    (tmp_path / "segmenter.fp32.plan").write_bytes(b"not read")
+    ctx = LoadContext(spec=spec, engines_dir=tmp_path, device="cuda:0",
+                      entry={"precision": "bf16", "files": {"plan": "segmenter.fp32.plan"}})
+    with pytest.raises(EngineError, match="TensorRT bf16 engine, which is not built.*rebuild"):
+        get_backend("tensorrt").load(ctx)

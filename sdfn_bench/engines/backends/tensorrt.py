@@ -234,7 +234,9 @@ class TensorRTBackend(Backend):
     def default_device(self) -> str:
         return "cuda:0"
 
-    # supports(): the capability table's answer (Backend.supports): fp32, fp16, int8 on a GPU only
+    def supports(self, precision: str, device: str) -> str | None:
+        """The capability table's answer: fp32, fp16 and int8 on an NVIDIA GPU; never bf16."""
+        return super().supports(precision, device)
 
     def build(self, job: BuildJob) -> tuple[dict[str, str], dict[str, Any]]:
         if job.onnx_path is None:
@@ -254,6 +256,11 @@ class TensorRTBackend(Backend):
         return {"onnx": job.onnx_path.name, "plan": plan.name}, {**facts, "onnx_precision": found}
 
     def load(self, ctx: LoadContext) -> Engine:
+        precision = str(ctx.entry["precision"])
+        if capability("tensorrt", precision, "cuda") is None:
+            # earlier versions recorded the fp32 plan of a "bf16" request as bf16
+            raise EngineError(f"{ctx.spec.name}: engines.json records a TensorRT {precision} engine, which is not "
+                              f"built ({self.supports(precision, ctx.device)}); rebuild the engines")
         path = ctx.file("plan")
         return TensorRTEngine(ctx.spec, path.read_bytes(), precision=ctx.entry["precision"], device=ctx.device,
                               source=str(path))
