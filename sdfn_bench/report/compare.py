@@ -1,11 +1,16 @@
-"""`sdfn-bench compare`: a scoring run's predictions against its labels, written as Table 1.
+"""`sdfn-bench compare`: a scoring run's predictions (or prediction files alone) against the labels,
+written as Table 1.
 
-Reads ``RUN/run.json`` and ``RUN/predictions.parquet`` (contract in docs/architecture.md), joins the
-predictions to the labelled manifest by ``image``, scores the rows with status ``ok``, and writes
-into RUN: ``table1.{md,html,tex,csv}``, ``roc_curves.{png,svg}`` and ``comparison.json``. These files
+Reads ``RUN/run.json`` and ``RUN/predictions.parquet`` (contract in docs/architecture.md; read and
+checked by :mod:`sdfn_bench.report.run_folder`), joins the predictions to the labelled manifest by
+``image``, scores the rows with status ``ok``, and writes into RUN: ``table1.{md,html,tex,csv}``, ``roc_curves.{png,svg}`` and ``comparison.json``. These files
 are derived and reproducible from the run (same seed, same numbers), so a new comparison replaces
 them; each is written atomically (temporary file, then rename). The run's own files are never
-touched.
+touched. :func:`compare_predictions` writes the same report from prediction files and a manifest
+(:mod:`sdfn_bench.report.evaluate`) into a folder of the caller's choice.
+
+``latest_run``, ``check_manifest_sha256``, ``unfinished_run_message`` and ``SCORERS`` are re-exported
+from :mod:`sdfn_bench.report.run_folder`.
 """
 
 from __future__ import annotations
@@ -19,8 +24,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import pyarrow.parquet as pq
 
 from sdfn_bench import __version__
 from sdfn_bench.classes import CLASS_NAMES
@@ -51,15 +54,25 @@ from sdfn_bench.report.leakage import LeakageReport, check_leakage
 from sdfn_bench.report.outside import join_outside, parse_all
 from sdfn_bench.report.paper import paper_table1
 from sdfn_bench.report.roc_figure import draw_roc_figure, save_figure
+from sdfn_bench.report.run_folder import (
+    SCORERS,
+    RunInputs,
+    check_manifest_sha256,
+    latest_run,
+    load_run_inputs,
+    scored_run,
+    unfinished_run_message,
+)
 from sdfn_bench.report.table1 import display_name, to_csv, to_html, to_latex
 from sdfn_bench.stats.paired import AUCAnalysis
 from sdfn_bench.stats.roc import roc_curves
 
-SCORERS: tuple[str, ...] = ("entire", "lung", "sdfn")
 OUTPUTS: tuple[str, ...] = (
     "table1.md", "table1.html", "table1.tex", "table1.csv", "roc_curves.png", "roc_curves.svg", "comparison.json",
     "calibration.md", "calibration.csv", "calibration.png",
 )
+__all__ = ["OUTPUTS", "SCORERS", "ComparisonResult", "RunInputs", "calibrate_run", "check_manifest_sha256",
+           "compare_predictions", "compare_run", "latest_run", "unfinished_run_message"]
 
 DEFINITIONS: dict[str, str] = {
     "auc": "Mann-Whitney AUC from midranks (ties count 1/2), equal to sklearn roc_auc_score",
@@ -119,152 +132,6 @@ class ComparisonResult:
     sections: Sections | None = None
     split: SplitStatus | None = None
     matched: dict[str, dict[str, object]] | None = None
-
-
-def latest_run(runs_dir: str | Path) -> Path:
-    """The newest run under ``runs_dir``: run folders are named by UTC timestamp, so the last name
-    in sorted order among folders holding a run.json."""
-    runs_dir = Path(runs_dir)
-    runs = sorted(p for p in runs_dir.glob("*") if (p / "run.json").is_file()) if runs_dir.is_dir() else []
-    if not runs:
-        raise StatsError(f"{runs_dir}: no run folder with a run.json; run `sdfn-bench score` first or pass RUN")
-    return runs[-1]
-
-
-@dataclass(frozen=True)
-class _Inputs:
-    run: dict
-    manifest: pd.DataFrame  # scored rows only, aligned with scores
-    labels: np.ndarray  # (n, 14)
-    scores: dict[str, np.ndarray]
-    n_excluded: int
-    manifest_path: Path
-    limit: int | None
-    manifest_sha256: str  # of the manifest read now
-    manifest_check: str  # "match", "changed (allowed)..." or "unverified..."
-
-
-def check_manifest_sha256(manifest_path: Path, recorded: object, *, run_json: Path,
-                          allow_changed: bool) -> tuple[str, str]:
-    """Compare the manifest read now with the sha256 the run recorded when it scored.
-
-    Returns:
-        ``(the manifest's sha256, status)``; status is ``"match"``, ``"changed (allowed)..."`` or
-        ``"unverified..."`` (run.json records no sha256).
-
-    Raises:
-        StatsError: the manifest changed since the run and ``allow_changed`` is False (its labels
-            or rows may no longer be the ones the run scored).
-    """
-    actual = file_sha256(manifest_path)
-    if not isinstance(recorded, str) or not recorded:
-        return actual, f"unverified: {run_json.name} records no manifest_sha256"
-    if recorded == actual:
-        return actual, "match"
-    if not allow_changed:
-        raise StatsError(
-            f"{manifest_path}: changed since the run was scored (sha256 {actual[:12]}... now, {recorded[:12]}... in "
-            f"{run_json}); its labels or rows may not be the ones the run scored. Re-score, or pass "
-            "--allow-changed-manifest (allow_changed_manifest=True) to compare against the changed file"
-        )
-    return actual, f"changed (allowed): sha256 {actual} now, {recorded} when scored"
-
-
-def unfinished_run_message(run_dir: Path) -> str:
-    """The error for a run folder that ``score`` started but did not finish ("" when it is not one):
-    what was done and the command that finishes it (its settings from score_state.json)."""
-    state_path = run_dir / "score_state.json"
-    if not state_path.is_file():
-        return ""
-    try:
-        state = json.loads(state_path.read_text())
-    except ValueError:
-        state = {}
-    state = state if isinstance(state, dict) else {}
-    shards = sorted((run_dir / "shards").glob("part-*.parquet")) if (run_dir / "shards").is_dir() else []
-    rows = 0
-    for shard in shards:
-        try:
-            rows += pq.read_metadata(shard).num_rows
-        except (OSError, ValueError):  # a damaged shard: resume rewrites it
-            continue
-    parts = [f"sdfn-bench score {state.get('manifest', 'MANIFEST')}"]
-    if state.get("image_root"):
-        parts.append(f"--image-root {state['image_root']}")
-    if state.get("engines_dir"):
-        parts.append(f"--engines {state['engines_dir']}")
-    parts += [f"-o {run_dir}", "--resume"]
-    if state.get("limit"):
-        parts.insert(-1, f"--limit {state['limit']}")
-    return (f"{run_dir}: an unfinished scoring run (score_state.json, {rows} row(s) in {len(shards)} result "
-            f"shard(s), no run.json yet): it was interrupted before the end. Finish it with `{' '.join(parts)}`, then compare it")
-
-
-def _load(run_dir: Path, *, allow_changed_manifest: bool = False) -> _Inputs:
-    run_json = run_dir / "run.json"
-    pred_path = run_dir / "predictions.parquet"
-    for p in (run_json, pred_path):
-        if not p.is_file():
-            raise StatsError(unfinished_run_message(run_dir) or
-                             f"{run_dir}: {p.name} not found; is this a `sdfn-bench score` run folder?")
-    try:
-        run = json.loads(run_json.read_text())
-    except ValueError as exc:
-        raise StatsError(f"{run_json}: not valid JSON: {exc}") from exc
-    if not isinstance(run, dict) or not run.get("manifest"):
-        raise StatsError(f"{run_json}: no 'manifest' key (the labelled manifest's absolute path)")
-    manifest_path = Path(run["manifest"])
-    try:
-        manifest = read_manifest(manifest_path, require_labels=True)
-    except ManifestError as exc:
-        raise StatsError(f"{run_json}: the run's manifest cannot be used for comparison: {exc}") from exc
-    manifest_sha, manifest_check = check_manifest_sha256(
-        manifest_path, run.get("manifest_sha256"), run_json=run_json, allow_changed=allow_changed_manifest)
-    limit = run.get("limit")
-    if limit is not None:
-        # `sdfn-bench score --limit N` scores the manifest's first N rows only.
-        if not isinstance(limit, int) or limit < 1:
-            raise StatsError(f"{run_json}: 'limit' must be a positive integer or null, found {limit!r}")
-        manifest = manifest.iloc[:limit]
-    try:
-        pred = pd.read_parquet(pred_path)
-    except Exception as exc:  # pyarrow raises several unrelated types for a corrupt file
-        raise StatsError(f"{pred_path}: unreadable parquet: {exc}") from exc
-    for col in ("image", "status"):
-        if col not in pred.columns:
-            raise StatsError(f"{pred_path}: missing column {col!r}")
-    present = [s for s in SCORERS if any(c.startswith(f"{s}_") and c[len(s) + 1:] in CLASS_NAMES for c in pred.columns)]
-    for s in present:
-        missing = [f"{s}_{c}" for c in CLASS_NAMES if f"{s}_{c}" not in pred.columns]
-        if missing:
-            raise StatsError(f"{pred_path}: prediction set {s!r} lacks class column(s) {missing}")
-    if not present:
-        raise StatsError(f"{pred_path}: no prediction columns <set>_<Class> for sets {list(SCORERS)}")
-    dup = pred["image"].duplicated()
-    if dup.any():
-        raise StatsError(f"{pred_path}: image {pred['image'][dup].iloc[0]!r} appears more than once")
-    pred = pred.set_index("image")
-    unknown = pred.index.difference(manifest["image"])
-    if len(unknown):
-        raise StatsError(f"{pred_path}: {len(unknown)} image(s) not in {manifest_path}, e.g. {unknown[0]!r}")
-    absent = pd.Index(manifest["image"]).difference(pred.index)
-    if len(absent):
-        raise StatsError(f"{pred_path}: {len(absent)} manifest image(s) have no prediction row, e.g. {absent[0]!r}")
-    pred = pred.loc[manifest["image"]]
-    ok = (pred["status"].astype(str) == "ok").to_numpy()
-    if not ok.any():
-        raise StatsError(f"{pred_path}: no row with status 'ok'")
-    scores = {}
-    for s in present:
-        arr = pred.loc[ok, [f"{s}_{c}" for c in CLASS_NAMES]].to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            r, c = np.argwhere(bad)[0]
-            raise StatsError(f"{pred_path}: non-finite {s}_{CLASS_NAMES[c]} for ok image {pred.index[ok][r]!r}")
-        scores[s] = arr
-    scored = manifest.loc[ok].reset_index(drop=True)
-    labels = scored[list(CLASS_NAMES)].to_numpy(dtype=np.int8)
-    return _Inputs(run, scored, labels, scores, int((~ok).sum()), manifest_path, limit, manifest_sha, manifest_check)
 
 
 def _jsonable(obj: object) -> object:
@@ -345,7 +212,7 @@ def compare_run(
     run_dir = Path(run_dir)
     if not baselines:
         raise StatsError("give at least one baseline")
-    inputs = _load(run_dir, allow_changed_manifest=allow_changed_manifest)
+    inputs = load_run_inputs(run_dir, allow_changed_manifest=allow_changed_manifest)
     for name in (model, *baselines):
         if name not in inputs.scores:
             raise StatsError(f"{run_dir}: prediction set {name!r} not in predictions (has {list(inputs.scores)})")
@@ -358,8 +225,8 @@ def compare_run(
                          labels=inputs.labels[joined.keep], scores=joined.scores)
         pairs += [(o.name, model) for o in outside]
     patients = inputs.manifest["patient_id"].astype(str).to_numpy()
-    test_run = _scored_run(run_dir, inputs)
-    plan = plan_sections(test_run, load_run=lambda d: _scored_run(d, _load(d)), expert_labels=expert_labels,
+    test_run = scored_run(run_dir, inputs)
+    plan = plan_sections(test_run, load_run=lambda d: scored_run(d, load_run_inputs(d)), expert_labels=expert_labels,
                          thresholds_from=thresholds_from, at=at, allow_test_thresholds=allow_test_thresholds,
                          calibration=calibration)
     checkpoints = inputs.run.get("checkpoints") or {}
@@ -493,7 +360,7 @@ def compare_predictions(
     test_run = ScoredRun(out_dir, matched.labels, matched.scores, tuple(matched.manifest["image"].astype(str)),
                          manifest_path.resolve(), manifest_sha)
     patients = matched.manifest["patient_id"].astype(str).to_numpy()
-    plan = plan_sections(test_run, load_run=lambda d: _scored_run(d, _load(d)), expert_labels=expert_labels,
+    plan = plan_sections(test_run, load_run=lambda d: scored_run(d, load_run_inputs(d)), expert_labels=expert_labels,
                          thresholds_from=thresholds_from, at=at, allow_test_thresholds=allow_test_thresholds,
                          calibration=calibration)
     evaluation = evaluate_scores(
@@ -523,11 +390,6 @@ def compare_predictions(
     )
 
 
-def _scored_run(run_dir: Path, inputs: _Inputs) -> ScoredRun:
-    return ScoredRun(Path(run_dir), inputs.labels, inputs.scores, tuple(inputs.manifest["image"].astype(str)),
-                     inputs.manifest_path, inputs.run.get("manifest_sha256"))
-
-
 def calibrate_run(val_run: str | Path, out: str | Path, method: str = "temperature") -> CalibrationFile:
     """`sdfn-bench calibrate`: fit one calibration map per prediction set and class on a scored,
     labelled validation run and write ``calibration.json`` (format in :mod:`sdfn_bench.report.calibration`).
@@ -538,7 +400,7 @@ def calibrate_run(val_run: str | Path, out: str | Path, method: str = "temperatu
         method: ``temperature``, ``platt`` or ``isotonic``.
     """
     val_run = Path(val_run)
-    inputs = _load(val_run)
+    inputs = load_run_inputs(val_run)
     fitted = fit_run_calibration(inputs.labels, inputs.scores, CLASS_NAMES, method,
-                                 fitted_on=_scored_run(val_run, inputs).provenance())
+                                 fitted_on=scored_run(val_run, inputs).provenance())
     return save_calibration(fitted, out)
