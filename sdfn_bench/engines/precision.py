@@ -257,6 +257,7 @@ class PrecisionPlan:
         choices: network -> (backend, precision) candidates, by precision (fastest kind first);
             with ``last_resort`` the last one of every network is :data:`REFERENCE`.
         last_resort: whether :data:`REFERENCE` was added for every network.
+        built_as: ``backend/precision`` -> the table's description of what is built.
     """
 
     device: str
