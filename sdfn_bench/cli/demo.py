@@ -48,7 +48,7 @@ class RichDemoHooks:
 
     def counter(self, name: str) -> Callable[[int, int], None]:
         bar = Progress(TextColumn(name), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                       console=console, transient=True)
+                       console=console, transient=True, disable=not console.is_terminal)
         bar.start()
         self._open.append(bar)
         task = bar.add_task(name, total=None)

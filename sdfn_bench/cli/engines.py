@@ -73,7 +73,7 @@ def build_engines_command(
                                               ("max_abs_auc_delta", max_auc_delta),
                                               ("agreement_bound", min_box_agreement)) if value is not None}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+                  console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("loading checkpoints", total=len(ENGINE_NAMES))
 
         def advance(name: str, step: str) -> None:

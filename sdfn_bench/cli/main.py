@@ -7,6 +7,8 @@ exit code 1 at this single boundary.
 
 from __future__ import annotations
 
+import importlib
+import re
 import sys
 
 import typer
@@ -85,12 +87,45 @@ def _interruption(exc: BaseException) -> KeyboardInterrupt | None:
     return None
 
 
+_WORKER = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.")
+
+
+def worker_error(exc: BaseException) -> str | None:
+    """The message of a tool error raised in a DataLoader worker process, else None.
+
+    PyTorch re-raises a worker's exception in the main process as ``RuntimeError`` (or as the same
+    type built from one string) whose text is "Caught ImageReadError in DataLoader worker process
+    0." plus the worker's whole traceback; the original object is gone. The traceback's last line,
+    ``sdfn_bench.errors.ImageReadError: <message>``, names the class and holds the message: when
+    that class is an :class:`SdfnError`, the message is the tool's own one-line error.
+    """
+    text = str(exc)
+    caught = _WORKER.search(text)
+    if caught is None:
+        return None
+    lines = list(re.finditer(rf"^((?:\w+\.)+){caught.group(1)}: ", text, re.MULTILINE))
+    if not lines:
+        return None
+    module = lines[-1].group(1).rstrip(".")
+    try:
+        cls = getattr(importlib.import_module(module), caught.group(1))
+    except (ImportError, AttributeError):
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, SdfnError)):
+        return None
+    return text[lines[-1].end():].strip()
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    sys.exit(1)
+
+
 def main() -> None:
     try:
         app()
     except SdfnError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-        sys.exit(1)
+        _fail(worker_error(exc) or str(exc))
     except (KeyboardInterrupt, SystemExit) as exc:
         interrupt = _interruption(exc)
         if interrupt is None:
@@ -98,6 +133,14 @@ def main() -> None:
         # score's interruption says how far it got and how to continue; a bare Ctrl-C has no text.
         err_console.print(f"[yellow]{escape(str(interrupt) or 'interrupted')}[/]", highlight=False)
         sys.exit(130)
+    except OSError as exc:
+        # What the machine refuses (a missing file, no permission, a full disk) is one line too.
+        _fail(f"{exc.filename}: {exc.strerror}" if exc.filename is not None and exc.strerror else str(exc))
+    except Exception as exc:
+        message = worker_error(exc)
+        if message is None:
+            raise
+        _fail(message)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,8 @@ def _bar() -> Progress:
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=console,
+        # Off a terminal a bar is only noise in a log (and a blank line before an error); the summary follows.
+        disable=not console.is_terminal,
     )
 
 

@@ -57,7 +57,7 @@ class RichTrainProgress:
         self.stage = stage
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=console, transient=True)
+                                 console=console, transient=True, disable=not console.is_terminal)
         self.task = None
 
     def start_epoch(self, epoch: int, epochs: int, n_batches: int) -> None:
@@ -271,7 +271,8 @@ def lung_boxes_cmd(
     _set_threads(threads)
     n = len(read_images_column(manifest))
     with Progress(TextColumn("lung boxes"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console, transient=True) as progress:
+                  TimeRemainingColumn(), console=console, transient=True,
+                  disable=not console.is_terminal) as progress:
         task = progress.add_task("", total=n)
         res = compute_lung_boxes(manifest, segmenter, out, image_root=image_root, batch_size=batch_size,
                                  workers=_workers(workers), device=device, overwrite=overwrite, resume=resume,

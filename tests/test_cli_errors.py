@@ -1,0 +1,101 @@
+"""Every command group ends a tool error on one clear line (exit 1), worker processes included."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sdfn_bench.cli.main import main, worker_error
+from sdfn_bench.errors import ImageReadError, ManifestError
+
+
+def _run(monkeypatch, capsys, *args: str | Path) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["sdfn-bench", *map(str, args)])
+    monkeypatch.setenv("COLUMNS", "400")
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _one_error_line(code: int, out: str, err: str, expected: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1, (out, err)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], err
+    assert "Traceback" not in out + err
+    assert not out.startswith("\n"), repr(out[:40])  # no blank line on stdout before the error
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("synth", "-o", "{tmp}/s", "--n", "5", "--finding-strength", "bad"), "--finding-strength expects CLASS=VALUE"),
+        (("manifest", "folder", "{tmp}/none", "-o", "{tmp}/x.csv"), "not an existing folder"),
+        (("train", "segmenter", "--manifest", "{tmp}/none.csv", "-o", "{tmp}/ck", "--preset", "demo"), "not found"),
+        (("lung-boxes", "--manifest", "{tmp}/none.csv", "--segmenter", "{tmp}/seg", "-o", "{tmp}/b.parquet"),
+         "none.csv"),
+        (("import-weights", "{tmp}/none.pth", "--format", "torchvision", "--view", "entire", "-o", "{tmp}/w"),
+         "weights file not found"),
+        (("build-engines", "--checkpoints", "{tmp}/none", "--out", "{tmp}/eng"), "checkpoint metadata not found"),
+        (("score", "{tmp}/none.csv", "--out", "{tmp}/run"), "manifest not found"),
+        (("calibrate", "{tmp}/none", "-o", "{tmp}/c.json"), "run.json not found"),
+        (("localize", "{tmp}/none", "--boxes", "{tmp}/b.csv"), "no class activation maps"),
+        (("cams", "{tmp}/none", "--class", "Nodule"), "no class activation maps"),
+        (("reproduce", "--nih", "{tmp}/none", "--jsrt", "{tmp}/j", "--scr", "{tmp}/s", "--workdir", "{tmp}/w",
+          "--dry-run"), "folder not found"),
+        (("demo", "--workdir", "/proc/sdfn-bench-not-writable", "--n", "10"), "/proc/sdfn-bench-not-writable"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, tuple) else None,
+)
+def test_each_command_group_ends_on_one_error_line(monkeypatch, capsys, tmp_path, args, expected) -> None:
+    code, out, err = _run(monkeypatch, capsys, *(a.format(tmp=tmp_path) for a in args))
+    _one_error_line(code, out, err, expected)
+
+
+def test_compare_error_is_one_line(monkeypatch, capsys, tmp_path) -> None:
+    code, out, err = _run(monkeypatch, capsys, "compare", tmp_path / "none")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "run.json not found" in lines[0]
+
+
+def test_seg_eval_missing_image_in_a_dataloader_worker(monkeypatch, capsys, tmp_path) -> None:
+    """The error is raised in a DataLoader worker process and reaches the CLI as one line."""
+    import cv2
+
+    from sdfn_bench.bench.run import seeded_checkpoints
+
+    calibration = np.random.default_rng(0).normal(size=(4, 1, 32, 32)).astype(np.float32)
+    seeded_checkpoints(tmp_path / "ckpt", calibration, seg_size=32, ext_size=32,
+                       seg_arch={"name": "pazhitnykh_petsiuk", "base": 4, "norm": None})
+    rng = np.random.default_rng(1)
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / "img" / f"a{i}.png"), (rng.random((40, 40)) * 255).astype(np.uint8))
+        cv2.imwrite(str(tmp_path / "img" / f"a{i}_mask.png"), ((rng.random((40, 40)) > 0.5) * 255).astype(np.uint8))
+        rows.append(f"img/a{i}.png,img/a{i}_mask.png,p{i}")
+    rows.append("img/missing.png,img/a0_mask.png,p9")
+    (tmp_path / "seg.csv").write_text("image,mask,patient_id\n" + "\n".join(rows) + "\n")
+    code, out, err = _run(monkeypatch, capsys, "seg-eval", "--manifest", tmp_path / "seg.csv", "--segmenter",
+                          tmp_path / "ckpt" / "segmenter", "--workers", "1")
+    _one_error_line(code, out, err, "missing.png")
+
+
+def test_worker_error_reads_the_workers_tool_error() -> None:
+    text = ("Caught ImageReadError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+            '  File "x.py", line 1, in f\n    raise ImageReadError(p, "not found")\n'
+            "sdfn_bench.errors.ImageReadError: /d/a.png: not found under the image root")
+    assert worker_error(RuntimeError(text)) == "/d/a.png: not found under the image root"
+    assert worker_error(ManifestError(text.replace("ImageReadError", "ManifestError"))) == (
+        "/d/a.png: not found under the image root")
+    # Not the tool's own error: the traceback stays (a bug must show where it is).
+    assert worker_error(RuntimeError(text.replace("ImageReadError", "ZeroDivisionError").replace(
+        "sdfn_bench.errors.", ""))) is None
+    assert worker_error(RuntimeError("plain failure")) is None
+    assert worker_error(ImageReadError("/d/a.png", "not found")) is None
