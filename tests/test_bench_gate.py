@@ -7,6 +7,8 @@ import pandas as pd
 
 from sdfn_bench.bench.run import BenchSettings, _gate_set, _gate_summary, network_summary
 from sdfn_bench.classes import CLASS_NAMES
+from sdfn_bench.engines.cpu_features import parse_cpuinfo
+from sdfn_bench.engines.precision import DeviceCaps
 from sdfn_bench.score.gate import GATE_IMAGES
 
 
@@ -32,5 +34,9 @@ def test_record_lines_for_the_gate_and_the_layers():
                                          "mixed": {"kept": ["/out/conv"]}}}}
     line = network_summary(mixed, "mixed")
     assert line["layer_precision"] == {"/enc1/conv": "int8", "/out/conv": "fp32"} and line["kept_in_float"] == ["/out/conv"]
+    assert line["layer_precision_on_engine"] is None  # no device given
+    epyc = DeviceCaps.for_cpu(parse_cpuinfo("model name\t: AMD EPYC 9B14\nflags\t\t: avx512_bf16 avx512_vnni\n"))
+    on_epyc = network_summary(mixed, "mixed", epyc)["layer_precision_on_engine"]
+    assert on_epyc == {"/enc1/conv": "int8", "/out/conv": "bf16"}  # OpenVINO's float layers at its bf16 hint
     plain = network_summary({"precision": "bf16", "export": {}}, "openvino")
     assert plain["backend"] == "openvino" and plain["layer_precision"] is None and plain["kept_in_float"] is None

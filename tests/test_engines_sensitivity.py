@@ -160,3 +160,30 @@ def test_engines_json_records_the_segmenter_layer_precisions(tmp_path):
     assert seg["mixed"]["criteria"] == {"pixel_agreement": 0.998, "box_iou": 0.97}
     assert seg["mixed"]["final"]["images_failing"] == 0 and seg["mixed"]["final"]["images"] == 8
     assert "layer_precision" not in record["engines"]["extractor_lung"]["export"]["quantization"]
+
+
+def test_engine_layer_precisions_follow_the_capability_table():
+    """Issue 19 item 5: the same per-layer choices on each backend, planned with fake devices."""
+    from sdfn_bench.engines.cpu_features import parse_cpuinfo
+    from sdfn_bench.engines.precision import DeviceCaps
+    from sdfn_bench.engines.sensitivity import engine_layer_precisions
+    from sdfn_bench.errors import EngineError
+
+    plan = {"/enc/Conv": "int8", "/head/Conv": "fp32"}
+    h100 = DeviceCaps.for_cuda("NVIDIA H100", (9, 0))
+    assert engine_layer_precisions(plan, "tensorrt", h100) == {"/enc/Conv": "int8", "/head/Conv": "fp32"}
+    with pytest.raises(EngineError, match="tensorrt cannot run the mixed int8 model on Tesla P100"):
+        engine_layer_precisions(plan, "tensorrt", DeviceCaps.for_cuda("Tesla P100", (6, 0)))  # no dp4a
+    with pytest.raises(EngineError, match="no CUDA device is visible"):
+        engine_layer_precisions(plan, "tensorrt", DeviceCaps.for_cuda("cuda:0", None))
+    with pytest.raises(EngineError, match="use tensorrt for int8 on a GPU"):
+        engine_layer_precisions(plan, "onnxruntime", h100)
+    epyc = DeviceCaps.for_cpu(parse_cpuinfo("model name\t: AMD EPYC 9B14\nflags\t\t: avx2 avx512f avx512_bf16 avx512_vnni\n"))
+    xeon = DeviceCaps.for_cpu(parse_cpuinfo("model name\t: Intel Xeon 8375C\nflags\t\t: avx2 avx512f avx512_vnni\n"))
+    assert engine_layer_precisions(plan, "openvino", epyc)["/head/Conv"] == "bf16"
+    assert engine_layer_precisions(plan, "openvino", xeon)["/head/Conv"] == "fp32"
+    assert engine_layer_precisions(plan, "onnxruntime", epyc) == plan
+    with pytest.raises(EngineError, match="runs on an NVIDIA GPU only"):
+        engine_layer_precisions(plan, "tensorrt", epyc)
+    with pytest.raises(EngineError, match=r"\['fp16'\]"):
+        engine_layer_precisions({"/x/Conv": "fp16"}, "onnxruntime", epyc)

@@ -287,14 +287,21 @@ def _build_pipeline_engines(settings: BenchSettings, ckpt_dir: Path, engines_dir
     return gated.record
 
 
-def network_summary(entry: dict[str, Any], default_backend: str) -> dict[str, Any]:
+def network_summary(entry: dict[str, Any], default_backend: str, caps: Any = None) -> dict[str, Any]:
     """One network's line of the record: backend, precision, probe rate and, for a mixed-precision
-    int8 build, which layers stayed in higher precision (from engines.json)."""
+    int8 build, which layers stayed in float (from engines.json) and, given the device's ``caps``,
+    what each layer computes in on that backend (:func:`~sdfn_bench.engines.sensitivity.engine_layer_precisions`)."""
     quant = (entry.get("export") or {}).get("quantization") or {}
     layers = quant.get("layer_precision")
-    return {"backend": entry.get("backend", default_backend), "precision": entry["precision"],
-            "probe_images_per_s": entry.get("probe_images_per_s"),
-            "layer_precision": layers, "kept_in_float": (quant.get("mixed") or {}).get("kept") if layers else None}
+    backend = entry.get("backend", default_backend)
+    on_engine = None
+    if layers and caps is not None:
+        from sdfn_bench.engines.sensitivity import engine_layer_precisions
+
+        on_engine = engine_layer_precisions(layers, backend, caps)
+    return {"backend": backend, "precision": entry["precision"], "probe_images_per_s": entry.get("probe_images_per_s"),
+            "layer_precision": layers, "kept_in_float": (quant.get("mixed") or {}).get("kept") if layers else None,
+            "layer_precision_on_engine": on_engine}
 
 
 def _gate_summary(gate: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -383,7 +390,10 @@ def run_bench(
         gate = _build_pipeline_engines(settings, ckpt_dir, engines_dir, work, stamp, say)
         build_and_gate_s = time.perf_counter() - built
         engines = load_engines(engines_dir)
-        per_network = {n: network_summary(e, engines.backend) for n, e in engines.record["engines"].items()}
+        from sdfn_bench.engines.backends.base import probe_device
+
+        caps = probe_device(engines.device)
+        per_network = {n: network_summary(e, engines.backend, caps) for n, e in engines.record["engines"].items()}
         used = {v["precision"] for v in per_network.values()} | {"fp32"}
 
         flops = sdfn_flops(

@@ -350,3 +350,36 @@ def quantize_mixed(onnx_fp32: Path, out_path: Path, calibration: Mapping[str, np
     onnx.save(model, str(out_path))
     full.unlink()
     return {**facts, "layer_precision": plan.layer_precision, "mixed": plan.to_dict()}
+
+
+def engine_layer_precisions(layer_precision: Mapping[str, str], backend: str, caps: Any) -> dict[str, str]:
+    """Per layer, the precision ``backend`` computes a mixed-precision int8 model's layer in here.
+
+    The int8 layers stay int8 where the capability table (:mod:`sdfn_bench.engines.precision`)
+    lets ``backend`` build int8 on the device ``caps`` describes; the float layers compute in the
+    backend's float type for that model: fp32 on ONNX Runtime, the inference precision hint on
+    OpenVINO (bf16 where the CPU has native bf16, as :func:`~sdfn_bench.engines.backends.openvino.compile_properties`
+    sets it), fp32 on TensorRT (a strongly typed network computes in the ONNX's types and the Q/DQ
+    model is exported from fp32: the Q/DQ placement is TensorRT's per-layer precision).
+
+    Args:
+        layer_precision: node -> ``int8`` | ``fp32`` (:attr:`MixedPlan.layer_precision`).
+        backend: ``onnxruntime``, ``openvino`` or ``tensorrt``.
+        caps: the device's :class:`~sdfn_bench.engines.precision.DeviceCaps`.
+
+    Raises:
+        EngineError: the backend cannot build int8 on this device (with the table's reason).
+    """
+    from sdfn_bench.engines.precision import refusal
+
+    why_not = refusal(backend, "int8", caps)
+    if why_not:
+        raise EngineError(f"{backend} cannot run the mixed int8 model on {caps.name}: {why_not}")
+    if backend == "openvino":
+        float_type = "bf16" if caps.cpu is not None and caps.cpu.bf16 else "fp32"
+    else:
+        float_type = "fp32"
+    unknown = sorted({p for p in layer_precision.values()} - {"int8", "fp32"})
+    if unknown:
+        raise EngineError(f"layer precisions {unknown} are not int8 or fp32")
+    return {name: "int8" if p == "int8" else float_type for name, p in layer_precision.items()}
