@@ -94,7 +94,9 @@ def test_missing_and_extra_rows(both, tmp_path) -> None:
     pd.concat([df, extra]).to_csv(tmp_path / "extra.csv", index=False)
     ok_manifest = manifest[pred["status"] == "ok"]
     ok_manifest.to_csv(tmp_path / "ok.csv", index=False)
-    res = compare_predictions(tmp_path / "ok.csv", {"mine": tmp_path / "extra.csv"}, tmp_path / "y", n_bootstrap=0)
+    res = compare_predictions(tmp_path / "ok.csv", {"mine": tmp_path / "extra.csv"}, tmp_path / "y", n_bootstrap=0,
+                              at="youden", allow_test_thresholds=True)
+    assert (tmp_path / "y" / "operating_points.md").stat().st_size > 0  # sections as for a run
     assert res.matched["mine"]["n_outside_manifest"] == 3 and res.n_scored == len(ok_manifest)
     assert "mine: 3 of its 121 prediction rows are for images outside the manifest and were ignored" in (
         res.table1_markdown)
@@ -103,7 +105,7 @@ def test_missing_and_extra_rows(both, tmp_path) -> None:
     np.testing.assert_allclose(res.analysis.scorer("mine").auc, want, atol=1e-12)
 
 
-def test_aucs_equal_sklearn_and_delong_the_slow_reference() -> None:
+def test_aucs_equal_sklearn_and_delong_the_slow_reference(tmp_path) -> None:
     rng = np.random.default_rng(11)
     n = 150
     manifest = pd.DataFrame({"image": [f"x{i}.png" for i in range(n)], "patient_id": [f"p{i // 3}" for i in range(n)],
@@ -129,6 +131,10 @@ def test_aucs_equal_sklearn_and_delong_the_slow_reference() -> None:
     assert set(out.tests) == {"A vs B", "A vs C"} and list(out.tests["A vs B"]["Finding"])[:2] == [
         "Atelectasis", "Cardiomegaly"]
     assert out.matched["A"]["n_used"] == n and any("Not the official test split" in note for note in out.notes)
+    train = pd.DataFrame({"patient_id": ["p0", "p1", "zz"]})
+    train.to_csv(tmp_path / "train.csv", index=False)
+    leaked = sdfn_bench.evaluate({"A": frames["A"]}, manifest, n_bootstrap=0, trained_on={"A": tmp_path / "train.csv"})
+    assert any("PATIENT LEAKAGE: A: 2 of 50 scored patients were training patients" in note for note in leaked.notes)
 
 
 def test_evaluate_refuses_bad_input_naming_it() -> None:

@@ -347,6 +347,7 @@ def evaluate(
     level: float = 0.95,
     allow_missing: bool = False,
     ci_method: str = "bca",
+    trained_on: Mapping[str, str | os.PathLike[str]] | None = None,
 ) -> EvaluationTables:
     """Evaluate any model's predictions against a labelled manifest: ``compare`` without files.
 
@@ -360,6 +361,8 @@ def evaluate(
         n_bootstrap, seed, level, ci_method: the patient bootstrap (0: DeLong only).
         allow_missing: evaluate on the images every model covers instead of refusing a manifest
             image without a prediction.
+        trained_on: model -> its training images (see :func:`training_patients`), checked against
+            the evaluated patients; models without one are "not verifiable".
 
     Returns:
         :class:`EvaluationTables`.
@@ -375,8 +378,8 @@ def evaluate(
     outside = [predictions_from_frame(name, df, f"<DataFrame {name!r}>") for name, df in predictions.items()]
     matched = match_predictions(rows, outside, allow_missing=allow_missing, source=source)
     pairs = default_pairs(list(matched.scores), model, baselines)
-    split = split_status(matched.manifest["image"], manifest_path)
-    leakage = predictions_leakage(list(matched.scores), matched.manifest["patient_id"].astype(str))
+    split = split_status(list(matched.manifest["image"].astype(str)), manifest_path)
+    leakage = predictions_leakage(list(matched.scores), list(matched.manifest["patient_id"].astype(str)), trained_on)
     ev = evaluate_scores(matched.manifest, matched.labels, matched.scores, pairs, leakage=leakage, source=source,
                          paper=split.official_test, paper_note=split.note, extra_notes=matched.notes(),
                          n_bootstrap=n_bootstrap, seed=seed, level=level, ci_method=ci_method)

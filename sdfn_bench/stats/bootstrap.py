@@ -310,7 +310,7 @@ def patient_bootstrap(
     patient, n_patients = patient_index(patient_ids)
     ok = defined_classes(labels, class_names)
     prepared = {
-        (r, c): _prepare(labels[:, c], score[:, c], patient, n_patients)
+        (r, int(c)): _prepare(labels[:, c], score[:, c], patient, n_patients)
         for r, (_, score) in enumerate(checked)
         for c in np.flatnonzero(ok)
     }

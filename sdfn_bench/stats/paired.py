@@ -143,6 +143,17 @@ class AUCAnalysis:
         raise KeyError(name)
 
 
+def _difference(i: int, j: int, classes: np.ndarray | None) -> Callable[[np.ndarray], np.ndarray]:
+    """The statistic AUC(scorer i) - AUC(scorer j) per class, or of their means over ``classes``
+    (bool mask), for arrays (m, n_scorers, n_classes) of AUC sets."""
+    def statistic(a: np.ndarray) -> np.ndarray:
+        if classes is None:
+            return a[:, i] - a[:, j]
+        return a[:, i][:, classes].mean(axis=1) - a[:, j][:, classes].mean(axis=1)
+
+    return statistic
+
+
 def _nan2() -> np.ndarray:
     return np.full(2, np.nan)
 
@@ -243,13 +254,12 @@ def analyze_aucs(
         test_clustered = delong_test_from(dl_clustered, i, j)
         if boot is not None:
             d = boot.replicates[:, i] - boot.replicates[:, j]
-            diff_ci = boot.interval(lambda a, i=i, j=j: a[:, i] - a[:, j], level, ci_method)
+            diff_ci = boot.interval(_difference(i, j, None), level, ci_method)
             diff_p = bootstrap_p_value(d)
             t_boot = tuple(paired_t_over_bootstrap(boot.replicates[:, i, c], boot.replicates[:, j, c]) for c in range(k))
             if boot_mean is not None:
                 dm = boot_mean[:, i] - boot_mean[:, j]
-                mean_diff_ci = boot.interval(lambda a, i=i, j=j: a[:, i, ok].mean(axis=1) - a[:, j, ok].mean(axis=1),
-                                             level, ci_method)
+                mean_diff_ci = boot.interval(_difference(i, j, ok), level, ci_method)
                 mean_p = float(bootstrap_p_value(dm))
                 t_mean = paired_t_over_bootstrap(boot_mean[:, i], boot_mean[:, j])
             else:
