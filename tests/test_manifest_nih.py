@@ -325,3 +325,23 @@ def test_cli_images_writes_manifest_and_sidecar(tmp_path: Path) -> None:
     both = CliRunner().invoke(app, ["nih", "--labels", str(labels), "--images", str(listed), "--split-list",
                                     str(tmp_path / "test_list.txt"), "-o", str(out)])
     assert both.exit_code != 0 and "exactly one of --split-list" in str(both.exception)
+
+
+@needs_nih
+def test_images_manifest_on_the_real_label_file(tmp_path: Path) -> None:
+    """A random-split-like list on the real NIH files: 30 official test images, 20 train_val images, one unknown."""
+    from sdfn_bench.manifest.nih import build_images_manifest
+
+    test = read_split_list(NIH / "test_list.txt")
+    train_val = read_split_list(NIH / "train_val_list.txt")
+    listed = tmp_path / "list.txt"
+    listed.write_text("\n".join([*test[:30], *train_val[:20], "99999999_999.png"]) + "\n")
+    df, record = build_images_manifest(NIH / "Data_Entry_2017_v2020.csv.gz", listed, drop_unknown=True)
+    assert len(df) == 50 and record["unknown_dropped"] == 1 and record["unknown_examples"] == ["99999999_999.png"]
+    split = record["official_split"]
+    assert split["images"] == {"test": 30, "train_val": 20, "none": 0} and split["is_official_test_split"] is False
+    # The official split is by patient: the train_val images' patients are train_val patients.
+    assert split["patients_with_train_val_images"] >= df.iloc[30:]["patient_id"].nunique()
+    committed = read_manifest(MANIFESTS / "nih_test.csv", require_labels=True).set_index("image")
+    mine = df.iloc[:30].set_index("image").drop(columns="age").astype(str)
+    assert mine.equals(committed.loc[test[:30]].drop(columns="age").astype(str))
