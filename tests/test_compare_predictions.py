@@ -224,3 +224,14 @@ def test_compare_on_an_unfinished_run_says_how_to_finish_it(tmp_path) -> None:
             in text)
     with pytest.raises(StatsError, match="is this a `sdfn-bench score` run folder"):
         compare_run(tmp_path, n_bootstrap=0)
+
+
+def test_run_predictions_without_common_images_show_both_namings(tmp_path) -> None:
+    run_dir, manifest, pred = make_run(tmp_path, n_patients=20)
+    other = _prediction_file(pred, "sdfn", tmp_path / "other.csv", style="prob")
+    df = pd.read_csv(other)
+    df["Image Index"] = "images/" + df["Image Index"]  # a folder in the names: nothing matches
+    df.to_csv(other, index=False)
+    with pytest.raises(StatsError, match=r"the run's images look like \['img_00000.png'.*other.csv has "
+                                         r"\['images/img_00000.png'"):
+        compare_run(run_dir, n_bootstrap=0, predictions={"mine": other})

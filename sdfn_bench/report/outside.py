@@ -197,8 +197,9 @@ def join_outside(images: Sequence[str], scores: Mapping[str, np.ndarray],
         positions[o.name] = pos
         keep &= pos >= 0
     if not keep.any():
-        raise StatsError(f"no scored image is covered by every --predictions file ({[str(o.path) for o in outside]}); "
-                         f"scored images look like {list(images[:3])}")
+        looks = "; ".join(f"{o.path} has {[str(i) for i in o.images[:3]]}" for o in outside)
+        raise StatsError(f"no scored image is covered by every --predictions file: the run's images look like "
+                         f"{[str(i) for i in images[:3]]}, the files' like: {looks}")
     joined = {k: v[keep] for k, v in scores.items()}
     record = {}
     for o in outside:
