@@ -235,3 +235,19 @@ def test_run_predictions_without_common_images_show_both_namings(tmp_path) -> No
     with pytest.raises(StatsError, match=r"the run's images look like \['img_00000.png'.*other.csv has "
                                          r"\['images/img_00000.png'"):
         compare_run(run_dir, n_bootstrap=0, predictions={"mine": other})
+
+
+def test_newest_run_unfinished_is_named_not_skipped(tmp_path) -> None:
+    from sdfn_bench.report.compare import latest_run
+
+    runs = tmp_path / "runs"
+    (runs / "20260101T000000Z").mkdir(parents=True)
+    (runs / "20260101T000000Z" / "run.json").write_text("{}")
+    newer = runs / "20260202T000000Z"
+    newer.mkdir()
+    (newer / "score_state.json").write_text(json.dumps({"manifest": "m.csv"}))
+    with pytest.raises(StatsError, match=r"20260202T000000Z: an unfinished scoring run.*--resume.*newest finished "
+                                         r"run instead, pass it: .*20260101T000000Z"):
+        latest_run(runs)
+    (newer / "score_state.json").rename(tmp_path / "moved.json")  # a stray empty folder is not a run
+    assert latest_run(runs).name == "20260101T000000Z"

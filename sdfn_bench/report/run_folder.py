@@ -23,9 +23,19 @@ SCORERS: tuple[str, ...] = ("entire", "lung", "sdfn")
 
 def latest_run(runs_dir: str | Path) -> Path:
     """The newest run under ``runs_dir``: run folders are named by UTC timestamp, so the last name
-    in sorted order among folders holding a run.json."""
+    in sorted order among folders holding a run.json.
+
+    Raises:
+        StatsError: no finished run; or the newest run folder is unfinished (an interrupted
+            ``score``), which would otherwise silently leave an older run to be compared.
+    """
     runs_dir = Path(runs_dir)
-    runs = sorted(p for p in runs_dir.glob("*") if (p / "run.json").is_file()) if runs_dir.is_dir() else []
+    folders = sorted(p for p in runs_dir.glob("*") if p.is_dir()) if runs_dir.is_dir() else []
+    runs = [p for p in folders if (p / "run.json").is_file()]
+    unfinished = [p for p in folders if unfinished_run_message(p) and not (p / "run.json").is_file()]
+    if unfinished and (not runs or unfinished[-1].name > runs[-1].name):
+        older = f"; to compare the newest finished run instead, pass it: {runs[-1]}" if runs else ""
+        raise StatsError(unfinished_run_message(unfinished[-1]) + older)
     if not runs:
         raise StatsError(f"{runs_dir}: no run folder with a run.json; run `sdfn-bench score` first or pass RUN")
     return runs[-1]
