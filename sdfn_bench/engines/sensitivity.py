@@ -12,7 +12,9 @@ the int8 speed of every other layer. Here the layers stay int8 unless measuremen
    that layer reverted to float (its inputs read the float tensors again, :func:`revert_to_float`),
    scored by (images failing, mean pixel disagreement); rank the layers by it;
 4. revert layers to float in that order until every calibration image passes, re-measuring after
-   each; what is kept in float and the measurements behind each choice go into engines.json
+   each; then try each reverted layer but the last back in int8 (least sensitive first) and keep
+   it int8 where every image still passes (an early layer may be unnecessary once later ones are
+   float); what is kept in float and the measurements behind each choice go into engines.json
    (:meth:`MixedPlan.to_dict`, under ``export.quantization``).
 
 The float layers run in fp32 on ONNX Runtime and at the OpenVINO engine's inference precision
@@ -258,6 +260,7 @@ class MixedPlan:
         kept_float: the layers reverted to float, in the order chosen.
         all_int8, final: the calibration images' masks with every layer int8, and with the plan.
         ranking: per-layer sensitivities, most helpful to revert first (empty when all-int8 passed).
+        requantized: layers reverted on the way but put back in int8 because the others sufficed.
     """
 
     layers: tuple[str, ...]
@@ -266,6 +269,7 @@ class MixedPlan:
     final: MaskCheck
     ranking: tuple[LayerSensitivity, ...]
     criteria: Criteria
+    requantized: tuple[str, ...] = ()
 
     @property
     def layer_precision(self) -> dict[str, str]:
@@ -277,16 +281,19 @@ class MixedPlan:
                     f"(>= {self.criteria.pixel_agreement} of pixels, box IoU >= {self.criteria.box_iou})")
         return (f"{len(self.kept_float)} of {len(self.layers)} layers kept in float: with all int8 "
                 f"{self.all_int8.failing} of {len(self.all_int8.pixel_agreement)} calibration images changed "
-                f"their mask or box; reverting the most sensitive layers in turn until none did left "
+                f"their mask or box; reverting the most sensitive layers in turn until none did, then "
+                f"putting back in int8 each one the others made unnecessary ({len(self.requantized)}), left "
                 f"{self.final.failing}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "method": "per-layer sensitivity on the calibration images (ONNX Runtime, CPU): each quantized "
                       "layer reverted to float alone, ranked by (images failing, mean pixel disagreement), "
-                      "reverted in rank order until every image passes",
+                      "reverted in rank order until every image passes, then each reverted layer but the last "
+                      "tried back in int8 (least sensitive first) and kept int8 where every image still passes",
             "criteria": self.criteria.to_dict(),
             "kept": list(self.kept_float),
+            "requantized": list(self.requantized),
             "why": self.why(),
             "all_int8": self.all_int8.to_dict(),
             "final": self.final.to_dict(),
@@ -324,7 +331,17 @@ def plan_mixed(fp32: Any, qdq: Any, images: np.ndarray, *, mask_threshold: float
         final = sensitivity.check if len(kept) == 1 else check(model)
         if final.failing == 0:
             break
-    return MixedPlan(layers, tuple(kept), all_int8, final, ranking, criteria), model
+    # A layer reverted early may be unnecessary once later ones are float: try each kept layer
+    # back in int8, least sensitive first, and keep it int8 when every image still passes.
+    requantized: list[str] = []
+    for node in reversed(kept[:-1] if final.failing == 0 else []):
+        trial = [n for n in kept if n != node]
+        trial_model = revert_to_float(qdq, fp32, trial)
+        trial_check = check(trial_model)
+        if trial_check.failing == 0:
+            kept, model, final = trial, trial_model, trial_check
+            requantized.append(node)
+    return MixedPlan(layers, tuple(kept), all_int8, final, ranking, criteria, tuple(requantized)), model
 
 
 def quantize_mixed(onnx_fp32: Path, out_path: Path, calibration: Mapping[str, np.ndarray], *, activations: str,
