@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: gpu-check install test lint demo bench bench-reduced clean browser
+.PHONY: gpu-check install test lint demo bench bench-reduced clean browser lungs-weights
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,21 @@ bench-reduced: $(STAMP)
 		--val $(PAPER_SEG)/cohort/seg_val.csv --out $(PAPER_SEG)/ckpt --preset paper \
 		--epochs $(PAPER_SEG_EPOCHS) --device cpu --resume
 	$(BIN)/sdfn-bench bench --precision auto --images 24 --segmenter $(PAPER_SEG)/ckpt/segmenter
+
+# Retrain the shipped real-film lung segmenter builtin:lungs (docs/models/lungs.md): JSRT + Shenzhen
+# lung masks (../shared/data/real-lungs, or REAL_LUNGS=...), the lungs preset, fp16 storage into the
+# package; prints the sha256 to record in sdfn_bench/weights/__init__.py. ~30 min on 2 idle Zen 4 cores.
+REAL_LUNGS ?= ../shared/data/real-lungs
+LUNGS := build/lungs
+LUNGS_ROOT := $(abspath $(REAL_LUNGS)/../../..)
+lungs-weights: $(STAMP)
+	$(BIN)/sdfn-bench manifest seg --images $(REAL_LUNGS)/jsrt/images --masks $(REAL_LUNGS)/jsrt/masks \
+		--images $(REAL_LUNGS)/shenzhen/images --masks $(REAL_LUNGS)/shenzhen/masks \
+		-o $(LUNGS)/all.csv --root $(LUNGS_ROOT)
+	$(BIN)/sdfn-bench train segmenter --manifest $(LUNGS)/all.csv --image-root $(LUNGS_ROOT) --preset lungs \
+		--device cpu --out $(LUNGS)/final --resume
+	$(BIN)/python -c "from sdfn_bench.weights import pack_checkpoint; \
+		print('sha256', pack_checkpoint('$(LUNGS)/final/segmenter', 'sdfn_bench/weights/lungs'))"
 
 # One call on a GPU machine (< 8 min on one H100): gpu tests, torch-CUDA (+TensorRT) engines in
 # fp32/fp16, synthetic images through `score`, reports/bench/gpu-<UTC>.json and a summary table.

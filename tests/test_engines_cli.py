@@ -35,3 +35,24 @@ def test_main_maps_errors_to_exit_1_and_keeps_brackets(monkeypatch, capsys):
         cli_main.main()
     assert exit_info.value.code == 1
     assert "sdfn-bench[gpu]" in capsys.readouterr().err
+
+
+def test_segmenter_option_replaces_the_folders_segmenter_and_is_in_the_rebuild_command(tmp_path):
+    import json
+
+    from engines_helpers import make_checkpoints
+
+    from sdfn_bench.engines.registry import rebuild_command
+    from sdfn_bench.models.checkpoint import load_checkpoint
+
+    folder = make_checkpoints(tmp_path / "ck", seed=0)
+    other = make_checkpoints(tmp_path / "other", seed=1) / "segmenter"
+    out = tmp_path / "engines"
+    result = CliRunner().invoke(cli_main.app, ["build-engines", "--checkpoints", str(folder), "--segmenter", str(other),
+                                               "--out", str(out), "--backend", "torch"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "engines.json").read_text())
+    recorded = record["engines"]["segmenter"]["checkpoint"]["sha256"]
+    assert recorded == load_checkpoint(other).sha256 != load_checkpoint(folder / "segmenter").sha256
+    assert record["engines"]["fusion"]["checkpoint"]["sha256"] == load_checkpoint(folder / "fusion").sha256
+    assert f"--segmenter {other}" in rebuild_command(record, out)

@@ -34,6 +34,8 @@ def _summary(report: BuildReport) -> Table:
 
 def build_engines_command(
     checkpoints: Path = typer.Option(Path("checkpoints"), "--checkpoints", help="Checkpoint folder (NAME.safetensors + NAME.json)."),
+    segmenter: str | None = typer.Option(None, "--segmenter", help="Segmenter checkpoint to use instead of the folder's "
+                                         "(builtin:lungs: the shipped real-film lung segmenter)."),
     out: Path = typer.Option(Path("engines"), "--out", help="Engines folder; engines.json is written there."),
     backend: str = typer.Option("auto", "--backend", help="auto|onnxruntime|openvino|torch|tensorrt (auto: tensorrt > "
                                 "torch on CUDA; on a CPU the fastest per network by a timing probe)."),
@@ -83,7 +85,7 @@ def build_engines_command(
             checkpoints, out, backend=backend, precision=precision, max_batch=max_batch, cams=cams,
             calib_manifest=calib_manifest, calib_image_root=calib_image_root, device=device,
             torch_compile=torch_compile, progress=advance, gate_manifest=gate_manifest,
-            gate_image_root=gate_image_root, no_gate=no_gate,
+            gate_image_root=gate_image_root, no_gate=no_gate, segmenter=segmenter,
             thresholds=GateThresholds(**limits),
             log=lambda message: progress.console.log(message, highlight=False),
         )

@@ -87,14 +87,15 @@ class BuildReport:
     build_s: float
 
 
-def load_sources(checkpoints_dir: str | Path) -> dict[str, Source]:
-    """Load the four standard checkpoints (``segmenter``, ``extractor_entire``, ``extractor_lung``, ``fusion``)."""
+def load_sources(checkpoints_dir: str | Path, segmenter: str | Path | None = None) -> dict[str, Source]:
+    """Load the four standard checkpoints (``segmenter``, ``extractor_entire``, ``extractor_lung``, ``fusion``);
+    ``segmenter`` (a checkpoint or ``builtin:lungs``) replaces the folder's segmenter."""
     from sdfn_bench.models.checkpoint import load_checkpoint
 
     folder = Path(checkpoints_dir)
     sources = {}
     for name in ENGINE_NAMES:
-        ck = load_checkpoint(folder / name)
+        ck = load_checkpoint(segmenter if name == "segmenter" and segmenter is not None else folder / name)
         if ck.meta.get("kind") != KIND_OF[name]:
             raise EngineError(f"{ck.path}: checkpoint kind is {ck.meta.get('kind')!r}, expected {KIND_OF[name]!r}")
         sources[name] = Source(name=name, module=ck.module, meta=ck.meta, path=ck.path.resolve(), sha256=ck.sha256)
@@ -107,6 +108,13 @@ def read_calibration(sources: Mapping[str, Source], manifest: str | Path, image_
     from sdfn_bench.engines.quantize import read_calibration_images
 
     return calibration_inputs(sources, read_calibration_images(manifest, image_root, count))
+
+
+def build_options(torch_compile: bool, calib_manifest: str | Path | None,
+                  segmenter: str | Path | None) -> dict[str, Any]:
+    """engines.json ``build_options``: what the rebuild command needs beyond backend and precision."""
+    return {"torch_compile": torch_compile, "calib_manifest": str(calib_manifest) if calib_manifest else None,
+            "segmenter": str(segmenter) if segmenter is not None else None}
 
 
 def build_engines(
@@ -123,6 +131,7 @@ def build_engines(
     torch_compile: bool = False,
     progress: Progress | None = None,
     extra: Mapping[str, Any] | None = None,
+    segmenter: str | Path | None = None,
 ) -> BuildReport:
     """Build engines for the four networks of ``checkpoints_dir`` into ``out_dir``.
 
@@ -140,6 +149,7 @@ def build_engines(
         torch_compile: torch backend only: ``torch.compile`` the modules at load time.
         progress: called with (engine name, step) as the build advances.
         extra: more top-level keys for engines.json (the gate's record).
+        segmenter: a segmenter checkpoint (or ``builtin:lungs``) used instead of the folder's.
 
     Raises:
         EngineError: unusable options, export/build failures, or a parity check beyond tolerance.
@@ -147,12 +157,12 @@ def build_engines(
     # cheap checks first: loading two DenseNets takes seconds
     _check_options(precision, max_batch, has_calibration=calib_manifest is not None)
     resolve_backends(backend, precision, device)
-    sources = load_sources(checkpoints_dir)
+    sources = load_sources(checkpoints_dir, segmenter)
     calibration = read_calibration(sources, calib_manifest, calib_image_root) if calib_manifest is not None else None
     return build_from_sources(
         sources, out_dir, backend=backend, precision=precision, max_batch=max_batch, cams=cams,
         calibration=calibration, device=device, torch_compile=torch_compile, progress=progress,
-        checkpoints_dir=Path(checkpoints_dir), calib_manifest=calib_manifest, extra=extra,
+        checkpoints_dir=Path(checkpoints_dir), calib_manifest=calib_manifest, extra=extra, segmenter=segmenter,
     )
 
 
@@ -172,6 +182,7 @@ def build_from_sources(
     checkpoints_dir: Path | None = None,
     calib_manifest: str | Path | None = None,
     extra: Mapping[str, Any] | None = None,
+    segmenter: str | Path | None = None,
 ) -> BuildReport:
     """:func:`build_engines` for already loaded modules (tests build from small stand-ins).
 
@@ -193,7 +204,7 @@ def build_from_sources(
         candidates = build_candidates(sources, work, choices, max_batch=max_batch, cams=cams, device=device,
                                       torch_compile=torch_compile, calibration=calibration, progress=progress)
         picks = {n: fastest_passing(n, cands) for n, cands in candidates.items()}
-        options = {"torch_compile": torch_compile, "calib_manifest": str(calib_manifest) if calib_manifest else None}
+        options = build_options(torch_compile, calib_manifest, segmenter)
         selection = {n: [c.summary() for c in cands] for n, cands in candidates.items()} if len(backends) > 1 else None
         return compose(sources, picks, out, requested={"backend": backend, "precision": precision}, device=device,
                        max_batch=max_batch, cams=cams, build_options=options, checkpoints_dir=checkpoints_dir,
@@ -434,5 +445,5 @@ def _seed_timing_cache(out: Path, folder: Path) -> None:
 
 
 __all__ = ["BuildReport", "Candidate", "EngineBuildResult", "Source", "build_candidates", "build_engines",
-           "build_from_sources", "commit", "compose", "fastest_passing", "load_sources", "read_calibration",
+           "build_from_sources", "build_options", "commit", "compose", "fastest_passing", "load_sources", "read_calibration",
            "stage", "ParityResult", "TOLERANCES", "EngineSpec"]

@@ -161,6 +161,9 @@ def rebuild_command(record: Mapping[str, Any], engines_dir: str | Path) -> str:
              "--max-batch", str(record.get("max_batch", 32))]
     if record.get("cams"):
         parts.append("--cams")
+    segmenter = (record.get("build_options") or {}).get("segmenter")
+    if segmenter:
+        parts += ["--segmenter", str(segmenter)]
     calib = (record.get("build_options") or {}).get("calib_manifest")
     if calib:
         parts += ["--calib-manifest", str(calib)]

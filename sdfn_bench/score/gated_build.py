@@ -45,6 +45,7 @@ from sdfn_bench.engines.build import (
     build_candidates,
     build_engines,
     build_from_sources,
+    build_options,
     commit,
     compose,
     load_sources,
@@ -159,6 +160,7 @@ def build_gated(
     progress: Callable[[str, str], None] | None = None,
     log: Log | None = None,
     sources: Mapping[str, Source] | None = None,
+    segmenter: str | Path | None = None,
 ) -> GatedBuild:
     """Build engines in ``precision`` behind the accuracy gate (see the module docstring).
 
@@ -168,6 +170,7 @@ def build_gated(
         no_gate: build reduced precision without the gate (recorded in engines.json).
         calib_manifest, calib_image_root: int8 calibration images (int8 and ``auto``).
         sources: already loaded checkpoints (default: loaded from ``checkpoints_dir``).
+        segmenter: a segmenter checkpoint (or ``builtin:lungs``) used instead of ``checkpoints_dir``'s.
 
     Raises:
         GateError: reduced precision without a gate manifest or ``no_gate``; a failed gate.
@@ -191,18 +194,18 @@ def build_gated(
         record = {"required": False, "reason": "fp32 engines are checked by parity against PyTorch fp32"}
         report = build_engines(checkpoints_dir, out, backend=backend, precision="fp32", max_batch=max_batch, cams=cams,
                                device=device, torch_compile=torch_compile, progress=progress,
-                               extra={"accuracy_gate": record})
+                               extra={"accuracy_gate": record}, segmenter=segmenter)
         return GatedBuild(report, None, record)
 
     plan = plan_build(backend, precision, device, has_calibration=calib_manifest is not None)
     choices, device = {n: list(c) for n, c in plan.choices.items()}, plan.device
-    sources = sources or load_sources(checkpoints_dir)
+    sources = sources or load_sources(checkpoints_dir, segmenter)
     calibration = None
     if calib_manifest is not None and any(p == "int8" for cs in choices.values() for _, p in cs):
         say("int8 calibration inputs (the lung extractor on lung crops)")
         calibration = read_calibration(sources, calib_manifest, calib_image_root)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.candidates-", dir=out.parent))
-    options = {"torch_compile": torch_compile, "calib_manifest": str(calib_manifest) if calib_manifest else None}
+    options = build_options(torch_compile, calib_manifest, segmenter)
     common = {"requested": requested, "device": device, "max_batch": max_batch, "cams": cams,
               "build_options": options, "checkpoints_dir": Path(checkpoints_dir), "started": started}
     try:

@@ -25,7 +25,7 @@ the synthetic cohort on 2 CPU cores; the DenseNet-121 trains from scratch (``ini
 
 ``lungs``: the segmenter of the shipped real-film model ``builtin:lungs`` (docs/models/lungs.md),
 trained on JSRT + Shenzhen. The paper's U-Net at half width (base 16) with BatchNorm, at 128 px,
-20 epochs, bf16 autocast on CPUs with native bf16: the narrowest change from the paper geometry
+12 epochs, bf16 autocast on CPUs with native bf16: the narrowest change from the paper geometry
 that trains it, its five-fold and cross-hospital runs within about an hour on 2 CPU cores (the
 paper geometry costs 16x the FLOPs per image: 2.2 s per image per epoch in fp32 here). Its
 extractor and fusion parts are the paper's (the preset is for ``train segmenter`` and ``seg-eval``).
@@ -62,7 +62,7 @@ LUNGS_SEGMENTER = SegmenterPreset(
     input_size=128,
     arch={"name": "pazhitnykh_petsiuk", "base": 16, "norm": "batch"},
     batch_size=8,
-    epochs=20,
+    epochs=12,
     lr=1e-3,
     preload=True,
     cpu_bf16=True,

@@ -88,7 +88,7 @@ def _verify(path: Path, expected: str) -> None:
     _verify_cached(path, st.st_size, st.st_mtime_ns, expected)
 
 
-def pack_checkpoint(source: str | os.PathLike[str], dest_stem: str | os.PathLike[str], *, fp16: bool = True) -> str:
+def pack_checkpoint(source: str | Path, dest_stem: str | Path, *, fp16: bool = True) -> str:
     """Write a trained checkpoint as shipped weights (fp16 storage by default); returns the sha256.
 
     The metadata is kept as trained, with ``storage_dtype`` added; loading casts the stored
