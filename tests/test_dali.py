@@ -150,11 +150,14 @@ def test_run_json_counts_per_decoder_and_paths_confined_alike(tmp_path):
     rows = pd.read_csv(manifest)
     extra = ["images/scrambled.png", str(outside), "../outside.png", "images/link.png"]
     pd.concat([rows, rows.iloc[:4].assign(image=extra)], ignore_index=True).to_csv(manifest, index=False)
-    a = score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "a", batch_size=5, decoder="dali")
-    b = score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "b", batch_size=5, decoder="cpu")
+    a = score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "a", batch_size=5, decoder="dali",
+                       confine_to_root=True)
+    b = score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "b", batch_size=5, decoder="cpu",
+                       confine_to_root=True)
     pa, pb = pd.read_parquet(a.predictions), pd.read_parquet(b.predictions)
     pd.testing.assert_frame_equal(pa, pb)  # the same rows and the same error texts on both paths
-    assert (pa["error"].str.contains("file not found under the image root")).sum() == 3
+    assert (pa["error"].str.contains("file not found under the image root")).sum() == 2  # '..' and the link
+    assert (pa["error"].str.contains("--allow-absolute-paths")).sum() == 1
     counts = json.loads(a.run_json.read_text())["decoder_counts"]
     # 10 rows: 3 refused before any decoder; the scrambled PNG's batch fell back to the CPU reader.
     assert counts["dali_failed_batches"] == 1 and counts["dali_pipeline_rebuilds"] == 1

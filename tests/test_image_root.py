@@ -71,8 +71,9 @@ def test_missing_root(tmp_path: Path) -> None:
         ImageResolver(tmp_path / "absent")
 
 
-def test_entries_are_confined_to_the_root(tmp_path: Path) -> None:
-    """Absolute paths, ``..`` and symlinks leading outside are refused, exactly like missing files."""
+def test_entries_are_confined_by_their_text_and_links_inside_are_followed(tmp_path: Path) -> None:
+    """Absolute paths and ``..`` are refused, exactly like missing files; links inside the root are
+    followed by default (``ROOT/images -> /data/nih/images``) and refused only with ``confine``."""
     root = tmp_path / "root"
     inside = _touch(root / "images" / "a.png")
     outside = _touch(tmp_path / "secret" / "b.png")
@@ -80,15 +81,35 @@ def test_entries_are_confined_to_the_root(tmp_path: Path) -> None:
     (root / "alias.png").symlink_to(inside)  # a link that stays inside is fine
     (root / "linked_dir").symlink_to(tmp_path / "secret", target_is_directory=True)
     resolver = ImageResolver(root)
-    for entry in (str(outside), "../secret/b.png", "images/../../secret/b.png", "images/escape.png",
-                  "escape.png", "linked_dir/b.png", "/etc/hostname", "../secret/missing.png",
-                  "images/a\x00.png", "x" * 5000):
+    for entry in (str(outside), "../secret/b.png", "images/../../secret/b.png", "linked_dir/../../secret/b.png",
+                  "/etc/hostname", "../secret/missing.png", "images/a\x00.png", "x" * 5000):
         assert resolver.resolve(entry) is None, entry
     assert resolver.resolve("alias.png") == root / "alias.png"
     assert resolver.resolve("a.png") == inside
+    # Links made by whoever owns the disk are followed.
+    assert resolver.resolve("linked_dir/b.png") == root / "linked_dir" / "b.png"
+    assert resolver.resolve("images/escape.png") == root / "images" / "escape.png"
+    assert resolver.resolve("escape.png") == root / "images" / "escape.png"
+    # Opt-in confinement: every file, links resolved, inside the resolved root.
+    confined = ImageResolver(root, confine=True)
+    for entry in ("linked_dir/b.png", "images/escape.png", "escape.png"):
+        assert confined.resolve(entry) is None, entry
+    assert confined.resolve("alias.png") == root / "alias.png"
     # A symlinked root is resolved once and is fine.
     (tmp_path / "root_link").symlink_to(root, target_is_directory=True)
     assert ImageResolver(tmp_path / "root_link").resolve("images/a.png") == tmp_path / "root_link" / "images" / "a.png"
+    assert ImageResolver(tmp_path / "root_link", confine=True).resolve("images/a.png") is not None
+
+
+def test_a_data_folder_linked_into_the_root_is_scored_as_on_shared_clusters(tmp_path: Path) -> None:
+    from sdfn_bench.score.batch import resolve_path
+
+    data = _touch(tmp_path / "data" / "nih" / "images" / "00000001_000.png")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "images").symlink_to(data.parent, target_is_directory=True)
+    assert resolve_path("images/00000001_000.png", ImageResolver(root)) == root / "images" / "00000001_000.png"
+    assert ImageResolver(root).resolve("00000001_000.png") == root / "images" / "00000001_000.png"  # NIH index
 
 
 def test_absolute_paths_only_when_allowed(tmp_path: Path) -> None:
@@ -110,8 +131,15 @@ def test_score_error_text_does_not_reveal_existence(tmp_path: Path) -> None:
     root.mkdir()
     resolver = ImageResolver(root)
     texts = []
-    for entry in ("../secret/exists.png", "../secret/absent.png", str(tmp_path / "secret" / "exists.png")):
+    for entry in ("../secret/exists.png", "../secret/absent.png", "absent.png"):
         with pytest.raises(ImageReadError) as info:
             resolve_path(entry, resolver)
         texts.append(info.value.reason)
     assert len(set(texts)) == 1 and "not found under the image root" in texts[0]
+    # An absolute entry is refused for its text, whether the file exists or not, naming the flag.
+    absolute = []
+    for entry in (str(tmp_path / "secret" / "exists.png"), str(tmp_path / "secret" / "absent.png")):
+        with pytest.raises(ImageReadError) as info:
+            resolve_path(entry, resolver)
+        absolute.append(info.value.reason)
+    assert len(set(absolute)) == 1 and "--allow-absolute-paths" in absolute[0]

@@ -60,7 +60,7 @@ def test_every_problem_with_its_row(tmp_path: Path) -> None:
     }
     messages = {(p.row, p.column): p.message for p in report.problems}
     assert "duplicate image 'a.png' (first on row 1)" in messages[(2, "image")]
-    assert "file not found" in messages[(3, "image")]
+    assert messages[(3, "image")] == "missing.png: file not found under the image root (entries containing '..' are never read)"
     assert "unreadable" in messages[(4, "image")] and "bad.png" in messages[(4, "image")]
     assert "found '2'" in messages[(5, "Hernia")]
     rows_in_order = [p.row for p in report.problems]
@@ -70,7 +70,8 @@ def test_every_problem_with_its_row(tmp_path: Path) -> None:
 def test_schema_problems(tmp_path: Path) -> None:
     report = check_manifest(_manifest(tmp_path, ["a.png,1"], header="image,patient_id"), check_files=False)
     assert report.kind == "unknown" and report.problems[0].row is None
-    assert "missing column(s) ['view', 'age', 'sex']" in report.problems[0].message
+    assert "missing column(s) view, age, sex; " in report.problems[0].message
+    assert "`sdfn-bench manifest folder DIR -o manifest.csv`" in report.problems[0].message
     swapped = HEADER.replace("Atelectasis,Cardiomegaly", "Cardiomegaly,Atelectasis")
     report = check_manifest(_manifest(tmp_path, [f"a.png,1,PA,40,M,{ZEROS}"], header=swapped), check_files=False)
     assert [p.column for p in report.problems] == ["header"]
@@ -132,9 +133,16 @@ def test_paths_outside_the_root_as_score_sees_them(tmp_path: Path) -> None:
             f"../outside.png,3,PA,40,M,{ZEROS}", f"link.png,4,PA,40,M,{ZEROS}"]
     path = _manifest(root, rows)
     report = check_manifest(path)
-    assert [(p.row, p.column) for p in report.problems] == [(2, "image"), (3, "image"), (4, "image")]
-    assert all("file not found" in p.message for p in report.problems)
+    assert [(p.row, p.column) for p in report.problems] == [(2, "image"), (3, "image")]
+    messages = [p.message for p in report.problems]
+    # The entry as written, then why: no "not found under ROOT: 'ROOT/...'" contradiction.
+    assert messages[0] == (f"{tmp_path / 'outside.png'}: absolute path in the manifest: not read without "
+                           "--allow-absolute-paths (or make the entries relative to --image-root)")
+    assert messages[1] == "../outside.png: file not found under the image root (entries containing '..' are never read)"
     allowed = check_manifest(path, allow_absolute_paths=True)
-    assert [p.row for p in allowed.problems] == [3, 4]
-    result = CliRunner().invoke(app, ["check", str(path), "--allow-absolute-paths", "--no-decode"])
+    assert [p.row for p in allowed.problems] == [3]
+    confined = check_manifest(path, allow_absolute_paths=True, confine_to_root=True)
+    assert [p.row for p in confined.problems] == [3, 4]  # the link leads out of the root
+    result = CliRunner().invoke(app, ["check", str(path), "--allow-absolute-paths", "--confine-to-root",
+                                      "--no-decode"])
     assert result.exit_code == 1 and "2 problem(s)" in result.output

@@ -124,11 +124,13 @@ def test_stage_rates_need_work_and_time() -> None:
     assert rate(10, 2e-6, min_seconds=0) == pytest.approx(5e6)
 
 
-def test_a_run_without_ok_rows_reports_no_speed(tmp_path):
+def test_a_run_without_ok_rows_fails_and_reports_no_speed(tmp_path):
     manifest = make_image_folder(tmp_path / "d", 3, broken={0: "missing", 1: "corrupt", 2: "missing"})
-    res = score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "r", decoder="cpu")
-    record = json.loads(res.run_json.read_text())
-    assert res.ok == 0 and res.images_per_s == 0.0 and record["images_per_s"] is None
+    # Nothing readable is a failure whatever --max-errors allows; the rows are still written.
+    with pytest.raises(ScoreError, match="none of the 3 images could be read, e.g. .*img_0000.png: file not found"):
+        score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "r", decoder="cpu", max_errors=10)
+    record = json.loads((tmp_path / "r" / RUN_JSON).read_text())
+    assert record["counts"]["ok"] == 0 and record["images_per_s"] is None
     assert all(s["images_per_s"] is None for name, s in record["stages"].items() if name != "decode")
     assert record["lrg_status"] == {"clean": 0, "removed_false_positive": 0, "mirrored": 0, "fallback_full_image": 0}
 
@@ -243,26 +245,30 @@ def test_paths_outside_the_root_and_oversized_files_are_row_errors(tmp_path):
     outside.write_bytes((root / "images" / "img_0000.png").read_bytes())
     (root / "images" / "link.png").symlink_to(outside)
     rows = pd.read_csv(manifest)
-    extra = [str(outside), "../outside.png", "images/link.png"]
-    rows = pd.concat([rows, rows.iloc[:3].assign(image=extra)], ignore_index=True)
+    extra = [str(outside), "../outside.png", "images/../../outside.png", "images/link.png"]
+    rows = pd.concat([rows, rows.iloc[:4].assign(image=extra)], ignore_index=True)
     rows.to_csv(manifest, index=False)
-    big = (root / "images" / "img_0001.png").stat().st_size
+    big = max((root / "images" / f"img_000{i}.png").stat().st_size for i in range(4))
     res = score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "a", decoder="cpu",
                          max_file_mib=(big - 1) / 2**20)
     pred = pd.read_parquet(res.predictions).set_index("image")
-    for entry in extra:
+    assert "--allow-absolute-paths" in pred.loc[str(outside), "error"] and pred.loc[str(outside), "status"] == "error"
+    dotted = extra[1:3]
+    for entry in dotted:
         assert pred.loc[entry, "status"] == "error"
-        assert "file not found under the image root" in pred.loc[entry, "error"]
-    assert len({pred.loc[e, "error"].split(": ", 1)[1] for e in extra}) == 1  # one text for every case
+        assert "not found under the image root" in pred.loc[entry, "error"]
+    assert len({pred.loc[e, "error"].split(": ", 1)[1] for e in dotted}) == 1  # one text, as for a missing file
     too_big = pred["error"].str.contains("exceeds the limit of")
     assert too_big.sum() >= 1 and (pred.loc[too_big, "status"] == "error").all()
+    assert pred.loc["images/link.png", "status"] == "ok"  # a link inside the root is followed
     record = json.loads(res.run_json.read_text())
     assert record["allow_absolute_paths"] is False and record["max_file_bytes"] == big - 1
     allowed = score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "b", decoder="cpu",
-                             allow_absolute_paths=True)
+                             allow_absolute_paths=True, confine_to_root=True)
     pred = pd.read_parquet(allowed.predictions).set_index("image")
     assert pred.loc[str(outside), "status"] == "ok"
     assert pred.loc["../outside.png", "status"] == "error" and pred.loc["images/link.png", "status"] == "error"
+    assert json.loads(allowed.run_json.read_text())["confine_to_root"] is True
     # A resume must keep the path and size rules of the interrupted run.
     crashing = FakeEngines()
     crashing.segmenter = FakeEngine(crashing.segmenter.fn, fail_on_call=2)
@@ -274,3 +280,22 @@ def test_paths_outside_the_root_and_oversized_files_are_row_errors(tmp_path):
     with pytest.raises(ScoreError, match="--max-file-mib"):
         score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "c", decoder="cpu", resume=True,
                        max_file_mib=1)
+
+
+def test_an_absolute_path_manifest_fails_loudly_naming_the_flag(tmp_path):
+    manifest = make_image_folder(tmp_path / "d", 3)
+    rows = pd.read_csv(manifest)
+    rows["image"] = [str((manifest.parent / p).resolve()) for p in rows["image"]]
+    rows.to_csv(manifest, index=False)
+    with pytest.raises(ScoreError, match="none of the 3 images could be read, e.g. .*--allow-absolute-paths"):
+        score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "r", decoder="cpu")
+    res = score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "ok", decoder="cpu", allow_absolute_paths=True)
+    assert res.ok == 3
+
+
+def test_a_manifest_of_only_images_points_at_manifest_folder(tmp_path):
+    manifest = tmp_path / "films.csv"
+    manifest.write_text("image\na.png\n")
+    with pytest.raises(ManifestError, match="missing column\\(s\\) patient_id, view, age, sex; .*sdfn-bench manifest "
+                                            "folder"):
+        score_manifest(manifest, engines=FakeEngines(), out=tmp_path / "r", decoder="cpu")

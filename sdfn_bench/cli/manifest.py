@@ -140,6 +140,10 @@ def check(
     allow_absolute_paths: bool = typer.Option(
         False, "--allow-absolute-paths", help="Accept absolute image paths (as score does with this flag)."
     ),
+    confine_to_root: bool = typer.Option(
+        False, "--confine-to-root", help="Also refuse files that links inside the root lead out of it (as score does "
+        "with this flag)."
+    ),
 ) -> None:
     """Check schema, duplicates, label values and image files; list every problem with its row."""
     from sdfn_bench.manifest.check import check_manifest, count_file_checks
@@ -152,6 +156,7 @@ def check(
             report = check_manifest(
                 manifest, image_root, read=not no_decode, workers=workers,
                 progress=lambda n: bar.advance(task, n), allow_absolute_paths=allow_absolute_paths,
+                confine_to_root=confine_to_root,
             )
     if report.ok:
         files = f", {report.n_files_checked} files under {report.image_root}" if report.n_files_checked else ""

@@ -123,6 +123,11 @@ def score(
         False, "--allow-absolute-paths",
         help="Accept absolute image paths in the manifest (default: every image must lie inside the image root).",
     ),
+    confine_to_root: bool = typer.Option(
+        False, "--confine-to-root",
+        help="Also refuse files that links inside the image root lead out of it (default: such links are followed; "
+        "absolute and '..' entries are refused either way).",
+    ),
     max_file_mib: float = typer.Option(
         512.0, "--max-file-mib", min=0.001,
         help="Refuse image files larger than this (MiB; checked before reading; the row becomes an error).",
@@ -152,7 +157,7 @@ def score(
     options = dict(
         engines_dir=engines, image_root=image_root, out=out, batch_size=batch_size, decoder=decoder, workers=workers,
         resume=resume, limit=limit, max_errors=max_errors, backend=backend, shard_rows=shard_rows,
-        allow_absolute_paths=allow_absolute_paths, max_file_mib=max_file_mib,
+        allow_absolute_paths=allow_absolute_paths, confine_to_root=confine_to_root, max_file_mib=max_file_mib,
         cams=cams,
     )
     if ray is not None:

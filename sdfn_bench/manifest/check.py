@@ -23,7 +23,7 @@ from sdfn_bench.classes import CLASS_NAMES
 from sdfn_bench.decode.reader import DEFAULT_MAX_PIXELS, read_image
 from sdfn_bench.errors import ImageReadError
 from sdfn_bench.manifest.image_root import ImageResolver
-from sdfn_bench.manifest.schema import META_COLUMNS, SEGMENTATION_COLUMNS
+from sdfn_bench.manifest.schema import FOLDER_HINT, META_COLUMNS, SEGMENTATION_COLUMNS
 
 VIEWS = ("PA", "AP", "")
 SEXES = ("M", "F", "")
@@ -74,7 +74,7 @@ def _schema_problems(df: pd.DataFrame) -> tuple[str, list[Problem]]:
     problems: list[Problem] = []
     missing = [c for c in META_COLUMNS if c not in cols]
     if missing:
-        problems.append(Problem(None, ",".join(missing), f"missing column(s) {missing}"))
+        problems.append(Problem(None, ",".join(missing), f"missing column(s) {', '.join(missing)}; {FOLDER_HINT}"))
         return "unknown", problems
     if cols[: len(META_COLUMNS)] != list(META_COLUMNS):
         problems.append(Problem(None, "header", f"columns must start with {list(META_COLUMNS)}, found {cols[:5]}"))
@@ -137,7 +137,7 @@ def _file_problems(
             n_lookups += 1
             found = resolver.resolve(value)
             if found is None:
-                problems.append(Problem(i + 1, col, f"file not found under {resolver.root}: {value!r}"))
+                problems.append(Problem(i + 1, col, f"{value}: {resolver.missing_reason(value)}"))
                 if progress:
                     progress(1)
             else:
@@ -180,6 +180,7 @@ def check_manifest(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: Callable[[int], None] | None = None,
     allow_absolute_paths: bool = False,
+    confine_to_root: bool = False,
 ) -> CheckReport:
     """Check a manifest completely and list every problem with its row.
 
@@ -193,8 +194,9 @@ def check_manifest(
         workers: decoding threads.
         max_pixels: decompression-bomb limit passed to the reader.
         progress: called with the number of files just checked.
-        allow_absolute_paths: accept absolute entries, as ``score --allow-absolute-paths``
-            (otherwise they, and entries leading outside the root, are "file not found").
+        allow_absolute_paths: accept absolute entries, as ``score --allow-absolute-paths``.
+        confine_to_root: also refuse files that links lead out of the root, as
+            ``score --confine-to-root`` (see :mod:`sdfn_bench.manifest.image_root`).
 
     Returns:
         A :class:`CheckReport`; ``report.ok`` is False when any problem was found.
@@ -215,7 +217,8 @@ def check_manifest(
     n_files = 0
     root: Path | None = None
     if check_files and len(df):
-        resolver = ImageResolver.for_manifest(path, image_root, allow_absolute=allow_absolute_paths)
+        resolver = ImageResolver.for_manifest(path, image_root, allow_absolute=allow_absolute_paths,
+                                              confine=confine_to_root)
         root = resolver.root
         columns = ("image", "mask") if kind == "segmentation" else ("image",)
         n_files, file_problems = _file_problems(

@@ -16,6 +16,9 @@ from sdfn_bench.classes import CLASS_NAMES
 from sdfn_bench.errors import ManifestError
 
 META_COLUMNS: tuple[str, ...] = ("image", "patient_id", "view", "age", "sex")
+# Said wherever a manifest lacks metadata columns: a folder of films needs no hand-written CSV.
+FOLDER_HINT = ("for a folder of films, `sdfn-bench manifest folder DIR -o manifest.csv` writes a manifest with "
+               "every column (patient_id = file stem, view/age/sex unknown)")
 LABELED_COLUMNS: tuple[str, ...] = META_COLUMNS + CLASS_NAMES
 
 _DTYPES = {"image": "string", "patient_id": "string", "view": "string", "sex": "string"}
@@ -57,7 +60,8 @@ def validate_manifest(df: pd.DataFrame, *, source: str, require_labels: bool = F
     cols = list(df.columns)
     missing_meta = [c for c in META_COLUMNS if c not in cols]
     if missing_meta:
-        raise ManifestError(f"{source}: missing column(s) {missing_meta}; expected {list(META_COLUMNS)} first")
+        raise ManifestError(f"{source}: missing column(s) {', '.join(missing_meta)}; expected "
+                            f"{', '.join(META_COLUMNS)} first; {FOLDER_HINT}")
     if cols[: len(META_COLUMNS)] != list(META_COLUMNS):
         raise ManifestError(f"{source}: columns must start with {list(META_COLUMNS)}, found {cols[:5]}")
     label_cols = cols[len(META_COLUMNS):]

@@ -87,7 +87,9 @@ def resolve_path(image: str, resolver: Resolver) -> Path:
     """The file of a manifest entry; ImageReadError (:data:`NOT_FOUND`) when it is not under the root."""
     path = resolver.resolve(image)
     if path is None:
-        raise ImageReadError(Path(resolver.root) / image, NOT_FOUND)
+        # An ImageResolver says why in the words `manifest check` uses (absolute entries: the flag to pass).
+        reason = resolver.missing_reason(image) if hasattr(resolver, "missing_reason") else NOT_FOUND
+        raise ImageReadError(Path(resolver.root) / image, reason)
     return path
 
 

@@ -299,13 +299,15 @@ def _check_resume(state: dict[str, Any], fresh: dict[str, Any], run_dir: Path) -
         ("limit", "--limit"),
         ("decoder", "decoder"),
         ("allow_absolute_paths", "--allow-absolute-paths"),
+        ("confine_to_root", "--confine-to-root"),
         ("max_file_bytes", "--max-file-mib"),
         ("cams", "--cams"),
     ):
-        if state.get(key) != fresh.get(key):
+        then = state.get(key, False if key == "confine_to_root" else None)  # runs from before the flag
+        if then != fresh.get(key):
             raise ScoreError(
                 f"{run_dir}: cannot resume: the {what} differs from the interrupted run "
-                f"({state.get(key)!r} then, {fresh.get(key)!r} now); start a new run instead"
+                f"({then} then, {fresh.get(key)} now); start a new run instead"
             )
 
 
@@ -359,6 +361,7 @@ def score_manifest(
     cams: bool = False,
     ray: str | None = None,
     actors: int | None = None,
+    confine_to_root: bool = False,
 ) -> ScoreResult:
     """Score every row of a manifest (or its first ``limit``) and write a run folder.
 
@@ -378,9 +381,10 @@ def score_manifest(
         backend: engine backend to load (default: the one recorded in engines.json).
         progress: progress hooks.
         shard_rows: rows per shard (default: 16 batches; rounded up to a whole number of batches).
-        allow_absolute_paths: accept absolute manifest entries (default: every entry must lie
-            inside the image root after resolving links and ``..``; others are error rows that
-            read like a missing file).
+        allow_absolute_paths: accept absolute manifest entries (default: refused, as are entries
+            with ``..``; such rows are errors whose text names this flag).
+        confine_to_root: also refuse files that links inside the root lead out of it (default:
+            links inside the root are followed; see :mod:`sdfn_bench.manifest.image_root`).
         max_file_mib: refuse image files larger than this many MiB, from ``stat`` before reading
             (default 512; such rows are errors).
         cams: also store each image's class activation maps in ``RUN/cams/`` (needs engines built
@@ -409,7 +413,8 @@ def score_manifest(
             raise ScoreError(f"--limit must be >= 1, got {limit}")
         df = df.iloc[:limit]
     images = [str(v) for v in df["image"]]
-    resolver = ImageResolver.for_manifest(manifest, image_root, allow_absolute=allow_absolute_paths)
+    resolver = ImageResolver.for_manifest(manifest, image_root, allow_absolute=allow_absolute_paths,
+                                          confine=confine_to_root)
     if max_file_mib is not None and not max_file_mib > 0:
         raise ScoreError(f"--max-file-mib must be > 0, got {max_file_mib}")
     limits = ReadLimits(max_bytes=DEFAULT_MAX_BYTES if max_file_mib is None else int(max_file_mib * 2**20))
@@ -444,6 +449,7 @@ def score_manifest(
         "decoder": decoder_name,
         "cams": cams,
         "allow_absolute_paths": allow_absolute_paths,
+        "confine_to_root": confine_to_root,
         "max_file_bytes": limits.max_bytes,
     }
     state_path = run_dir / STATE_JSON
@@ -540,6 +546,10 @@ def score_manifest(
     # "resumable" run whose shards are gone.
     state_path.unlink()
     remove_shards(run_dir)
+    if result.total and not result.ok:
+        # Nothing to compare: a script must see this, whatever --max-errors allows (everything is written).
+        raise ScoreError(f"none of the {result.total} images could be read, e.g. {result.errors[0][1]}; the error "
+                         f"rows are in {run_dir / PREDICTIONS}")
     if max_errors is not None and result.error > max_errors:
         raise ScoreError(
             f"{result.error} of {result.total} images could not be read (more than --max-errors {max_errors}); "
@@ -582,6 +592,7 @@ def _finish(
         # CPU reader and the pipeline rebuilds after a DALI error.
         "decoder_counts": _sum_counts([s.get("decoders") or {} for s in sessions]),
         "allow_absolute_paths": bool(state.get("allow_absolute_paths", False)),
+        "confine_to_root": bool(state.get("confine_to_root", False)),
         "max_file_bytes": state.get("max_file_bytes"),
         "batch_size": batch_size,
         "workers": workers,
