@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sdfn_bench.demo_digest import inputs_digest, mark_line
 from sdfn_bench.errors import SdfnError
 from sdfn_bench.steps import (
     StepHooks,
@@ -279,6 +280,7 @@ def publish(result: DemoResult, repo_root: str | Path) -> Path:
     table = _demote_headings(result.table1_markdown.strip())
     block = "\n".join([
         README_START,
+        mark_line(inputs_digest()),  # tests/test_demo_digest.py: fails when the numbers' code changed since
         f"Produced by `sdfn-bench demo --publish` in {result.wall_s / 60:.1f} minutes "
         "(installation excluded); steps: " + steps + ".",
         "",

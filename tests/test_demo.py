@@ -116,6 +116,9 @@ def test_publish_rewrites_only_the_demo_block(tmp_path: Path) -> None:
     assert "old" not in text
     assert "### Table 1 - SYNTHETIC" in text  # headings demoted under the README's section
     assert "1.5 minutes" in text and "cohort 1 s" in text
+    from sdfn_bench.demo_digest import inputs_digest, published_digest
+
+    assert published_digest(text) == inputs_digest()  # the block records what made its numbers
     assert (repo / "docs" / "demo" / "roc_curves.png").read_bytes() == b"\x89PNG fake"
 
 
