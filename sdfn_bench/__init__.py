@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from sdfn_bench.core.version import __version__
 
 # The notebook API (sdfn_bench.api), imported on first use so that `import sdfn_bench` (the CLI's
 # version lookup) stays free of torch and the engine backends.

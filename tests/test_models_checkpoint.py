@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from sdfn_bench.core.hashing import file_sha256
 from sdfn_bench.errors import CheckpointError
-from sdfn_bench.manifest.schema import file_sha256
 from sdfn_bench.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from sdfn_bench.models.segmenter import build_segmenter
 from sdfn_bench.preprocess import Preprocessing
@@ -69,3 +69,19 @@ def test_missing_metadata_keys(tmp_path):
         save_checkpoint(tmp_path / "s", build_segmenter(ARCH), {"kind": "segmenter"})
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "nothing")
+
+
+def test_a_failed_save_keeps_the_previous_pair_and_leaves_no_temporary_files(tmp_path):
+    torch.manual_seed(0)
+    net = build_segmenter(ARCH)
+    w = save_checkpoint(tmp_path / "segmenter", net, _meta())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    bad = _meta()
+    bad["loop"] = bad  # json.dumps fails after the weights were serialized
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    with pytest.raises(ValueError, match="Circular"):
+        save_checkpoint(tmp_path / "segmenter", net, bad)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert load_checkpoint(w).sha256 == file_sha256(w)

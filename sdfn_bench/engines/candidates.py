@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sdfn_bench.core.hashing import file_sha256
 from sdfn_bench.engines.backends import get_backend
 from sdfn_bench.engines.backends.base import KIND_OF, BuildJob, EngineSpec, LoadContext, probe_device
 from sdfn_bench.engines.export import engine_spec, example_inputs, export_onnx, io_module, torch_outputs
@@ -37,7 +38,6 @@ from sdfn_bench.engines.parity import check_parity, tolerance_key
 from sdfn_bench.engines.precision import capability, device_kind, refusal
 from sdfn_bench.engines.precision import engine_precision as engine_precision  # re-exported for build.py
 from sdfn_bench.errors import EngineError
-from sdfn_bench.manifest.schema import file_sha256
 from sdfn_bench.preprocess import Preprocessing, prepare
 
 PROBE_BATCH = 4

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sdfn_bench.core.hashing import file_sha256
 from sdfn_bench.engines.backends import get_backend
 from sdfn_bench.engines.backends.base import (
     CAM_OUTPUT,
@@ -23,7 +24,6 @@ from sdfn_bench.engines.registry import (
     resolve_checkpoint,
 )
 from sdfn_bench.errors import EngineError
-from sdfn_bench.manifest.schema import file_sha256
 from sdfn_bench.preprocess import Preprocessing
 
 

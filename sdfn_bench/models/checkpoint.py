@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,8 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from sdfn_bench.core.hashing import file_sha256
+from sdfn_bench.core.io import atomic_write
+from sdfn_bench.core.version import __version__
 from sdfn_bench.errors import CheckpointError
-from sdfn_bench.manifest.schema import file_sha256
 
 KINDS = ("segmenter", "extractor", "fusion")
 STANDARD_NAMES = ("segmenter", "extractor_entire", "extractor_lung", "fusion")
@@ -61,8 +62,6 @@ def versions() -> dict[str, str]:
     """Versions of the packages that shape a checkpoint's numbers."""
     import numpy
     import torchvision
-
-    from sdfn_bench import __version__
 
     return {
         "sdfn_bench": __version__,
@@ -104,7 +103,7 @@ def save_checkpoint(path: str | Path, module: nn.Module, meta: Mapping[str, Any]
     Returns:
         The ``.safetensors`` path.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
@@ -117,13 +116,11 @@ def save_checkpoint(path: str | Path, module: nn.Module, meta: Mapping[str, Any]
     full.setdefault("versions", versions())
     full.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    # Write both files under temporary names first so a crash never leaves a mismatched pair.
-    tmp_w = weights.with_name(weights.name + ".tmp")
-    tmp_m = meta_path.with_name(meta_path.name + ".tmp")
-    save_file(tensors, str(tmp_w), metadata={"kind": str(full["kind"])})
-    tmp_m.write_text(json.dumps(full, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp_w, weights)
-    os.replace(tmp_m, meta_path)
+    # Both files are complete under temporary names before either is renamed (the inner block's
+    # weights first), so a crash never leaves new weights with old metadata half-written.
+    with atomic_write(meta_path, "w") as meta_file, atomic_write(weights) as weights_file:
+        weights_file.write(save(tensors, metadata={"kind": str(full["kind"])}))
+        meta_file.write(json.dumps(full, indent=2, sort_keys=True, default=str) + "\n")
     return weights
 
 

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from sdfn_bench.core.hashing import file_sha256
+from sdfn_bench.core.io import atomic_write
 from sdfn_bench.errors import CheckpointError, SdfnError
-from sdfn_bench.manifest.schema import file_sha256
 from sdfn_bench.models.checkpoint import checkpoint_paths, save_checkpoint
 
 
@@ -159,7 +160,7 @@ def _state_paths(stem: Path) -> tuple[Path, Path]:
 
 
 def _save_state(stem: Path, model: nn.Module, optimizer: torch.optim.Optimizer, info: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
@@ -171,12 +172,11 @@ def _save_state(stem: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
             else:
                 opt_scalars[f"{pid}.{name}"] = value
     weights, meta = _state_paths(stem)
-    tmp_w, tmp_m = weights.with_name(weights.name + ".tmp"), meta.with_name(meta.name + ".tmp")
-    save_file(tensors, str(tmp_w))
     info = {**info, "optimizer_param_groups": opt["param_groups"], "optimizer_scalars": opt_scalars}
-    tmp_m.write_text(json.dumps(info, indent=1, default=float))
-    os.replace(tmp_w, weights)
-    os.replace(tmp_m, meta)
+    # the pair is complete on disk before either rename (weights first, as save_checkpoint)
+    with atomic_write(meta, "w") as meta_file, atomic_write(weights) as weights_file:
+        weights_file.write(save(tensors))
+        meta_file.write(json.dumps(info, indent=1, default=float))
 
 
 def _load_state(stem: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from sdfn_bench.classes import CLASS_NAMES
+from sdfn_bench.core.hashing import file_sha256
 from sdfn_bench.errors import SdfnError
 from sdfn_bench.manifest.image_root import ImageResolver
-from sdfn_bench.manifest.schema import file_sha256, read_manifest
+from sdfn_bench.manifest.schema import read_manifest
 from sdfn_bench.models.checkpoint import Checkpoint, load_checkpoint
 from sdfn_bench.models.extractor import Extractor
 from sdfn_bench.models.fusion import DEFAULT_ARCH, FusionHead

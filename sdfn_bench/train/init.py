@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
+from sdfn_bench.core.io import write_json
 from sdfn_bench.errors import CheckpointError, SdfnError
 from sdfn_bench.models.checkpoint import checkpoint_paths
 
@@ -117,6 +118,4 @@ def _record_training_data(stem: Path, training_data: str) -> None:
     _, meta_path = checkpoint_paths(stem)
     meta = json.loads(meta_path.read_text())
     meta["source"] = {**meta.get("source", {}), "training_data": training_data}
-    tmp = meta_path.with_name(meta_path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1) + "\n")
-    os.replace(tmp, meta_path)
+    write_json(meta_path, meta, indent=1)
