@@ -134,9 +134,14 @@ def test_per_layer_fallback_keeps_the_boxes_where_all_int8_does_not(trained):
     assert facts["mixed"]["kept"] == kept or set(facts["mixed"]["kept"]) == set(kept)
     assert facts["mixed"]["all_int8"]["images_failing"] >= 1 and facts["mixed"]["final"]["images_failing"] == 0
     assert facts["mixed"]["why"].startswith(f"{len(kept)} of 22 layers kept in float")
-    assert all(precision[n] == "int8" for n in facts["mixed"]["requantized"])  # put back: int8 in the plan
+    assert facts["mixed"]["requantized"] == []  # off by default
     ranking = facts["mixed"]["ranking"]
-    assert len(ranking) == 22 and ranking[0]["node"] in facts["mixed"]["kept"] + facts["mixed"]["requantized"]
+    assert len(ranking) == 22 and ranking[0]["node"] == facts["mixed"]["kept"][0]
+    # requantize: fewer float layers, every calibration image still passing
+    fewer = quantize_mixed(path, folder / "mixed-requantized.onnx", {"image": calibration}, activations=activations,
+                           mask_threshold=0.5, requantize=True)["mixed"]
+    assert set(fewer["kept"]) <= set(kept) and set(fewer["kept"]).isdisjoint(fewer["requantized"])
+    assert len(fewer["kept"]) + len(fewer["requantized"]) == len(kept) and fewer["final"]["images_failing"] == 0
     assert facts["activations"] == activations and not (folder / f"mixed-{activations}.all-int8.onnx").exists()
 
 
