@@ -85,7 +85,8 @@ def quantize_network(kind: str, onnx_fp32: Path, out_path: Path, calibration: di
     The segmenter gets mixed precision by measured per-layer sensitivity
     (:func:`sdfn_bench.engines.sensitivity.quantize_mixed`: the layers whose int8 error moves a
     calibration image's mask or lung box stay float, judged at the checkpoint's mask threshold
-    and lung margin); the extractors are quantized whole (the accuracy gate judges them).
+    and lung margin; always ONNX Runtime's quantizer, whose Q/DQ graph it edits, also for
+    TensorRT's s8 scheme); the extractors are quantized whole (the accuracy gate judges them).
     """
     if kind == "segmenter":
         from sdfn_bench.engines.sensitivity import quantize_mixed
