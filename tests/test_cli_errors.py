@@ -99,3 +99,20 @@ def test_worker_error_reads_the_workers_tool_error() -> None:
         "sdfn_bench.errors.", ""))) is None
     assert worker_error(RuntimeError("plain failure")) is None
     assert worker_error(ImageReadError("/d/a.png", "not found")) is None
+
+
+def test_calibrate_refuses_a_test_run_and_an_unlabelled_run(monkeypatch, capsys, tmp_path) -> None:
+    import json
+
+    test_run, unlabelled_run = tmp_path / "test_run", tmp_path / "films_run"
+    for run, manifest, header in ((test_run, tmp_path / "cohort" / "test.csv", "image,patient_id,view,age,sex"),
+                                  (unlabelled_run, tmp_path / "films.csv", "image,patient_id,view,age,sex")):
+        run.mkdir()
+        manifest.parent.mkdir(exist_ok=True)
+        manifest.write_text(header + "\na.png,p,PA,,\n")
+        (run / "run.json").write_text(json.dumps({"manifest": str(manifest)}))
+    code, out, err = _run(monkeypatch, capsys, "calibrate", test_run, "-o", tmp_path / "c.json")
+    _one_error_line(code, out, err, "a test manifest: calibration is fitted on a labelled validation run")
+    code, out, err = _run(monkeypatch, capsys, "calibrate", unlabelled_run, "-o", tmp_path / "c.json")
+    _one_error_line(code, out, err, "whose manifest has no labels")
+    assert not (tmp_path / "c.json").exists()

@@ -97,3 +97,14 @@ def test_gate_limits_in_the_help_are_the_gates_defaults() -> None:
     limits = GateThresholds()
     for value in (limits.mean_abs_auc_delta, limits.max_abs_auc_delta, limits.agreement_bound):
         assert f"default {value:g}" in text
+
+
+def test_flags_show_no_bool_metavar() -> None:
+    from typer.testing import CliRunner
+
+    from sdfn_bench.cli.main import app
+
+    text = CliRunner().invoke(app, ["score", "--help"], env={"COLUMNS": "200"}).output
+    resume = next(line for line in text.splitlines() if "--resume" in line and "Continue" in line)
+    limit = next(line for line in text.splitlines() if "--limit" in line)
+    assert "<bool>" not in text and "<int" in limit and "Continue" in resume

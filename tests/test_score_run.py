@@ -109,7 +109,7 @@ def test_resume_refuses_a_different_image_root(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="engine exploded"):
         score_manifest(first, engines=crashing, out=out, batch_size=2, shard_rows=2, decoder="cpu", workers=1)
-    with pytest.raises(ScoreError, match="cannot resume: the --image-root differs"):
+    with pytest.raises(ScoreError, match="cannot resume: --image-root changed since the interrupted run"):
         score_manifest(first, engines=FakeEngines(), out=out, decoder="cpu", resume=True, image_root=tmp_path / "b")
     res = score_manifest(first, engines=FakeEngines(), out=out, decoder="cpu", resume=True, image_root=tmp_path / "a")
     assert (res.total, res.ok) == (6, 6)

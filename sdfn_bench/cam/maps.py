@@ -72,7 +72,7 @@ class HeadWeights:
     def class_index(self, name: str) -> int:
         """Position of class ``name``; ValueError naming the known classes otherwise."""
         if name not in self.class_names:
-            raise ValueError(f"unknown class {name!r}; known: {', '.join(self.class_names)}")
+            raise ValueError(f"unknown class {name}; known: {', '.join(self.class_names)}")
         return self.class_names.index(name)
 
 

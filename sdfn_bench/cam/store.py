@@ -185,7 +185,7 @@ class StoredCams:
     def index(self, image: str) -> int:
         """Row of ``image``; CamError when the run has no maps for it."""
         if image not in self._index:
-            raise CamError(f"no maps for image {image!r} (not scored, or unreadable)")
+            raise CamError(f"no maps for image {image} (not scored, or unreadable)")
         return self._index[image]
 
     def sdfn_map(self, row: int, class_name: str) -> np.ndarray:

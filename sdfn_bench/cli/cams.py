@@ -63,8 +63,15 @@ def cams(
         None, "--boxes", help="Truth boxes to draw (default: those of the run's last `localize`)."),
 ) -> None:
     """PNG overlays (image, entire-image CAM, SDFN CAM, lung box, truth boxes) and a static HTML gallery."""
+    from sdfn_bench.classes import CLASS_NAMES, match_class
     from sdfn_bench.report.gallery import write_gallery
 
+    # The matcher `compare --predictions` uses: case, separators and a prob_ prefix do not matter.
+    matched = match_class(class_name)
+    if matched is None:
+        raise CamError(f"--class {class_name}: not one of the 14 classes ({', '.join(CLASS_NAMES)}); case and "
+                       "separators do not matter")
+    class_name = matched
     chosen = None
     if images:
         if images.startswith("@"):

@@ -75,6 +75,25 @@ def _register() -> None:
 _register()
 
 
+def _no_flag_metavar() -> None:
+    """Flags take no value: typer 0.29's help prints ``<bool>`` beside them, which invites
+    ``--resume true`` (a usage error). Only the help column changes; parsing is typer's."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(TyperOption, "_sdfn_no_flag_metavar", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: typer.Context) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    setattr(TyperOption, "display_type_rich", display_type_rich)  # noqa: B010 (a method, on purpose)
+    setattr(TyperOption, "_sdfn_no_flag_metavar", True)  # noqa: B010
+
+
+_no_flag_metavar()
+
+
 def _interruption(exc: BaseException) -> KeyboardInterrupt | None:
     """The Ctrl-C behind an exit: typer turns KeyboardInterrupt into a silent ``Exit(130)``."""
     seen: set[int] = set()

@@ -13,17 +13,19 @@ from sdfn_bench.classes import CLASS_NAMES
 
 
 def _parse_strengths(items: list[str]) -> dict[str, float]:
+    from sdfn_bench.classes import match_class
     from sdfn_bench.synth import SynthError
 
     out: dict[str, float] = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep:
-            raise SynthError(f"--finding-strength expects CLASS=VALUE, got {item!r}")
+            raise SynthError(f"--finding-strength expects CLASS=VALUE, got {item}")
         try:
-            out[name.strip()] = float(value)
+            # An unknown name is passed on as typed: the cohort's own check names the classes.
+            out[match_class(name) or name.strip()] = float(value)
         except ValueError as exc:
-            raise SynthError(f"--finding-strength {item!r}: {value!r} is not a number") from exc
+            raise SynthError(f"--finding-strength {item}: {value} is not a number") from exc
     return out
 
 

@@ -12,7 +12,6 @@ way. Other columns are ignored. The same reader serves ``compare --manifest M --
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,25 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sdfn_bench.classes import CLASS_NAMES
+# The class-name matcher lives in sdfn_bench.classes: one matcher for every command.
+from sdfn_bench.classes import CLASS_NAMES, class_key, normalize
 from sdfn_bench.errors import StatsError
 
 RESERVED = ("entire", "lung", "sdfn")
 IMAGE_COLUMNS = ("image", "imageindex")
-CLASS_PREFIXES = ("prob", "pred")
-
-
-def normalize(name: str) -> str:
-    """Lower case without separators: ``Pleural_Thickening`` -> ``pleuralthickening``."""
-    return re.sub(r"[^0-9a-z]", "", str(name).lower())
-
-
-def class_key(name: str) -> str:
-    """:func:`normalize` after dropping a ``prob``/``pred`` prefix set off by a separator
-    (``prob_Effusion`` -> ``effusion``; ``Pneumonia`` keeps its letters)."""
-    text = str(name).strip()
-    match = re.match(rf"^(?:{'|'.join(CLASS_PREFIXES)})[\s_\-.:]+(.+)$", text, flags=re.IGNORECASE)
-    return normalize(match.group(1) if match else text)
 
 
 def _mismatch(missing: Sequence[str], columns: Sequence[str]) -> str:

@@ -103,7 +103,8 @@ def _columns(pred: pd.DataFrame, name: str, what: str) -> pd.DataFrame:
     cols = [f"{name}_{c}" for c in CLASS_NAMES]
     missing = [c for c in cols if c not in pred.columns]
     if missing:
-        raise ScoreError(f"the {what} file covers prediction set {name!r}, but the predictions lack {missing[:3]}")
+        raise ScoreError(f"the {what} file covers prediction set {name}, but the predictions lack "
+                         f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
     return pred[cols]
 
 
@@ -117,7 +118,9 @@ def postprocess_run(run_dir: str | os.PathLike[str], post: PostProcessing) -> Pa
     path, run_json = run_dir / "predictions.parquet", run_dir / "run.json"
     record = json.loads(run_json.read_text())
     if record.get("postprocessing"):
-        raise ScoreError(f"{run_dir}: already post-processed ({record['postprocessing']}); score again instead")
+        done = ", ".join(f"{kind} from {ref.get('path', '?') if isinstance(ref, dict) else ref}"
+                         for kind, ref in record["postprocessing"].items() if ref)
+        raise ScoreError(f"{run_dir}: already post-processed ({done}); score again into a new --out instead")
     out = postprocess_predictions(pd.read_parquet(path), post)
     tmp = path.with_name(f".{path.name}.tmp")
     out.to_parquet(tmp, index=False)

@@ -180,7 +180,7 @@ def choose_decoder(decoder: str) -> tuple[str, str]:
     times both decoders on a GPU; ``--decoder dali`` stays available explicitly.
     """
     if decoder not in DECODERS:
-        raise ScoreError(f"--decoder must be one of {list(DECODERS)}, got {decoder!r}")
+        raise ScoreError(f"--decoder must be one of {', '.join(DECODERS)}, got {decoder}")
     from sdfn_bench.decode.dali import dali_available
 
     if decoder == "cpu":
@@ -191,6 +191,22 @@ def choose_decoder(decoder: str) -> tuple[str, str]:
     if not dali_available():
         raise BackendUnavailableError("--decoder dali needs NVIDIA DALI: pip install -e '.[dali]'")
     return "dali", "gpu" if gpu else "cpu"
+
+
+def check_backend_name(backend: str | None) -> None:
+    """Refuse a ``--backend`` that does not exist (a typo) or is not installed, by that name, before
+    engines.json is read (which would answer with a rebuild command for a backend that cannot run)."""
+    if backend in (None, "auto"):
+        return
+    from sdfn_bench.engines.backends import get_backend
+    from sdfn_bench.engines.backends.base import BACKENDS
+
+    if backend not in BACKENDS:
+        raise BackendUnavailableError(f"--backend {backend}: no such backend; the backends are {', '.join(BACKENDS)} "
+                                      "(or leave --backend out: the engines' own)")
+    if not get_backend(backend).is_available():
+        raise BackendUnavailableError(f"--backend {backend}: not installed here (see pyproject.toml's extras); "
+                                      "leave --backend out to use the engines' own backend")
 
 
 def _cuda_available() -> bool:
@@ -306,7 +322,7 @@ def _check_resume(state: dict[str, Any], fresh: dict[str, Any], run_dir: Path) -
         then = state.get(key, False if key == "confine_to_root" else None)  # runs from before the flag
         if then != fresh.get(key):
             raise ScoreError(
-                f"{run_dir}: cannot resume: the {what} differs from the interrupted run "
+                f"{run_dir}: cannot resume: {what} changed since the interrupted run "
                 f"({then} then, {fresh.get(key)} now); start a new run instead"
             )
 
@@ -424,6 +440,8 @@ def score_manifest(
         if cams:
             raise ScoreError("--cams is not supported with --ray; score the maps without --ray")
     decoder_name, decoder_device = choose_decoder(decoder) if ray is None else ray_runner.ray_decoder(decoder)
+    if engines is None:
+        check_backend_name(backend)
     if engines is None and ray is not None:  # the actors load the engines; the driver reads engines.json
         engines = ray_runner.engine_info(Path(engines_dir), backend=backend)
     if engines is None:

@@ -114,12 +114,12 @@ def read_shards(run_dir: Path, manifest_images: Sequence[str]) -> pd.DataFrame |
     unknown = [i for i in rows["image"] if i not in known]
     if unknown:
         raise ScoreError(
-            f"{run_dir}: shards hold {len(unknown)} image(s) not in the manifest (first: {unknown[0]!r}); "
+            f"{run_dir}: shards hold {len(unknown)} image(s) not in the manifest (first: {unknown[0]}); "
             "was the run started with another manifest or --limit?"
         )
     dup = rows["image"].duplicated()
     if dup.any():
-        raise ScoreError(f"{run_dir}: image {rows['image'][dup].iloc[0]!r} appears in more than one shard")
+        raise ScoreError(f"{run_dir}: image {rows['image'][dup].iloc[0]} appears in more than one shard")
     return rows
 
 
@@ -137,7 +137,7 @@ def merge_shards(run_dir: Path, manifest_images: Sequence[str], out: Path) -> pd
         raise ScoreError(f"{run_dir}: no result shards to merge")
     missing = set(manifest_images) - set(rows["image"])
     if missing:
-        raise ScoreError(f"{run_dir}: {len(missing)} manifest image(s) have no row (e.g. {sorted(missing)[0]!r})")
+        raise ScoreError(f"{run_dir}: {len(missing)} manifest image(s) have no row (e.g. {sorted(missing)[0]})")
     order = {image: i for i, image in enumerate(manifest_images)}
     rows = rows.iloc[np.argsort(rows["image"].map(order).to_numpy(), kind="stable")].reset_index(drop=True)
     if len(rows) != len(manifest_images) or list(rows["image"]) != list(manifest_images):
