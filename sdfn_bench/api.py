@@ -113,7 +113,8 @@ def score_images(engines: EngineSet | str | os.PathLike[str], images: Sequence[I
     """Score image files or arrays with a loaded engine set (or the engines folder).
 
     Args:
-        engines: from :func:`load_engines`, or the folder to load it from.
+        engines: from :func:`load_engines` (left open), or the folder to load it from (loaded for
+            this call and closed before it returns).
         images: paths (PNG, JPEG, DICOM, JSRT ``.IMG`` ...) or (H, W) grayscale arrays: ``uint8``
             (0-255), ``uint16`` (all 16 bits, 0-65535: raw 12-bit data needs ``value_range``) or
             float in [0, 1], as the reader returns them.
@@ -131,8 +132,14 @@ def score_images(engines: EngineSet | str | os.PathLike[str], images: Sequence[I
             [0, 1], pixels outside ``value_range``), before anything is scored; the message says
             how to convert it.
     """
-    if not isinstance(engines, EngineSet):
-        engines = load_engines(engines)
+    if isinstance(engines, EngineSet):
+        return _score_images(engines, images, batch_size, value_range)
+    with load_engines(engines) as loaded:
+        return _score_images(loaded, images, batch_size, value_range)
+
+
+def _score_images(engines: EngineSet, images: Sequence[Item], batch_size: int | None,
+                  value_range: tuple[float, float] | None) -> list[ImageScore]:
     if isinstance(images, (str, os.PathLike, np.ndarray)):
         raise SdfnError("score_images takes a list of paths or arrays, not a single one: wrap it in [...]")
     size = batch_size or engines.max_batch

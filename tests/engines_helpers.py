@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from sdfn_bench.classes import CLASS_NAMES
 from sdfn_bench.engines.build import Source
+from sdfn_bench.engines.engine_set import EngineSet
 from sdfn_bench.lrg import PAPER_MARGIN
 from sdfn_bench.models.checkpoint import save_checkpoint
 from sdfn_bench.models.extractor import build_extractor
@@ -105,3 +107,16 @@ def tiny_sources(size: int = 16) -> dict[str, Source]:
     return out
 
 
+def load_unchecked(monkeypatch, folder: Path, **kwargs: Any) -> EngineSet:
+    """``load_engines`` for engines built from :func:`tiny_sources`: they have no checkpoint file,
+    so that one check is skipped; all the others run."""
+    from sdfn_bench.engines import engine_set
+
+    real = engine_set.check_record
+
+    def check(record: dict[str, Any], engines_dir: Path, **kw: Any) -> None:
+        kw["checkpoint_sha256"] = {n: e["checkpoint"]["sha256"] for n, e in record["engines"].items()}
+        real(record, engines_dir, **kw)
+
+    monkeypatch.setattr(engine_set, "check_record", check)
+    return engine_set.load_engines(folder, **kwargs)

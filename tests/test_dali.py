@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 
 import cv2
 import numpy as np
@@ -163,3 +165,20 @@ def test_run_json_counts_per_decoder_and_paths_confined_alike(tmp_path):
     assert counts["dali_failed_batches"] == 1 and counts["dali_pipeline_rebuilds"] == 1
     assert counts["dali"] + counts["cpu"] == 10 - 3 and counts["cpu"] >= 2
     assert json.loads(b.run_json.read_text())["decoder_counts"] == {"cpu": 10}
+
+
+def test_close_shuts_the_pipeline_down(files):
+    resolver = ImageResolver(files)
+    with DaliDecoder(lambda im: resolve_path(im, resolver), batch_size=3, device="cpu") as decoder:
+        decoder.decode(["gray.png", "scrambled.png"])  # a fallback: the pipeline was rebuilt once
+        got = decoder.decode(["gray2.png"])
+        pipe = weakref.ref(decoder.pipe)
+        assert not decoder.closed
+    assert decoder.closed
+    gc.collect()
+    assert pipe() is None  # nothing else kept DALI's pipeline (and its threads) alive
+    np.testing.assert_array_equal(got[0], read_image(files / "gray2.png"))
+    with pytest.raises(RuntimeError, match="after close"):
+        decoder.decode(["gray.png"])
+    decoder.close()  # idempotent
+    assert decoder.counts() == {"dali": 1, "cpu": 2, "dali_failed_batches": 1, "dali_pipeline_rebuilds": 1}

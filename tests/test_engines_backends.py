@@ -11,9 +11,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from engines_helpers import FEATURES, tiny_sources
+from engines_helpers import FEATURES, load_unchecked, tiny_sources
 
-from sdfn_bench.engines import load_engines
 from sdfn_bench.engines.backends import Availability, choose_backend, cpu_backends
 from sdfn_bench.engines.backends import tensorrt as trt_backend
 from sdfn_bench.engines.build import build_from_sources
@@ -22,20 +21,6 @@ from sdfn_bench.errors import BackendUnavailableError, EngineError
 
 def _build(tmp_path, **kwargs):
     return build_from_sources(tiny_sources(), tmp_path / "engines", max_batch=4, **kwargs)
-
-
-def _load_unchecked(monkeypatch, folder):
-    # tiny sources have no checkpoint file: skip that one check, keep all others
-    from sdfn_bench.engines import engine_set
-
-    real = engine_set.check_record
-
-    def check(record, engines_dir, **kw):
-        kw["checkpoint_sha256"] = {n: e["checkpoint"]["sha256"] for n, e in record["engines"].items()}
-        real(record, engines_dir, **kw)
-
-    monkeypatch.setattr(engine_set, "check_record", check)
-    return load_engines(folder)
 
 
 AVAIL = {
@@ -84,7 +69,7 @@ def test_fp16_onnx_has_half_weights_and_float_io(tmp_path, monkeypatch):
     assert weight_types == {onnx.TensorProto.FLOAT16}
     assert [i.type.tensor_type.elem_type for i in model.graph.input] == [onnx.TensorProto.FLOAT]
     assert {o.type.tensor_type.elem_type for o in model.graph.output} == {onnx.TensorProto.FLOAT}
-    engines = _load_unchecked(monkeypatch, tmp_path / "engines")
+    engines = load_unchecked(monkeypatch, tmp_path / "engines")
     parity = engines.record["engines"]["extractor_entire"]["parity"]
     assert 0 < parity["max_abs_diff"]["logits"] <= parity["limit"]["logits"]  # really half precision
     assert parity["tolerance"] == {"atol": 5e-2, "rtol": 1e-2, "prob_atol": 2e-2, "mask_agreement": 0.99}
@@ -109,7 +94,7 @@ def test_int8_is_explicit_qdq_and_keeps_fusion_fp32(tmp_path, monkeypatch):
     assert weights and all(z.dtype == np.int8 and np.all(z == 0) for z in weights)
     assert activations and all(z.dtype == np.uint8 for z in activations)
     assert any(np.any(z != 0) for z in activations)  # asymmetric
-    engines = _load_unchecked(monkeypatch, tmp_path / "engines")
+    engines = load_unchecked(monkeypatch, tmp_path / "engines")
     entry = engines.record["engines"]["extractor_lung"]
     assert entry["parity"]["inputs"] == "calibration images"
     quantization = entry["export"]["quantization"]
@@ -142,7 +127,7 @@ def test_int8_for_tensorrt_is_symmetric(tmp_path):
 def test_cams_add_feature_maps(tmp_path, monkeypatch):
     report = _build(tmp_path, backend="onnxruntime", precision="fp32", cams=True)
     assert all(r.parity_passed for r in report.results)
-    engines = _load_unchecked(monkeypatch, tmp_path / "engines")
+    engines = load_unchecked(monkeypatch, tmp_path / "engines")
     assert engines.cams and engines.extractor_entire.output_names == ("features", "logits", "feature_maps")
     outs = engines.extractor_entire.run({"image": np.zeros((2, 1, 16, 16), np.float32)})
     assert outs["feature_maps"].shape == (2, FEATURES, 8, 8)
@@ -158,7 +143,7 @@ def test_torch_backend_runs_tensors_and_numpy(tmp_path, monkeypatch):
     report = _build(tmp_path, backend="torch", precision="fp32")
     assert report.backend == "torch" and all(r.files == () and r.parity_passed for r in report.results)
     with pytest.raises(EngineError, match="torch backend needs the source checkpoint"):
-        _load_unchecked(monkeypatch, tmp_path / "engines")  # the checkpoint is the torch engine
+        load_unchecked(monkeypatch, tmp_path / "engines")  # the checkpoint is the torch engine
     entry = json.loads(report.engines_json.read_text())["engines"]["segmenter"]
     module = tiny_sources()["segmenter"].module
     engine = TorchBackend().load(LoadContext(spec=spec_from_entry("segmenter", entry), engines_dir=tmp_path, entry=entry,

@@ -256,3 +256,38 @@ def test_full_resolution_images_do_not_travel_past_the_lung_crop(folder):
     assert len(arrays) == 2 * 4  # entire and lung inputs of the 4 readable rows, nothing else
     assert max(a.nbytes for a in arrays) == 24 * 24 * 4
     assert held.shapes[0] == tuple(read_image(resolver.resolve(rows["image"][0])).shape)
+
+
+def test_the_pipeline_closes_the_decoders_it_makes_not_those_it_is_given(folder):
+    from sdfn_bench.score.pipeline import CpuDecoder
+
+    _, rows, resolver = folder
+    images = list(rows["image"])
+    made: list[ClosingDecoder] = []
+
+    class ClosingDecoder(CpuDecoder):
+        closes = 0
+
+        def close(self) -> None:
+            self.closes += 1
+
+    def factory(pool):
+        made.append(ClosingDecoder(resolver, pool))
+        return made[-1]
+
+    run_pipeline(images, FakeEngines(), resolver, sink=lambda frame: None, batch_size=2, workers=1, decoder=factory)
+    assert len(made) == 1 and made[0].closes == 1 and made[0].images == len(images)
+
+    def failing(frame):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        run_pipeline(images, FakeEngines(), resolver, sink=failing, batch_size=2, workers=1, decoder=factory)
+    assert made[1].closes == 1  # closed on the way out of a failed run too
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        given = ClosingDecoder(resolver, pool)
+        run_pipeline(images, FakeEngines(), resolver, sink=lambda frame: None, batch_size=2, decoder=given)
+    assert given.closes == 0 and given.images == len(images)

@@ -135,6 +135,9 @@ class DaliDecoder:
         device: ``cpu`` or ``gpu``.
         num_threads: DALI's CPU threads.
         limits: file-size and pixel-count guards (as for the CPU reader).
+
+    :meth:`close` shuts the DALI pipeline down (its worker threads and buffers) without waiting
+    for the garbage collector; the decoder is also a context manager that closes on exit.
     """
 
     name = "dali"
@@ -162,6 +165,22 @@ class DaliDecoder:
     def _build(self) -> Any:
         return build_decode_pipeline(self.batch_size, device=self.device, num_threads=self.num_threads)
 
+    @property
+    def closed(self) -> bool:
+        return self.pipe is None
+
+    def close(self) -> None:
+        """Shut the DALI pipeline down now; idempotent. :meth:`decode` afterwards raises."""
+        # DALI's public way: the pipeline shuts its executor down when its last reference goes
+        # (Pipeline.__del__); the decoder holds the only one.
+        self.pipe = None
+
+    def __enter__(self) -> DaliDecoder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def counts(self) -> dict[str, int]:
         """Images decoded by each decoder, DALI batches that fell back to the CPU, pipeline rebuilds."""
         return {
@@ -181,6 +200,8 @@ class DaliDecoder:
 
     def decode(self, images: Sequence[str]) -> list[np.ndarray | str]:
         """Decode a batch (at most ``batch_size`` entries); an unreadable one becomes its error text."""
+        if self.pipe is None:
+            raise RuntimeError("DaliDecoder.decode after close()")
         if len(images) > self.batch_size:
             raise ValueError(f"batch of {len(images)} exceeds the DALI pipeline's batch size {self.batch_size}")
         results: list[np.ndarray | str | None] = [None] * len(images)

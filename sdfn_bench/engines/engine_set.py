@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,10 @@ class EngineSet:
         digest: sha256 of engines.json (recorded by scoring runs as ``engines_digest``).
         checkpoints: ``{name: {"path", "sha256"}}`` of the source checkpoints.
         record: the engines.json dict.
+
+    The engines hold backend sessions and device memory until :meth:`close`; use the set as a
+    context manager (``with load_engines(folder) as engines: ...``) where it is loaded for a
+    bounded piece of work.
     """
 
     segmenter: Engine
@@ -68,9 +73,35 @@ class EngineSet:
     def engines(self) -> dict[str, Engine]:
         return {n: getattr(self, n) for n in ENGINE_NAMES}
 
+    @property
+    def closed(self) -> bool:
+        return all(e.closed for e in self.engines().values())
+
+    def close(self) -> None:
+        """Close the four engines (:meth:`Engine.close`); idempotent."""
+        close_all(self.engines().values())
+
+    def __enter__(self) -> EngineSet:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "precision": self.precision, "device": self.device,
                 "digest": self.digest, "engines": {n: e.describe() for n, e in self.engines().items()}}
+
+
+def close_all(engines: Iterable[Engine]) -> None:
+    """Close every engine, even when one fails to close; the first failure is raised after."""
+    failure: BaseException | None = None
+    for engine in engines:
+        try:
+            engine.close()
+        except Exception as exc:  # noqa: BLE001 - the others are still closed, then it is raised
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 def spec_from_entry(name: str, entry: dict[str, Any]) -> EngineSpec:
@@ -142,35 +173,39 @@ def load_engines(
         raise EngineError(f"{folder}: engines were built without --cams (no feature maps); build them with:\n  "
                           + rebuild_command(dict(record, cams=True), folder))
     with_maps = built_cams if cams is None else cams
-    loaded = {}
-    for name in ENGINE_NAMES:
-        entry = record["engines"][name]
-        spec = spec_from_entry(name, entry)
-        if not with_maps:
-            spec = replace(spec, outputs=tuple(t for t in spec.outputs if t.name != CAM_OUTPUT))
-        ctx = LoadContext(
-            spec=spec, engines_dir=folder, entry=entry, device=device,
-            options={"checkpoint_path": checkpoint_paths[name],
-                     "torch_compile": bool(record.get("build_options", {}).get("torch_compile", False)),
-                     "threads": threads},
+    loaded: dict[str, Engine] = {}
+    try:
+        for name in ENGINE_NAMES:
+            entry = record["engines"][name]
+            spec = spec_from_entry(name, entry)
+            if not with_maps:
+                spec = replace(spec, outputs=tuple(t for t in spec.outputs if t.name != CAM_OUTPUT))
+            ctx = LoadContext(
+                spec=spec, engines_dir=folder, entry=entry, device=device,
+                options={"checkpoint_path": checkpoint_paths[name],
+                         "torch_compile": bool(record.get("build_options", {}).get("torch_compile", False)),
+                         "threads": threads},
+            )
+            loaded[name] = bes[entry_backends[name]].load(ctx)
+        engines = record["engines"]
+        return EngineSet(
+            **loaded,
+            pre_segmenter=Preprocessing.from_dict(engines["segmenter"]["preprocessing"]),
+            pre_entire=Preprocessing.from_dict(engines["extractor_entire"]["preprocessing"]),
+            pre_lung=Preprocessing.from_dict(engines["extractor_lung"]["preprocessing"]),
+            mask_threshold=float(record["mask_threshold"]),
+            lung_margin=record.get("lung_margin"),
+            class_names=tuple(record["class_names"]),
+            backend=recorded_backend,
+            precision=record["precision"],
+            device=device,
+            cams=with_maps,
+            max_batch=int(record["max_batch"]),
+            digest=digest,
+            checkpoints={n: {"path": str(checkpoint_paths[n] or ""), "sha256": e["checkpoint"]["sha256"]} for n, e in engines.items()},
+            engines_dir=folder,
+            record=record,
         )
-        loaded[name] = bes[entry_backends[name]].load(ctx)
-    engines = record["engines"]
-    return EngineSet(
-        **loaded,
-        pre_segmenter=Preprocessing.from_dict(engines["segmenter"]["preprocessing"]),
-        pre_entire=Preprocessing.from_dict(engines["extractor_entire"]["preprocessing"]),
-        pre_lung=Preprocessing.from_dict(engines["extractor_lung"]["preprocessing"]),
-        mask_threshold=float(record["mask_threshold"]),
-        lung_margin=record.get("lung_margin"),
-        class_names=tuple(record["class_names"]),
-        backend=recorded_backend,
-        precision=record["precision"],
-        device=device,
-        cams=with_maps,
-        max_batch=int(record["max_batch"]),
-        digest=digest,
-        checkpoints={n: {"path": str(checkpoint_paths[n] or ""), "sha256": e["checkpoint"]["sha256"]} for n, e in engines.items()},
-        engines_dir=folder,
-        record=record,
-    )
+    except BaseException:
+        close_all(loaded.values())  # what was loaded before the failure is not left to the collector
+        raise

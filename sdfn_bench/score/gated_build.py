@@ -135,9 +135,10 @@ def score_predictions(engines_dir: Path, manifest: Path, image_root: Path | None
     from sdfn_bench.engines import load_engines
     from sdfn_bench.score.run import score_manifest
 
-    engines = load_engines(engines_dir)
-    result = score_manifest(manifest, engines=engines, image_root=image_root, out=out, batch_size=batch_size,
-                            decoder="cpu")
+    # One engine set per gate attempt: released here, not when the collector gets to it.
+    with load_engines(engines_dir) as engines:
+        result = score_manifest(manifest, engines=engines, image_root=image_root, out=out, batch_size=batch_size,
+                                decoder="cpu")
     return pd.read_parquet(result.predictions)
 
 

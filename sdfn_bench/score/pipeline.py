@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -67,6 +67,8 @@ class BatchDecoder(Protocol):
     """Decodes a batch of manifest entries; an unreadable one becomes its error text.
 
     ``counts()`` (optional) gives images per decoder, recorded in run.json (``decoder_counts``).
+    ``close()`` (optional) releases what it holds; :func:`run_pipeline` calls it on the decoders
+    it makes from a factory (a decoder passed in is the caller's to close).
     """
 
     name: str
@@ -345,11 +347,14 @@ def run_pipeline(
     control = _Control()
     delivered = 0
     t_start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sdfn-score-pool") as pool:
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sdfn-score-pool") as pool, ExitStack() as made:
         if decoder is None:
             dec: BatchDecoder = CpuDecoder(resolver, pool, limits)
         elif callable(decoder) and not hasattr(decoder, "decode"):
             dec = decoder(pool)
+            close = getattr(dec, "close", None)
+            if callable(close):
+                made.callback(close)  # after the stage threads are joined, before the pool goes
         else:
             dec = decoder  # type: ignore[assignment]
         if serialize_inference is None:

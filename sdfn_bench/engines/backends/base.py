@@ -126,11 +126,16 @@ def to_numpy_f32(value: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(value, dtype=np.float32)
 
 
+# What an engine keeps after :meth:`Engine.close` (enough for its name and repr).
+_KEPT_ON_CLOSE = frozenset({"spec", "precision", "device", "_closed"})
+
+
 class Engine(ABC):
     """One loaded network. Subclasses implement :meth:`_run` for a batch of at most ``max_batch``.
 
     ``run`` checks names and shapes, converts inputs to float32, and splits a batch larger than
-    ``max_batch`` into chunks (so callers may pass any batch size >= 1).
+    ``max_batch`` into chunks (so callers may pass any batch size >= 1). :meth:`close` releases
+    what the backend holds; an engine is also a context manager that closes on exit.
     """
 
     backend: str = ""
@@ -139,6 +144,44 @@ class Engine(ABC):
         self.spec = spec
         self.precision = precision
         self.device = device
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Release the backend's objects for this network (session, compiled model, execution
+        context, weights on the device) now rather than at garbage collection. Idempotent;
+        running or describing a closed engine raises :class:`~sdfn_bench.errors.EngineError`."""
+        if self._closed:
+            return
+        self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        """Drop every attribute the subclass set, newest first.
+
+        ONNX Runtime sessions, OpenVINO compiled models and requests and torch modules have no
+        release call of their own: they are freed when their last reference goes, and an engine
+        holds its backend's objects only as attributes. Newest first: what was created from an
+        object (an execution context from an engine, a request from a compiled model) goes
+        before it. A backend that must do more first (wait for its stream) overrides this and
+        calls it.
+        """
+        for name in reversed(list(vars(self))):
+            if name not in _KEPT_ON_CLOSE:
+                delattr(self, name)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineError(f"{self.name}: the engine was closed (its {self.backend} objects are released)")
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @property
     def name(self) -> str:
@@ -157,7 +200,8 @@ class Engine(ABC):
         return self.spec.max_batch
 
     def check_inputs(self, inputs: Mapping[str, Any]) -> int:
-        """Validate names and shapes; return the batch size."""
+        """Validate names and shapes (and that the engine is open); return the batch size."""
+        self._check_open()
         names = set(inputs)
         if names != set(self.input_names):
             raise EngineError(
@@ -212,6 +256,7 @@ class Engine(ABC):
 
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly description (backend, precision, device, tensor specs)."""
+        self._check_open()
         return {
             "name": self.name,
             "kind": self.spec.kind,

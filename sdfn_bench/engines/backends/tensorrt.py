@@ -205,6 +205,13 @@ class TensorRTEngine(Engine):
             current.wait_stream(self._stream)
         return {n: outs[n].float() for n in self.output_names}
 
+    def _release(self) -> None:
+        # A launch may still be running on the engine's stream: wait for it before the execution
+        # context (then the engine, then the runtime: newest first) goes.
+        with self._lock:
+            self._stream.synchronize()
+        super()._release()
+
     def _set_address(self, name: str, tensor: torch.Tensor) -> None:
         if not self._context.set_tensor_address(name, tensor.data_ptr()):
             raise EngineError(f"{self.name}: TensorRT rejected the buffer address of {name!r}")
