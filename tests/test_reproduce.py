@@ -53,9 +53,14 @@ def test_dry_run_finds_missing_and_unreadable_files_and_writes_nothing(base: Pat
 
     work = tmp_path / "work"
     res = cli("reproduce", "--nih", str(nih), "--jsrt", str(layouts.jsrt), "--scr", str(layouts.scr), "--workdir",
-              str(work), "--preset", "demo", "--dry-run")
+              str(work), "--preset", "demo", "--init", "imagenet", "--dry-run",
+              env={"TORCH_HOME": str(tmp_path / "empty-torch-home"), "COLUMNS": "400"})
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout
+    # Checked up front: weights the run needs hours later, and a validation split too small to choose on.
+    assert "needed: --init imagenet: the ImageNet DenseNet-121 weights are not in torchvision's cache" in out
+    assert "warning: the validation split has" in out and "raise --val-fraction" in out
+    assert not (tmp_path / "empty-torch-home").exists()  # a dry run downloads nothing
     assert "missing" in out and "unreadable" in out and "left out of training" in out
     for step in ("segmenter", "lung boxes", "entire extractor", "fusion", "score", "compare", "total"):
         assert step in out
@@ -89,8 +94,7 @@ def test_reproduce_demo_end_to_end_then_reuses_everything(base: Path) -> None:
     for step in ("data", "lung boxes", "engines", "score"):
         assert f"done {step} in" in new_lines and f"done {step}" in new_lines
     assert new_lines.count(": reused") >= 8  # data, segmenter, boxes, 2 extractors, fusion, engines, score
-    assert "score: reused (finished before the last state save)" in new_lines or \
-        "reused (finished before the last state save)" in new_lines
+    assert "reused (finished before the last state save)" in new_lines
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     assert json.loads((work / "reproduce.json").read_text())["run_dir"] == str(run_dir)
 
@@ -145,3 +149,25 @@ def test_lung_boxes_resume_after_interruption_and_survive_unreadable_images(base
     assert resumed.resumed_rows == 8 and not parts_dir(out).exists()
     pd.testing.assert_frame_equal(pd.read_parquet(out), df)
     assert np.array_equal(pd.read_parquet(out)["x1"].to_numpy(), df["x1"].to_numpy())
+
+
+def test_compare_estimate_is_the_bootstrap_slope_not_its_setup() -> None:
+    """The plan's compare step: fixed costs (the BCa jackknife, warm-up) are not multiplied by the replicates."""
+    import time
+
+    from sdfn_bench.reproduce.plan import Probe, probe_compare
+    from sdfn_bench.stats.paired import analyze_aucs
+
+    fixed, setup, per = probe_compare(10, 6)
+    plan_probe = Probe("cpu", 0, 0, 0, 0, 0, 0, fixed, per, None, 2, setup)
+    rng = np.random.default_rng(1)
+    y = (rng.random((10, 14)) < 0.3).astype(np.int8)
+    y[:2] = [[0] * 14, [1] * 14]
+    scores = {k: rng.random((10, 14)) for k in ("entire", "lung", "sdfn")}
+    t0 = time.perf_counter()
+    analyze_aucs(y, scores, np.arange(10) % 6, [("sdfn", "entire"), ("sdfn", "lung")], n_bootstrap=200,
+                 class_names=[f"c{i}" for i in range(14)], seed=0)
+    real = time.perf_counter() - t0
+    estimate = plan_probe.compare_s(200)
+    assert real / 4 - 0.05 <= estimate <= 4 * real + 0.5, (estimate, real)
+    assert plan_probe.compare_s(0) == fixed

@@ -68,6 +68,10 @@ def _print_plan(plan, workdir: Path) -> None:
     ok = "[green]enough[/]" if plan.disk_free_bytes > plan.disk_needed_bytes else "[red]NOT ENOUGH[/]"
     console.print(f"disk: about {plan.disk_needed_bytes / gib:.2f} GiB needed under {workdir}, "
                   f"{plan.disk_free_bytes / gib:.1f} GiB free ({ok}); the images are read in place", highlight=False)
+    for problem in plan.checks.problems:
+        console.print(f"[red]needed:[/] {problem}", highlight=False)
+    for note in plan.checks.warnings:
+        console.print(f"[yellow]warning:[/] {note}", highlight=False)
     if plan.peak_gpu_mib is None:
         console.print("GPU memory: no CUDA device here; training and scoring would run on the CPU", highlight=False)
     else:

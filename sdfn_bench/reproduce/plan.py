@@ -17,7 +17,64 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sdfn_bench.reproduce.data import DataReport
+from sdfn_bench.reproduce.data import DataReport, ReproduceError
+
+# The extractors keep the epoch of best validation mean AUC, and calibration and thresholds are
+# chosen on validation images. Below this many, most of the 14 findings have a handful of positives
+# or none (NIH prevalences 0.2-18 %), so those choices are noise: the plan and the run warn.
+MIN_VAL_IMAGES = 100
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What a run needs, checked before it starts.
+
+    Attributes:
+        problems: what would stop the run later (after hours of work), e.g. ImageNet weights absent
+            from the cache.
+        warnings: what would make its numbers weak, e.g. a tiny validation split.
+    """
+
+    problems: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+def preflight(report: DataReport, init: str | None) -> Preflight:
+    """Check, without writing or downloading anything, what the run will need: the extractors'
+    starting weights (``imagenet``: in torchvision's cache; a FILE: present) and a validation split
+    of at least :data:`MIN_VAL_IMAGES` images."""
+    problems: list[str] = []
+    notes: list[str] = []
+    val = report.files["val"].found
+    if val < MIN_VAL_IMAGES:
+        notes.append(f"the validation split has {val} images of {report.patients.get('val', 0)} patients (fewer than "
+                     f"{MIN_VAL_IMAGES}): the best epoch, calibration and thresholds chosen on it are noise; raise "
+                     "--val-fraction")
+    if init == "imagenet":
+        from sdfn_bench.train.init import imagenet_cache_file
+
+        cached = imagenet_cache_file()
+        if not cached.is_file():
+            problems.append(f"--init imagenet: the ImageNet DenseNet-121 weights are not in torchvision's cache "
+                            f"({cached}); the run downloads them when it starts (network needed), or place the file "
+                            "there, or pass --init FILE")
+    elif init not in (None, "none") and not Path(init).is_file():
+        problems.append(f"--init {init}: no such file")
+    return Preflight(tuple(problems), tuple(notes))
+
+
+def ensure_ready(report: DataReport, init: str | None) -> Preflight:
+    """At the start of a real run: fetch the ImageNet weights now (download when absent, so that an
+    offline machine fails in seconds, not after the segmenter and lung boxes) and refuse a missing
+    ``--init`` file. Returns the preflight (its warnings for the caller to show)."""
+    checks = preflight(report, init)
+    if init == "imagenet":
+        from sdfn_bench.train.init import fetch_imagenet_weights
+
+        fetch_imagenet_weights()
+    elif any(p.startswith("--init") for p in checks.problems):
+        raise ReproduceError("; ".join(checks.problems))
+    return checks
 
 if TYPE_CHECKING:
     from sdfn_bench.train.presets import Preset
@@ -48,6 +105,13 @@ class Probe:
     compare_per_replicate_s: float
     peak_gpu_mib: float | None
     batch: int
+    compare_bootstrap_setup_s: float = 0.0
+
+    def compare_s(self, n_bootstrap: int) -> float:
+        """Seconds of the comparison with ``n_bootstrap`` replicates."""
+        if n_bootstrap <= 0:
+            return self.compare_fixed_s
+        return self.compare_bootstrap_setup_s + n_bootstrap * self.compare_per_replicate_s
 
 
 def _median_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
@@ -66,7 +130,6 @@ def _median_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None
 
 def probe(report: DataReport, preset: Preset, *, device: str | None = None, repeats: int = 1) -> Probe:
     """Time a few real images' decode and one batch through each network on ``device``."""
-    import numpy as np
     import torch
 
     from sdfn_bench.decode.reader import read_image
@@ -74,7 +137,6 @@ def probe(report: DataReport, preset: Preset, *, device: str | None = None, repe
     from sdfn_bench.manifest.jsrt import list_jsrt_images
     from sdfn_bench.models.extractor import Extractor
     from sdfn_bench.models.segmenter import build_segmenter
-    from sdfn_bench.stats.paired import analyze_aucs
     from sdfn_bench.train.common import peak_gpu_mib, pick_device
 
     dev = pick_device(device)
@@ -114,25 +176,48 @@ def probe(report: DataReport, preset: Preset, *, device: str | None = None, repe
     peak = peak_gpu_mib(dev) if dev.type == "cuda" else None
     ext_infer_s = infer_time(ext.eval(), xe)
     del seg, ext
-    n_test = max(len(report.manifests["test"]), 2)
-    rng = np.random.default_rng(0)
-    y = (rng.random((n_test, 14)) < 0.1).astype(np.int8)
-    y[:2] = [[0] * 14, [1] * 14]
-    scores = {k: rng.random((n_test, 14)) for k in ("entire", "lung", "sdfn")}
-    patients = np.arange(n_test)
-    args = dict(class_names=[f"c{i}" for i in range(14)], seed=0)
-    pairs = [("sdfn", "entire"), ("sdfn", "lung")]
-    with warnings.catch_warnings():  # random probe labels: undefined-variance warnings say nothing about the data
-        warnings.simplefilter("ignore")
-        t0 = time.perf_counter()
-        analyze_aucs(y, scores, patients, pairs, n_bootstrap=0, **args)
-        fixed = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        analyze_aucs(y, scores, patients, pairs, n_bootstrap=4, **args)
-        per_replicate = max(time.perf_counter() - t0 - fixed, 0.0) / 4
+    fixed, setup, per_replicate = probe_compare(len(report.manifests["test"]), report.patients.get("test", 0))
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     return Probe(f"{dev.type}: {name}", decode_s, jsrt_decode_s, seg_train_s, seg_infer_s, ext_train_s, ext_infer_s,
-                 fixed, per_replicate, peak, batch)
+                 fixed, per_replicate, peak, batch, setup)
+
+
+def probe_compare(n_images: int, n_patients: int, *, small: int = 4, large: int = 16) -> tuple[float, float, float]:
+    """(seconds without bootstrap, fixed seconds with it, seconds per replicate) of the comparison of
+    ``n_images`` test images of ``n_patients`` patients, on random scores.
+
+    One untimed call first (imports, caches: they made the old probe's first call, and so its
+    estimate, depend on what ran before). The per-replicate cost is the slope between ``small`` and
+    ``large`` replicates, so costs paid once per bootstrap (the BCa jackknife over patients) are
+    not multiplied by the replicate count. Each time is the best of two calls.
+    """
+    import numpy as np
+
+    from sdfn_bench.stats.paired import analyze_aucs
+
+    n = max(n_images, 2)
+    rng = np.random.default_rng(0)
+    y = (rng.random((n, 14)) < 0.1).astype(np.int8)
+    y[:2] = [[0] * 14, [1] * 14]
+    scores = {k: rng.random((n, 14)) for k in ("entire", "lung", "sdfn")}
+    patients = np.arange(n) % max(min(n_patients or n, n), 2)
+    pairs = [("sdfn", "entire"), ("sdfn", "lung")]
+
+    def best(n_bootstrap: int) -> float:
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            analyze_aucs(y, scores, patients, pairs, n_bootstrap=n_bootstrap, class_names=[f"c{i}" for i in range(14)],
+                         seed=0)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    with warnings.catch_warnings():  # random probe labels: undefined-variance warnings say nothing about the data
+        warnings.simplefilter("ignore")
+        best(small)
+        fixed, t_small, t_large = best(0), best(small), best(large)
+    per_replicate = max(t_large - t_small, 0.0) / (large - small)
+    return fixed, max(t_small - small * per_replicate, fixed), per_replicate
 
 
 @dataclass(frozen=True)
@@ -154,6 +239,7 @@ class Plan:
     disk_free_bytes: int
     peak_gpu_mib: float | None
     probe: Probe
+    checks: Preflight = Preflight()
 
     @property
     def total_s(self) -> float:
@@ -199,14 +285,14 @@ def estimate_plan(report: DataReport, preset: Preset, workdir: str | Path, *, n_
         PlanStep("engines", "export and build with the parity check (not probed: a few minutes)", None),
         PlanStep("score", f"{n['test'] + len(report.files['test'].unreadable)} test images",
                  (n["test"]) * (p.decode_s + p.seg_infer_s + 2 * p.ext_infer_s)),
-        PlanStep("compare", f"{n_bootstrap} patient-bootstrap replicates",
-                 p.compare_fixed_s + n_bootstrap * p.compare_per_replicate_s),
+        PlanStep("compare", f"{n_bootstrap} patient-bootstrap replicates", p.compare_s(n_bootstrap)),
     ]
     params = sum(x.numel() for x in Extractor().parameters())
     seg_params = sum(x.numel() for x in build_segmenter(seg.arch).parameters())
     # best checkpoint + training state (weights and two Adam moments) + ONNX + engine, fp32
     model_bytes = 4 * (2 * params + seg_params * (1 + seg_folds)) * 6
     data_bytes = n_jsrt * 300_000 + (n["train"] + n["val"]) * 120 + (n["test"]) * 400
-    return Plan(tuple(steps), model_bytes + data_bytes, _free_bytes(Path(workdir).resolve()), p.peak_gpu_mib, p)
+    return Plan(tuple(steps), model_bytes + data_bytes, _free_bytes(Path(workdir).resolve()), p.peak_gpu_mib, p,
+                preflight(report, ext.init))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from sdfn_bench.reproduce.data import TEST_LIST, TRAIN_VAL_LIST, DataReport, ReproduceError, inspect_data
+from sdfn_bench.reproduce.plan import ensure_ready
 from sdfn_bench.score.run import completed_run
 from sdfn_bench.steps import (
     StepHooks,
@@ -206,6 +208,11 @@ def run_reproduce(
             save_state()
             counts = ", ".join(f"{k} {v.found}" for k, v in report.files.items())
             log.summary["data"] = f"{counts} images, {report.jsrt_pairs} JSRT/SCR pairs, {n_excluded} excluded"
+
+    # Everything the later steps need, checked now rather than after hours of segmenter and lung-box work.
+    for note in ensure_ready(report, init or preset.extractor.init).warnings:
+        log_line(f"warning: {note}")
+        warnings.warn(note, stacklevel=2)
 
     inputs = TrainingInputs(seg_manifest=manifests / "jsrt.csv", seg_val=None, train=manifests / "nih_train.csv",
                             val=manifests / "nih_val.csv", image_root=report.nih.resolve(), checkpoints=ckpts,
