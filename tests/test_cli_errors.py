@@ -50,6 +50,7 @@ def _one_error_line(code: int, out: str, err: str, expected: str) -> None:
         (("reproduce", "--nih", "{tmp}/none", "--jsrt", "{tmp}/j", "--scr", "{tmp}/s", "--workdir", "{tmp}/w",
           "--dry-run"), "folder not found"),
         (("demo", "--workdir", "/proc/sdfn-bench-not-writable", "--n", "10"), "/proc/sdfn-bench-not-writable"),
+        (("bench", "--checkpoints", "{tmp}/none", "-n", "10", "--image-size", "64"), "checkpoint metadata not found"),
     ],
     ids=lambda v: v[0] if isinstance(v, tuple) else None,
 )
