@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: gpu-check install test lint demo bench bench-reduced clean browser lungs-weights
+.PHONY: gpu-check install test lint typecheck demo bench bench-reduced clean browser lungs-weights
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,11 @@ install: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check sdfn_bench tests
+
+# mypy ([tool.mypy] in pyproject.toml) on the statistics, scoring, engines, CAMs and the notebook API.
+TYPECHECKED := sdfn_bench/stats sdfn_bench/score sdfn_bench/engines sdfn_bench/cam sdfn_bench/api.py sdfn_bench/core
+typecheck: $(STAMP)
+	$(BIN)/mypy $(TYPECHECKED)
 
 # Debian's Chromium for the browser test of the report pages (tests/test_gallery_browser.py); installed
 # only when missing. Where it cannot be installed (no root, no apt) that test skips and says why.

@@ -102,7 +102,10 @@ def _decode(item: Item, index: int, value_range: tuple[float, float] | None) -> 
 def _row_to_score(row: pd.Series, class_names: Sequence[str]) -> ImageScore:
     ok = row["status"] == "ok"
     heads = {h: ({c: float(row[f"{h}_{c}"]) for c in class_names} if ok else {}) for h in HEADS}
-    box = tuple(int(row[c]) for c in BOX_COLUMNS) if ok else None
+    box = None
+    if ok:
+        x0, y0, x1, y1 = (int(row[c]) for c in BOX_COLUMNS)
+        box = (x0, y0, x1, y1)
     return ImageScore(image=str(row["image"]), status=str(row["status"]), error=str(row["error"]),
                       entire=heads["entire"], lung=heads["lung"], sdfn=heads["sdfn"], lung_box=box,
                       lrg_status=str(row["lrg_status"]) if ok else "")

@@ -84,6 +84,13 @@ def test_map_round_trip_and_errors() -> None:
         fit_calibration(np.zeros(10, int), np.linspace(0, 1, 10))
     with pytest.raises(StatsError, match="temperature must be > 0"):
         CalibrationMap.from_dict({"method": "temperature", "temperature": -1.0, "n": 1, "n_positive": 1}, where="x")
+    with pytest.raises(StatsError, match="Platt slope a must be > 0, found 0.0"):
+        CalibrationMap.from_dict({"method": "platt", "a": 0, "b": 1.0, "n": 1, "n_positive": 1}, where="x")
+    with pytest.raises(StatsError, match="cal.json: 'n' must be a number, found None"):
+        CalibrationMap.from_dict({"method": "platt", "a": 1.0, "b": 0.0, "n": None, "n_positive": 1}, where="cal.json")
+    counted = CalibrationMap.from_dict({"method": "platt", "a": 2, "b": -1, "n": 12.0, "n_positive": "5"}, where="x")
+    assert (counted.n, counted.n_positive, counted.params) == (12, 5, {"a": 2.0, "b": -1.0})
+    assert counted.apply(np.array([0.5]))[0] == pytest.approx(1 / (1 + np.exp(1.0)))
 
 
 def test_equal_mass_bins_by_hand() -> None:

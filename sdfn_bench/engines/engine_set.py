@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -115,7 +116,7 @@ def spec_from_entry(name: str, entry: dict[str, Any]) -> EngineSpec:
 
 
 def load_engines(
-    engines_dir: str | Path, *, backend: str | None = None, device: str | None = None, threads: int | None = None,
+    engines_dir: str | os.PathLike[str], *, backend: str | None = None, device: str | None = None, threads: int | None = None,
     cams: bool | None = None,
 ) -> EngineSet:
     """Load the engines of ``engines_dir`` after checking they still match this machine.

@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,7 +53,10 @@ class ExtractorIO(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.cams:
-            features, logits, maps = self.net.forward_with_maps(image)
+            # nn.Module types its attributes as Tensor | Module; the extractor's forward_with_maps
+            # is duck-typed (the DenseNet extractor and the tests' stand-ins have it)
+            net: Any = self.net
+            features, logits, maps = net.forward_with_maps(image)
             return features, logits, maps
         features, logits = self.net(image)
         return features, logits

@@ -15,6 +15,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ def measure(size: int, batch: int, repeats: int = 3) -> dict[str, Any]:
         settings["parallel execution"] = (optimized, parallel)
         for label, (path, options) in settings.items():
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            rates[label] = batch / _median_s(lambda s=session: s.run(None, {"image": image}), repeats)
+            rates[label] = batch / _median_s(partial(session.run, None, {"image": image}), repeats)
             del session
     torch.set_num_threads(cores)
     x = torch.from_numpy(image)

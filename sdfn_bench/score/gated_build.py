@@ -207,7 +207,7 @@ def build_gated(
         calibration = read_calibration(sources, calib_manifest, calib_image_root)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.candidates-", dir=out.parent))
     options = build_options(torch_compile, calib_manifest, segmenter)
-    common = {"requested": requested, "device": device, "max_batch": max_batch, "cams": cams,
+    common: dict[str, Any] = {"requested": requested, "device": device, "max_batch": max_batch, "cams": cams,
               "build_options": options, "checkpoints_dir": Path(checkpoints_dir), "started": started}
     try:
         say(f"building candidates: {', '.join(sorted({f'{b}/{p}' for cs in choices.values() for b, p in cs}))}")
@@ -220,7 +220,7 @@ def build_gated(
                 raise EngineError("; ".join(c.message for c in candidates[name]) + "; nothing was written")
         selection = {**plan.to_dict(), "candidates": {n: [c.summary() for c in cs] for n, cs in candidates.items()}}
         picks = {n: cs[0] for n, cs in ordered.items()}
-        if no_gate:
+        if no_gate or gate_manifest is None:  # None only with no_gate here (refused above otherwise)
             record = {"skipped": True, "reason": "--no-gate: reduced precision built without the accuracy gate"}
             report = compose(sources, picks, out, selection=selection, extra={"accuracy_gate": record}, **common)
             return GatedBuild(report, None, record)

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -116,7 +116,7 @@ class StageClock:
             self.seconds[stage] += seconds
             self.images[stage] += images
 
-    def summary(self) -> dict[str, dict[str, float]]:
+    def summary(self) -> dict[str, dict[str, float | None]]:
         """``{stage: {"seconds", "images", "images_per_s"}}`` (images/s of that stage alone)."""
         with self._lock:
             return {
@@ -151,11 +151,12 @@ class PipelineStats:
 
     images: int
     wall_s: float
-    stages: dict[str, dict[str, float]]
+    stages: dict[str, dict[str, float | None]]
     decoders: dict[str, int] | None = None
 
 
 _DONE = object()
+_V = TypeVar("_V")
 
 
 def _batches(images: Sequence[str], batch_size: int) -> Iterator[list[str]]:
@@ -212,10 +213,13 @@ class _Stages:
         if n:
             self.clock.add("extractors", done.extract_s, n)
             self.clock.add("fusion", done.fuse_s, n)
-        if self.cam_heads is not None and done.features is not None and done.probs is not None:
-            batch.cams = cam_batch([rows.images[i] for i in done.rows], [rows.shapes[i] for i in done.rows],
-                                   done.features.entire_maps, done.features.lung_maps, done.probs.sdfn_logits,
-                                   done.features.entire_logits, self.cam_heads)
+        features, probs = done.features, done.probs
+        if self.cam_heads is not None and features is not None and probs is not None:
+            batch.cams = cam_batch([rows.images[i] for i in done.rows],
+                                   [_present(rows.shapes[i], "a classified row's image shape") for i in done.rows],
+                                   _present(features.entire_maps, "entire feature maps"),
+                                   _present(features.lung_maps, "lung feature maps"),
+                                   _present(probs.sdfn_logits, "fusion logits"), features.entire_logits, self.cam_heads)
         batch.frame = batch_frame(rows, done, self.engines.class_names)
         batch.rows = RowBatch.from_decoded([], [])  # release the network inputs early
         return batch
@@ -258,7 +262,15 @@ def _put(q: queue.Queue[Any], item: object, abandon: threading.Event) -> bool:
     return False
 
 
-def _get(q: queue.Queue[Any], abandon: threading.Event) -> object:
+def _present(value: _V | None, what: str) -> _V:
+    """What the earlier stages always give (with --cams: the maps and logits; a classified row's
+    image shape); None here is a bug in this module, not bad input."""
+    if value is None:
+        raise RuntimeError(f"scoring pipeline: {what} missing")
+    return value
+
+
+def _get(q: queue.Queue[Any], abandon: threading.Event) -> Any:
     while True:
         try:
             return q.get(timeout=0.1)

@@ -87,7 +87,7 @@ def defined_classes(y_true: np.ndarray, class_names: Sequence[str] | None = None
     ok = (n_pos > 0) & (n_pos < y_true.shape[0])
     if warn and not ok.all():
         names = class_names if class_names is not None else [str(i) for i in range(y_true.shape[1])]
-        bad = [f"{names[i]} ({'all positive' if n_pos[i] else 'no positives'})" for i in np.flatnonzero(~ok)]
+        bad = [f"{names[i]} ({'all positive' if n_pos[i] else 'no positives'})" for i in np.flatnonzero(~ok).tolist()]
         warnings.warn(f"AUC undefined (reported as NaN) for: {', '.join(bad)}", UndefinedAUCWarning, stacklevel=3)
     return ok
 

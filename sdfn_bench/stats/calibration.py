@@ -232,13 +232,19 @@ class CalibrationMap:
         """Map probabilities (any shape) to calibrated probabilities (float64, same shape)."""
         p = np.asarray(y_prob, dtype=np.float64)
         if self.method == "temperature":
-            return expit(_logit(p) / float(self.params["temperature"]))
+            return expit(_logit(p) / self._number("temperature"))
         if self.method == "platt":
-            return expit(float(self.params["a"]) * _logit(p) + float(self.params["b"]))
+            return expit(self._number("a") * _logit(p) + self._number("b"))
         if self.method == "isotonic":
             return np.interp(p, np.asarray(self.params["x"], dtype=np.float64),
                              np.asarray(self.params["y"], dtype=np.float64))
         raise StatsError(f"unknown calibration method {self.method!r}; expected one of {list(METHODS)}")
+
+    def _number(self, key: str) -> float:
+        value = self.params[key]
+        if isinstance(value, list):
+            raise StatsError(f"{self.method} map: {key!r} must be a number, found a list")
+        return float(value)
 
     def to_dict(self) -> dict[str, object]:
         return {"method": self.method, **self.params, "n": self.n, "n_positive": self.n_positive}
@@ -254,6 +260,7 @@ class CalibrationMap:
         if missing:
             raise StatsError(f"{where}: {method} map lacks {missing}")
         params: dict[str, float | list[float]] = {}
+        numbers: dict[str, float] = {}
         for k in keys:
             v = d[k]
             if method == "isotonic":
@@ -264,16 +271,23 @@ class CalibrationMap:
             else:
                 if not isinstance(v, (int, float)) or not math.isfinite(v):
                     raise StatsError(f"{where}: {k!r} must be a finite number, found {v!r}")
-                params[k] = float(v)
-        if method == "temperature" and params["temperature"] <= 0:
-            raise StatsError(f"{where}: temperature must be > 0, found {params['temperature']}")
-        if method == "platt" and params["a"] <= 0:
-            raise StatsError(f"{where}: Platt slope a must be > 0, found {params['a']}")
+                params[k] = numbers[k] = float(v)
+        if method == "temperature" and numbers["temperature"] <= 0:
+            raise StatsError(f"{where}: temperature must be > 0, found {numbers['temperature']}")
+        if method == "platt" and numbers["a"] <= 0:
+            raise StatsError(f"{where}: Platt slope a must be > 0, found {numbers['a']}")
         if method == "isotonic":
             x, y = np.asarray(params["x"]), np.asarray(params["y"])
             if x.shape != y.shape or (np.diff(x) < 0).any() or (np.diff(y) < 0).any():
                 raise StatsError(f"{where}: isotonic x and y must have the same length and be non-decreasing")
-        return cls(str(method), params, int(d["n"]), int(d["n_positive"]))  # type: ignore[arg-type]
+        return cls(str(method), params, _count(d["n"], where, "n"), _count(d["n_positive"], where, "n_positive"))
+
+
+def _count(value: object, where: str, key: str) -> int:
+    """A sample count read from JSON (``int()`` of a number or numeric string, as before)."""
+    if isinstance(value, (int, float, str)):
+        return int(value)
+    raise StatsError(f"{where}: {key!r} must be a number, found {value!r}")
 
 
 def _nll_temperature(log_t: float, y: np.ndarray, z: np.ndarray) -> float:

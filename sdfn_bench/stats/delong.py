@@ -175,7 +175,7 @@ def delong_aucs(
         names = class_names if class_names is not None else [str(i) for i in range(k)]
         warnings.warn(
             "DeLong variance undefined (a single positive or negative) for: "
-            + ", ".join(names[i] for i in np.flatnonzero(thin))
+            + ", ".join(names[i] for i in np.flatnonzero(thin).tolist())
             + "; left out of the mean-AUC contrasts",
             UndefinedVarianceWarning,
             stacklevel=2,

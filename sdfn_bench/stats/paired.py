@@ -226,7 +226,7 @@ def analyze_aucs(
     ok = dl.contrast_classes()
     reasons = left_out_reasons(labels, class_names)
     left_out = {class_names[c]: reasons.get(class_names[c], "AUC or DeLong variance not finite")
-                for c in np.flatnonzero(~ok)}
+                for c in np.flatnonzero(~ok).tolist()}
     dl_ci = dl.ci(level)
     boot_ci = boot.ci(level, ci_method) if boot is not None else np.full((len(names), k, 2), np.nan)
     boot_mean = boot.mean_replicates(ok) if boot is not None and ok.any() else None
@@ -296,7 +296,7 @@ def analyze_aucs(
         level=level,
         n_bootstrap=int(n_bootstrap),
         seed=int(seed),
-        mean_classes=tuple(class_names[c] for c in np.flatnonzero(ok)),
+        mean_classes=tuple(class_names[c] for c in np.flatnonzero(ok).tolist()),
         left_out_of_mean=left_out,
         bootstrap_dropped=boot.n_dropped() if boot is not None else np.zeros(k, dtype=np.int64),
         bootstrap_dropped_mean=(boot.n_dropped_mean(ok) if boot is not None and ok.any()
