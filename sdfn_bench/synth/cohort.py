@@ -30,8 +30,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from sdfn_bench import __version__
 from sdfn_bench.classes import CLASS_NAMES
+from sdfn_bench.core.version import __version__
 from sdfn_bench.manifest.schema import validate_manifest
 from sdfn_bench.synth.labels import (
     SynthError,
