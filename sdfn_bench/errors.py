@@ -3,9 +3,23 @@ the CLI turns these into a message and a non-zero exit code."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 
 class SdfnError(Exception):
     """Base class of every domain error of sdfn-bench."""
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what caused it, each once: a Ray error's ``cause`` (an actor's exception), else
+    ``__cause__``, else ``__context__`` (typer's silent ``Exit(130)`` hides a KeyboardInterrupt there)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        yield cur
+        nxt = getattr(cur, "cause", None)
+        cur = nxt if isinstance(nxt, BaseException) else (cur.__cause__ or cur.__context__)
 
 
 class ManifestError(SdfnError):

@@ -117,3 +117,26 @@ def test_calibrate_refuses_a_test_run_and_an_unlabelled_run(monkeypatch, capsys,
     code, out, err = _run(monkeypatch, capsys, "calibrate", unlabelled_run, "-o", tmp_path / "c.json")
     _one_error_line(code, out, err, "whose manifest has no labels")
     assert not (tmp_path / "c.json").exists()
+
+
+def test_exception_chain_follows_causes_contexts_and_ray_causes() -> None:
+    from sdfn_bench.errors import exception_chain
+
+    class RayTaskError(Exception):
+        def __init__(self, cause: BaseException) -> None:
+            super().__init__("actor failed")
+            self.cause = cause
+
+    inner = ImageReadError("/d/a.png", "not found")
+    wrapped = RayTaskError(inner)
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as interrupt:
+            raise SystemExit(130) from interrupt
+    except SystemExit as exit_:
+        assert [type(e) for e in exception_chain(exit_)] == [SystemExit, KeyboardInterrupt]
+    assert list(exception_chain(wrapped)) == [wrapped, inner]
+    loop = ValueError("a")
+    loop.__context__ = loop
+    assert list(exception_chain(loop)) == [loop]

@@ -134,7 +134,9 @@ def test_ray_interrupted_run_resumes(cluster, setup, tmp_path):
     result = score_manifest(manifest, engines_dir=root / "engines", out=out, resume=True, ray="local", actors=1)
     pd.testing.assert_frame_equal(pq.read_table(result.predictions).to_pandas(), expected)
     sessions = json.loads(result.run_json.read_text())["sessions"]
-    assert [s["images"] for s in sessions] == [N_IMAGES - len(committed)]  # only the rest was scored
+    # Both invocations are kept; the resume scored only the rest.
+    assert [(s["ended"], s["images"]) for s in sessions] == [("error: Interrupted", len(committed)),
+                                                             ("finished", N_IMAGES - len(committed))]
 
 
 def test_plan_blocks_keeps_whole_batches():

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from sdfn_bench import __version__
-from sdfn_bench.errors import SdfnError
+from sdfn_bench.errors import SdfnError, exception_chain
 
 app = typer.Typer(
     name="sdfn-bench",
@@ -96,14 +96,7 @@ _no_flag_metavar()
 
 def _interruption(exc: BaseException) -> KeyboardInterrupt | None:
     """The Ctrl-C behind an exit: typer turns KeyboardInterrupt into a silent ``Exit(130)``."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, KeyboardInterrupt):
-            return cur
-        cur = cur.__cause__ or cur.__context__
-    return None
+    return next((e for e in exception_chain(exc) if isinstance(e, KeyboardInterrupt)), None)
 
 
 _WORKER = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.")

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from sdfn_bench.errors import BackendUnavailableError, ScoreError, SdfnError
+from sdfn_bench.errors import BackendUnavailableError, ScoreError, SdfnError, exception_chain
 from sdfn_bench.score.batch import Resolver, result_frame
 from sdfn_bench.score.pipeline import STAGES, run_pipeline
 from sdfn_bench.score.shards import SHARD_DIR, write_parquet_atomic
@@ -292,15 +292,7 @@ def connection_record(ray: Any, requested: str, preexisting: bool) -> dict[str, 
 
 def _sdfn_cause(exc: BaseException) -> SdfnError | None:
     """The first sdfn error in an exception's cause chain (Ray wraps errors raised in actors)."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, SdfnError):
-            return cur
-        nxt = getattr(cur, "cause", None)
-        cur = nxt if isinstance(nxt, BaseException) else (cur.__cause__ or cur.__context__)
-    return None
+    return next((e for e in exception_chain(exc) if isinstance(e, SdfnError)), None)
 
 
 class ShardCommitter:
