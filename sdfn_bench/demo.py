@@ -54,7 +54,11 @@ DEFAULT_N = 800
 DEMO_COHORT = {"min_prevalence": 0.08, "test_fraction": 0.25, "max_images_per_patient": 4}
 DEFAULT_SIZE = 512
 STEPS = ("cohort", "segmenter", "lung boxes", "entire extractor", "lung extractor", "fusion", "engines",
-         "score", "score val", "calibrate", "compare", "localize", "cams")
+         "score", "score val", "calibrate", "compare", "localize", "cams", "real films")
+# Real pixels in every install: eight NIH films shipped in the package (samples/nih/README.md), and
+# the shipped real-film lung segmenter whose masks and boxes the demo draws on them.
+REAL_FILMS = Path(__file__).resolve().parent / "samples" / "nih"
+REAL_FILMS_SEGMENTER = "builtin:lungs"
 # Operating points of the demo: thresholds reaching this sensitivity on the validation split.
 DEMO_AT = "sensitivity=0.9"
 # Gallery of the demo: the classes with the most lesion boxes in the test split, top images each.
@@ -206,6 +210,8 @@ def run_demo(
         summary["compare"] = ", ".join(f"{k} {v:.3f}" for k, v in mean_auc.items())
 
     localization, gallery = _localize_and_draw(step, summary, cohort / "bbox.csv", run_dir, n_bootstrap, seed)
+    with step("real films", f"{REAL_FILMS_SEGMENTER} masks and lung boxes on the {REAL_FILMS.name} sample films"):
+        summary["real films"] = draw_real_films(run_dir)
     wall = time.perf_counter() - t_start
     paths = dict(comparison.paths)
     if localization is not None:
@@ -224,6 +230,32 @@ def run_demo(
     }
     (run_dir / "demo.json").write_text(json.dumps(record, indent=2) + "\n")
     return result
+
+
+def draw_real_films(run_dir: Path) -> str:
+    """Lung boxes of the shipped real NIH films with the shipped segmenter, drawn into the run's
+    report: ``real_films/boxes.parquet``, ``real_films.png`` and a section of table1.html."""
+    import html
+
+    from sdfn_bench.report.beyond_auc import add_to_html
+    from sdfn_bench.report.contact_sheet import write_contact_sheet
+    from sdfn_bench.train.lung_boxes import compute_lung_boxes, contact_sheet_tiles
+
+    manifest = REAL_FILMS / "manifest.csv"
+    res = compute_lung_boxes(manifest, REAL_FILMS_SEGMENTER, run_dir / "real_films" / "boxes.parquet", overwrite=True)
+    tiles = contact_sheet_tiles(manifest, res.path, REAL_FILMS_SEGMENTER, limit=None)
+    picture = write_contact_sheet(tiles, run_dir / "real_films.png", columns=4, size=256)
+    counts = ", ".join(f"{k} {v}" for k, v in res.status_counts.items() if v)
+    text = (f"{res.n_images} real NIH ChestX-ray14 films (official test split, shipped in the package; NIH Clinical "
+            f"Center, Wang et al. CVPR 2017) with the masks (cyan) and Lung Region Generator boxes of "
+            f"{REAL_FILMS_SEGMENTER}; LRG statuses: {counts}. A look at real pixels, not an evaluation.")
+    page = run_dir / "table1.html"
+    if page.is_file():
+        section = (f"<h2>Real films: lung masks and boxes</h2><p>{html.escape(text)}</p>"
+                   f"<img src='{picture.name}' alt='real NIH films with lung masks and boxes' style='max-width:100%'>")
+        page.write_text(add_to_html(page.read_text(), section))
+    (run_dir / "real_films.md").write_text(text + "\n")
+    return f"{counts} -> {picture}"
 
 
 def _localize_and_draw(
@@ -271,7 +303,8 @@ def publish(result: DemoResult, repo_root: str | Path) -> Path:
     docs = repo_root / "docs" / "demo"
     docs.mkdir(parents=True, exist_ok=True)
     for name in ("table1.md", "roc_curves.png", "roc_curves.svg", "comparison.json", "demo.json", "run.json",
-                 "localization.md", "localization.json", "operating_points.md", "calibration.md", "calibration.png"):
+                 "localization.md", "localization.json", "operating_points.md", "calibration.md", "calibration.png",
+                 "real_films.png", "real_films.md"):
         src = result.run_dir / name
         if src.is_file():
             shutil.copyfile(src, docs / name)
@@ -289,6 +322,7 @@ def publish(result: DemoResult, repo_root: str | Path) -> Path:
         "![ROC curves of the demo run](docs/demo/roc_curves.png)",
         "",
         *cam_lines,
+        *_real_film_lines(result),
         "The full report of that run: [docs/demo/](docs/demo/) (`table1.md`, `comparison.json`, `run.json`, "
         "`demo.json`).",
         README_END,
@@ -311,6 +345,15 @@ def _publish_cams(result: DemoResult, docs: Path) -> list[str]:
         shutil.copyfile(sorted(result.gallery.parent.rglob("*.png"))[0], picture)
         caption = "One overlay of the demo's CAM gallery (no Chromium to screenshot the page)"
     return [_demote_headings(result.localization_markdown.strip()), "", f"![{caption}](docs/demo/cam_gallery.png)", ""]
+
+
+def _real_film_lines(result: DemoResult) -> list[str]:
+    """README lines for the real films' picture ([] when the demo drew none)."""
+    text = result.run_dir / "real_films.md"
+    if not text.is_file():
+        return []
+    return ["#### Real films", "", text.read_text().strip(), "",
+            "![Real NIH films with builtin:lungs masks and boxes](docs/demo/real_films.png)", ""]
 
 
 def _demote_headings(markdown: str) -> str:

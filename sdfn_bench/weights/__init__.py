@@ -40,7 +40,7 @@ BUILTIN: dict[str, BuiltinWeights] = {
     "lungs": BuiltinWeights(
         name="lungs",
         stem="lungs",
-        sha256="",
+        sha256="e46fa3cfe194d02bbb84a0add8766b126ce43548865f7676fd372e39927df15b",
         card="docs/models/lungs.md",
         summary="real-film lung segmenter (JSRT + Shenzhen; research / non-commercial terms)",
     ),
