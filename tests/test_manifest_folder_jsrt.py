@@ -91,7 +91,7 @@ def jsrt_tree(tmp_path: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
 def test_jsrt_manifest(tmp_path: Path, jsrt_tree: tuple[Path, Path, dict[str, np.ndarray]]) -> None:
     images, masks, expected = jsrt_tree
     # Paths may not leave the image root: images outside the manifest's folder need a root above both.
-    with pytest.raises(ManifestError, match="outside the manifest's folder"):
+    with pytest.raises(ManifestError, match="outside the manifest folder"):
         build_jsrt_manifest(images, masks, tmp_path / "seg" / "jsrt.csv")
     out = tmp_path / "jsrt.csv"
     df = build_jsrt_manifest(images, masks, out)
