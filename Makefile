@@ -28,7 +28,7 @@ browser:
 	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium; } \
 		|| echo "chromium could not be installed: tests/test_gallery_browser.py will skip"
 
-test: $(STAMP) lint browser
+test: $(STAMP) lint typecheck browser
 	$(BIN)/pytest -q
 
 demo: $(STAMP)

@@ -181,8 +181,8 @@ def score_map(heatmap: np.ndarray, truth_xywh: np.ndarray, settings: Localizatio
     pass_u = iou[:, :, None] >= levels_u[None, None, :]
     h, w = heatmap.shape
     return MapScore(
-        found_iobb=pass_b.any(axis=0),
-        found_iou=pass_u.any(axis=0),
+        found_iobb=np.asarray(pass_b.any(axis=0)),
+        found_iou=np.asarray(pass_u.any(axis=0)),
         false_positives=(~pass_b.any(axis=1)).sum(axis=0),
         n_boxes=int(pred.shape[0]),
         box_area=_area(pred) / float(h * w),

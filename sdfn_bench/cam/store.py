@@ -88,7 +88,7 @@ def cam_batch(
 def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, allow_pickle=False, **arrays)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -214,7 +214,7 @@ def check_record(
     """
     problems: list[str] = []
     installed = backend_version if isinstance(backend_version, Mapping) else {record.get("backend"): backend_version}
-    recorded = record.get("backend")
+    recorded = str(record.get("backend"))
     if recorded in installed and record.get("backend_version") != installed[recorded]:
         problems.append(f"built with {recorded} {record.get('backend_version')}, installed now: {installed[recorded]}")
     for name, entry in record.get("engines", {}).items():

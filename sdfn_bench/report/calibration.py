@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import math
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -137,7 +138,7 @@ def save_calibration(cal: CalibrationFile, path: str | Path) -> CalibrationFile:
     return CalibrationFile(cal.method, cal.maps, cal.fitted_on, str(path.resolve()), file_sha256(path))
 
 
-def load_calibration(path: str | Path, class_names: Sequence[str]) -> CalibrationFile:
+def load_calibration(path: str | os.PathLike[str], class_names: Sequence[str]) -> CalibrationFile:
     """Read and check a calibration.json (format, version, every class by name, each map's parameters).
 
     Raises:

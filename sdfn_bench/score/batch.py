@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from sdfn_bench.decode.reader import ReadLimits, read_image
-from sdfn_bench.errors import ImageReadError
+from sdfn_bench.errors import ImageReadError, ScoreError
 from sdfn_bench.lrg import LungBox, LungMargin, lung_box_in_image
 from sdfn_bench.preprocess import prepare
 from sdfn_bench.score.networks import (
@@ -75,6 +75,13 @@ class Resolver(Protocol):
     root: Path
 
     def resolve(self, image: str) -> Path | None: ...
+
+
+def _present(x: np.ndarray | None) -> np.ndarray:
+    """An input of a row the batch still scores (rows whose earlier stage failed are not asked for)."""
+    if x is None:
+        raise ScoreError("internal: an input of a failed row was requested")
+    return x
 
 
 def prediction_columns(class_names: Sequence[str]) -> list[str]:
@@ -237,7 +244,7 @@ def segment_rows(batch: RowBatch, engines: EngineSet) -> float:
     if not rows:
         return 0.0
     t0 = time.perf_counter()
-    logits = engines.segmenter.run({"image": np.stack([batch.seg_x[i] for i in rows])})["mask_logits"]
+    logits = engines.segmenter.run({"image": np.stack([_present(batch.seg_x[i]) for i in rows])})["mask_logits"]
     seconds = time.perf_counter() - t0
     masks = segmenter_masks(logits, engines.mask_threshold)
     for k, i in enumerate(rows):
@@ -303,8 +310,8 @@ def classify_rows(batch: RowBatch, engines: EngineSet, *, maps: bool = False) ->
     rows = batch.live()
     if not rows:
         return Classified([], None, None)
-    entire_x = np.stack([batch.entire_x[i] for i in rows])
-    lung_x = np.stack([batch.lung_x[i] for i in rows])
+    entire_x = np.stack([_present(batch.entire_x[i]) for i in rows])
+    lung_x = np.stack([_present(batch.lung_x[i]) for i in rows])
     t0 = time.perf_counter()
     features = extract(entire_x, lung_x, engines, maps=maps)
     t1 = time.perf_counter()

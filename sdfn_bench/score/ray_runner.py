@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from sdfn_bench.errors import BackendUnavailableError, ScoreError, SdfnError, exception_chain
-from sdfn_bench.score.batch import Resolver, result_frame
+from sdfn_bench.score.batch import DEFAULT_LIMITS, Resolver, result_frame
 from sdfn_bench.score.pipeline import STAGES, run_pipeline
 from sdfn_bench.score.shards import SHARD_DIR, write_parquet_atomic
 
@@ -193,14 +193,14 @@ class BlockScorer:
         self.resolver = resolver
         self.batch_size = batch_size
         self.workers = workers
-        self.limits = {} if limits is None else {"limits": limits}
+        self.limits = DEFAULT_LIMITS if limits is None else limits
 
     def __call__(self, block: pd.DataFrame) -> pd.DataFrame:
         """(n, [position, image]) -> (n, prediction columns + position + stage timings)."""
         images = [str(i) for i in block["image"]]
         frames: list[pd.DataFrame] = []
         stats = run_pipeline(images, self.engines, self.resolver, sink=frames.append, batch_size=self.batch_size,
-                             workers=self.workers, **self.limits)
+                             workers=self.workers, limits=self.limits)
         out = pd.concat(frames, ignore_index=True)
         if list(out["image"]) != images:
             raise ScoreError(f"actor returned rows {list(out['image'])[:3]}... for block {images[:3]}...")
@@ -397,8 +397,8 @@ def score_on_ray(
     """
     shard_dir = Path(run_dir) / SHARD_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
-    committer = ShardCommitter(positions, batch_size, result_frame([], [], [], None, class_names).dtypes.to_dict(),
-                               shard_dir)
+    dtypes = {str(k): v for k, v in result_frame([], [], [], None, class_names).dtypes.to_dict().items()}
+    committer = ShardCommitter(positions, batch_size, dtypes, shard_dir)
     preexisting = import_ray().is_initialized()
     with connected(address) as (ray, connect_s):
         cluster = {k: float(v) for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")}

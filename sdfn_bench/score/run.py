@@ -39,13 +39,14 @@ from sdfn_bench.errors import BackendUnavailableError, ScoreError
 from sdfn_bench.manifest.image_root import ImageResolver
 from sdfn_bench.manifest.schema import file_sha256, has_labels, read_manifest
 from sdfn_bench.score.batch import resolve_path
-from sdfn_bench.score.pipeline import STAGES, BatchDecoder, run_pipeline
+from sdfn_bench.score.pipeline import STAGES, BatchDecoder, PipelineStats, run_pipeline
 from sdfn_bench.score.shards import ShardWriter, merge_shards, read_shards, remove_shards
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
 
     from sdfn_bench.engines import EngineSet
+    from sdfn_bench.score.ray_runner import EngineInfo, RayRunStats
 
 PREDICTIONS = "predictions.parquet"
 RUN_JSON = "run.json"
@@ -135,7 +136,8 @@ def lrg_status_counts(predictions: pd.DataFrame) -> dict[str, int]:
 
     ok = predictions.loc[predictions["status"] == "ok", "lrg_status"].astype(str)
     counts = ok.value_counts()
-    return {s: int(counts.get(s, 0)) for s in STATUSES} | {s: int(n) for s, n in counts.items() if s not in STATUSES}
+    listed: dict[str, int] = {s: int(counts.get(s, 0)) for s in STATUSES}
+    return listed | {str(s): int(n) for s, n in counts.items() if s not in STATUSES}
 
 
 def lrg_clean_warning(counts: dict[str, int]) -> str | None:
@@ -442,19 +444,21 @@ def score_manifest(
     decoder_name, decoder_device = choose_decoder(decoder) if ray is None else ray_runner.ray_decoder(decoder)
     if engines is None:
         check_backend_name(backend)
-    if engines is None and ray is not None:  # the actors load the engines; the driver reads engines.json
-        engines = ray_runner.engine_info(Path(engines_dir), backend=backend)
-    if engines is None:
+    engine_set = engines
+    if engine_set is None and ray is None:
         from sdfn_bench.engines import load_engines
 
-        engines = load_engines(Path(engines_dir), backend=backend, cams=cams)
-    if cams and not engines.cams:
+        engine_set = load_engines(Path(engines_dir), backend=backend, cams=cams)
+    # With --ray the actors load the engines; the driver reads engines.json (the same attribute names).
+    engines_read: EngineSet | EngineInfo = (engine_set if engine_set is not None
+                                             else ray_runner.engine_info(Path(engines_dir), backend=backend))
+    if cams and engine_set is not None and not engine_set.cams:  # (--cams with --ray was refused above)
         raise ScoreError(f"--cams needs engines with feature maps: rebuild {engines_dir} with "
                          "`sdfn-bench build-engines --cams` (and load them with cams=True)")
     # A preloaded engine set knows its own folder.
-    engines_dir = Path(getattr(engines, "engines_dir", engines_dir))
+    engines_dir = Path(getattr(engines_read, "engines_dir", engines_dir))
     if has_labels(df):
-        check_class_names(engines.class_names, where=f"engines in {engines_dir}")
+        check_class_names(engines_read.class_names, where=f"engines in {engines_dir}")
 
     run_dir = _open_run_dir(Path(out) if out is not None else None, resume).resolve()
     fresh = {
@@ -462,7 +466,7 @@ def score_manifest(
         "manifest_sha256": file_sha256(manifest),
         "image_root": str(Path(resolver.root).resolve()),
         "engines_dir": str(Path(engines_dir).resolve()),
-        "engines_digest": engines.digest,
+        "engines_digest": engines_read.digest,
         "limit": limit,
         "decoder": decoder_name,
         "cams": cams,
@@ -497,8 +501,8 @@ def score_manifest(
     writer = ShardWriter(run_dir, positions, int(state["shard_rows"]))
     cam_heads = cam_writer = None
     if cams:
-        cam_heads = read_heads(engines.checkpoints["fusion"]["path"], engines.checkpoints["extractor_entire"]["path"])
-        check_heads_classes(cam_heads, engines.class_names, where=f"fusion/entire checkpoints of {engines_dir}")
+        cam_heads = read_heads(engines_read.checkpoints["fusion"]["path"], engines_read.checkpoints["extractor_entire"]["path"])
+        check_heads_classes(cam_heads, engines_read.class_names, where=f"fusion/entire checkpoints of {engines_dir}")
         cam_writer = CamWriter(run_dir, positions, cam_heads)
     if progress is not None:
         progress.start(len(images), len(done_images))
@@ -511,19 +515,22 @@ def score_manifest(
             return DaliDecoder(lambda im: resolve_path(im, resolver), batch_size=bs, device=decoder_device,
                                num_threads=workers, limits=limits)
 
+    stats: PipelineStats | RayRunStats
     try:
         if ray is not None:
             stats = ray_runner.score_on_ray(
                 [positions[i] for i in todo], todo,
-                load=ray_runner.engines_loader(engines_dir, engines.backend),
-                gpu_engines=str(engines.device).startswith("cuda"), class_names=engines.class_names, resolver=resolver,
+                load=ray_runner.engines_loader(engines_dir, engines_read.backend),
+                gpu_engines=str(engines_read.device).startswith("cuda"), class_names=engines_read.class_names, resolver=resolver,
                 run_dir=run_dir, batch_size=bs, shard_rows=int(state["shard_rows"]), address=ray, actors=actors,
                 workers=ray_workers, limits=limits, progress=progress.advance if progress is not None else None,
             )
         else:
+            if engine_set is None:
+                raise ScoreError("internal: no engine set loaded for in-process scoring")
             stats = run_pipeline(
                 todo,
-                engines,
+                engine_set,
                 resolver,
                 sink=writer.add,
                 batch_size=bs,
@@ -554,12 +561,12 @@ def score_manifest(
         {"started": t_start.isoformat(), "images": stats.images, "wall_s": round(stats.wall_s, 3), "stages": stats.stages,
          "decoders": dict(getattr(stats, "decoders", None) or {}), "ended": "finished"}
     )
-    if ray is not None:
+    if not isinstance(stats, PipelineStats):  # a Ray session
         state["sessions"][-1]["ray"] = stats.ray
     _write_json(state_path, state)
 
     predictions = merge_shards(run_dir, images, run_dir / PREDICTIONS)
-    result = _finish(run_dir, state, predictions, engines, decoder_name, decoder_device, bs, workers)
+    result = _finish(run_dir, state, predictions, engines_read, decoder_name, decoder_device, bs, workers)
     # State first: a crash between the two leaves a complete run plus stale shards, never a
     # "resumable" run whose shards are gone.
     state_path.unlink()
@@ -580,7 +587,7 @@ def _finish(
     run_dir: Path,
     state: dict[str, Any],
     predictions: pd.DataFrame,
-    engines: EngineSet,
+    engines: EngineSet | EngineInfo,
     decoder: str,
     decoder_device: str,
     batch_size: int,
