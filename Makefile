@@ -67,7 +67,7 @@ lungs-weights: $(STAMP)
 	$(BIN)/python -c "from sdfn_bench.weights import pack_checkpoint; \
 		print('sha256', pack_checkpoint('$(LUNGS)/final/segmenter', 'sdfn_bench/weights/lungs'))"
 
-# One call on a GPU machine (< 8 min on one H100): gpu tests, torch-CUDA (+TensorRT) engines in
+# One call on a GPU machine (target: < 8 min on one H100; never run yet, no GPU has been lent): gpu tests, torch-CUDA (+TensorRT) engines in
 # fp32/fp16, synthetic images through `score`, reports/bench/gpu-<UTC>.json and a summary table.
 # No install step: the GPU machine has no network, so it runs from the source tree (the venv's
 # python when there is one). Exit status 2 = refused, no CUDA GPU (nothing run or written).

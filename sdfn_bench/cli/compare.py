@@ -105,8 +105,9 @@ def compare(
     elif out is not None or allow_missing or trained_on:
         raise typer.BadParameter("-o, --allow-missing and --trained-on go with --manifest (prediction files alone); "
                                  "a run's report is written into the run folder")
+    # no bar when stdout is not a terminal: a transient bar leaves a blank line before an error there
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+                  console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("patient bootstrap", total=max(bootstrap, 1))
 
         def advance(done: int, total: int) -> None:
