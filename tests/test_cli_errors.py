@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -83,9 +84,15 @@ def test_seg_eval_missing_image_in_a_dataloader_worker(monkeypatch, capsys, tmp_
         rows.append(f"img/a{i}.png,img/a{i}_mask.png,p{i}")
     rows.append("img/missing.png,img/a0_mask.png,p9")
     (tmp_path / "seg.csv").write_text("image,mask,patient_id\n" + "\n".join(rows) + "\n")
-    code, out, err = _run(monkeypatch, capsys, "seg-eval", "--manifest", tmp_path / "seg.csv", "--segmenter",
-                          tmp_path / "ckpt" / "segmenter", "--workers", "1")
-    _one_error_line(code, out, err, "missing.png")
+    # A fresh interpreter, as a user runs it: forking DataLoader workers from the test process, after
+    # other tests started OpenVINO/ONNX Runtime thread pools in it, crashed pytest now and then.
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "sdfn_bench.cli.main", "seg-eval", "--manifest", str(tmp_path / "seg.csv"),
+                           "--segmenter", str(tmp_path / "ckpt" / "segmenter"), "--workers", "1"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "500"})
+    _one_error_line(done.returncode, done.stdout, done.stderr, "missing.png")
 
 
 def test_worker_error_reads_the_workers_tool_error() -> None:

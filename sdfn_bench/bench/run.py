@@ -352,6 +352,13 @@ def run_bench(
         raise BenchError(f"images must be >= 1, got {settings.images}")
     if settings.gate_images < 1:
         raise BenchError(f"gate images must be >= 1, got {settings.gate_images}")
+    if settings.checkpoints is not None and settings.segmenter is not None:
+        raise BenchError("--segmenter replaces the random segmenter; with --checkpoints put it in that folder")
+    if settings.checkpoints is not None:  # cheap checks first: a missing checkpoint fails before any image is made
+        from sdfn_bench.models.checkpoint import STANDARD_NAMES, read_metadata
+
+        for name in STANDARD_NAMES:
+            read_metadata(Path(settings.checkpoints) / name)
     created = _dt.datetime.now(_dt.timezone.utc)
     temp = work_dir is None
     work = Path(tempfile.mkdtemp(prefix="sdfn-bench-")) if work_dir is None else Path(work_dir)
@@ -363,8 +370,6 @@ def run_bench(
         rows = pd.read_csv(manifest, dtype=str, keep_default_na=False)
         paths = [manifest.parent / p for p in rows["image"]]
 
-        if settings.checkpoints is not None and settings.segmenter is not None:
-            raise BenchError("--segmenter replaces the random segmenter; with --checkpoints put it in that folder")
         if settings.checkpoints is None:
             seg_what = f"trained {settings.segmenter}" if settings.segmenter else f"random {settings.seg_size}"
             say(f"seeded random weights (segmenter {seg_what}, extractors {settings.ext_size})")
