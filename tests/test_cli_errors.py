@@ -66,15 +66,17 @@ def test_compare_error_is_one_line(monkeypatch, capsys, tmp_path) -> None:
     assert code == 1 and len(lines) == 1 and "run.json not found" in lines[0]
 
 
-def test_seg_eval_missing_image_in_a_dataloader_worker(monkeypatch, capsys, tmp_path) -> None:
-    """The error is raised in a DataLoader worker process and reaches the CLI as one line."""
+def test_seg_eval_missing_image_in_a_dataloader_worker(tmp_path) -> None:
+    """The error is raised in a DataLoader worker process and reaches the CLI as one line.
+
+    Everything runs in a fresh interpreter, as a user runs it: building the checkpoint and forking
+    DataLoader workers inside the pytest process, after other tests started OpenVINO/ONNX Runtime
+    thread pools in it, segfaulted pytest in clean-clone CI runs.
+    """
+    import subprocess
+
     import cv2
 
-    from sdfn_bench.bench.run import seeded_checkpoints
-
-    calibration = np.random.default_rng(0).normal(size=(4, 1, 32, 32)).astype(np.float32)
-    seeded_checkpoints(tmp_path / "ckpt", calibration, seg_size=32, ext_size=32,
-                       seg_arch={"name": "pazhitnykh_petsiuk", "base": 4, "norm": None})
     rng = np.random.default_rng(1)
     (tmp_path / "img").mkdir()
     rows = []
@@ -84,14 +86,19 @@ def test_seg_eval_missing_image_in_a_dataloader_worker(monkeypatch, capsys, tmp_
         rows.append(f"img/a{i}.png,img/a{i}_mask.png,p{i}")
     rows.append("img/missing.png,img/a0_mask.png,p9")
     (tmp_path / "seg.csv").write_text("image,mask,patient_id\n" + "\n".join(rows) + "\n")
-    # A fresh interpreter, as a user runs it: forking DataLoader workers from the test process, after
-    # other tests started OpenVINO/ONNX Runtime thread pools in it, crashed pytest now and then.
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-m", "sdfn_bench.cli.main", "seg-eval", "--manifest", str(tmp_path / "seg.csv"),
-                           "--segmenter", str(tmp_path / "ckpt" / "segmenter"), "--workers", "1"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "500"})
+    script = (
+        "import sys, numpy as np\n"
+        "from pathlib import Path\nfrom sdfn_bench.bench.run import seeded_checkpoints\n"
+        "from sdfn_bench.cli.main import main\n"
+        "calibration = np.random.default_rng(0).normal(size=(4, 1, 32, 32)).astype(np.float32)\n"
+        f"seeded_checkpoints(Path({str(tmp_path / 'ckpt')!r}), calibration, seg_size=32, ext_size=32,\n"
+        "                   seg_arch={'name': 'pazhitnykh_petsiuk', 'base': 4, 'norm': None})\n"
+        f"sys.argv = ['sdfn-bench', 'seg-eval', '--manifest', {str(tmp_path / 'seg.csv')!r}, '--segmenter',\n"
+        f"            {str(tmp_path / 'ckpt' / 'segmenter')!r}, '--workers', '1']\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "500"})
     _one_error_line(done.returncode, done.stdout, done.stderr, "missing.png")
 
 
