@@ -65,13 +65,11 @@ def measure_reduced_peak(precision: str, *, batch: int, channels: int, size: int
                                                providers=["CPUExecutionProvider"])
                 times = _time(lambda: session.run(None, {"image": x}), repeats)  # noqa: B023 (called at once)
                 rates[f"ONNX Runtime int8 {scheme} (Q/DQ)"] = [flop / times[0], flop / times[len(times) // 2]]
-        from sdfn_bench.engines.backends.openvino import OpenVinoBackend, compile_properties, health
+        from sdfn_bench.engines.backends.openvino import OpenVinoBackend, compile_properties, health, shared_core
 
         if OpenVinoBackend().is_available() and health() is None:
-            import openvino as ov
-
             for tag, model in models.items():
-                compiled = ov.Core().compile_model(str(model), "CPU", compile_properties(precision, threads))
+                compiled = shared_core().compile_model(str(model), "CPU", compile_properties(precision, threads))
                 request = compiled.create_infer_request()
                 times = _time(lambda: request.infer({0: x}), repeats)  # noqa: B023 (called at once)
                 rates[f"OpenVINO {precision}{tag}"] = [flop / times[0], flop / times[len(times) // 2]]

@@ -57,6 +57,22 @@ print(ov.__version__)
 """
 
 
+@lru_cache(maxsize=1)
+def shared_core() -> Any:
+    """The process's one ``openvino.Core``, kept for the life of the process.
+
+    Every ``Core`` loads its own CPU plugin, and each plugin installs its own alternate signal
+    stack on the calling thread and puts back the one it found when it is destroyed
+    (openvinotoolkit/openvino#11894, for AMX). Two plugins destroyed out of order leave the thread
+    on an unmapped signal stack: the next signal delivered to that thread (a child's SIGCHLD to
+    Python's handler, say) writes its frame into freed memory and the process dies later with a
+    segmentation fault that even faulthandler cannot report (measured with OpenVINO 2026.4: two
+    compiled models from two temporary ``Core`` objects, freed first-in first-out). One ``Core``,
+    never freed, installs one stack once.
+    """
+    return _import_openvino().Core()
+
+
 def _import_openvino() -> Any:
     try:
         import openvino
@@ -161,13 +177,12 @@ class OpenVinoBackend(Backend):
         return health()
 
     def _compile(self, name: str, path: Any, precision: str, threads: int | None) -> tuple[Any, dict[str, Any]]:
-        ov = _import_openvino()
         why_not = health()
         if why_not:
             raise BackendUnavailableError(f"{name}: {why_not}")
         properties = compile_properties(precision, threads)
         try:
-            return ov.Core().compile_model(str(path), "CPU", properties), properties
+            return shared_core().compile_model(str(path), "CPU", properties), properties
         except RuntimeError as exc:
             raise EngineError(f"{name}: OpenVINO cannot compile {path}: {exc}") from exc
 
