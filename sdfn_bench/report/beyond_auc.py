@@ -26,24 +26,18 @@ import pandas as pd
 from sdfn_bench.classes import CLASS_NAMES
 from sdfn_bench.errors import StatsError
 from sdfn_bench.manifest.expert import read_expert_manifest, resolve_expert_labels
-from sdfn_bench.report.calibration import (
-    CalibrationFile,
-    CalibrationReport,
-    calibration_report,
-    draw_reliability_figure,
-    load_calibration,
-)
+from sdfn_bench.report.calibration import CalibrationReport, calibration_report, draw_reliability_figure
 from sdfn_bench.report.expert import ExpertComparison, ExpertMatch, expert_comparison, match_expert_images
-from sdfn_bench.report.operating_points import (
-    OperatingPointsReport,
+from sdfn_bench.report.operating_points import OperatingPointsReport, choose_thresholds, evaluate_thresholds
+from sdfn_bench.report.roc_figure import save_figure
+from sdfn_bench.stats.calibration_file import CalibrationFile, load_calibration
+from sdfn_bench.stats.operating_points import Criterion, parse_criterion
+from sdfn_bench.stats.thresholds_file import (
     Thresholds,
-    choose_thresholds,
-    evaluate_thresholds,
+    check_threshold_scale,
     load_thresholds,
     save_thresholds,
 )
-from sdfn_bench.report.roc_figure import save_figure
-from sdfn_bench.stats.operating_points import Criterion, parse_criterion
 
 DEFAULT_AT = "sensitivity=0.9"
 SECTION_OUTPUTS: tuple[str, ...] = (
@@ -149,21 +143,6 @@ def plan_sections(
         path = resolve_expert_labels(expert_labels)
         expert = (match_expert_images(test.images, read_expert_manifest(path), source=str(path)), str(path))
     return SectionPlan(cal, thresholds, expert)
-
-
-def check_threshold_scale(thresholds: Thresholds, cal: CalibrationFile | None, source: Path) -> None:
-    """Refuse thresholds chosen on another probability scale than the one ``cal`` gives.
-
-    Raises:
-        StatsError: naming the thresholds file and both scales.
-    """
-    want = None if thresholds.calibration is None else thresholds.calibration.get("sha256")
-    have = None if cal is None else cal.sha256
-    if want != have:
-        raise StatsError(
-            f"{source}: its thresholds were chosen on "
-            + ("raw probabilities" if want is None else f"probabilities calibrated by {thresholds.calibration}")
-            + (", but no calibration is applied here" if have is None else f", but --calibration {cal.path} differs"))
 
 
 def _choose(run: ScoredRun, criterion: Criterion, cal: CalibrationFile | None, *, test_set: bool) -> Thresholds:

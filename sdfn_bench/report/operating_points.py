@@ -2,15 +2,7 @@
 to the test run, and the resulting sensitivity, specificity, PPV, NPV and F1 with Wilson CIs
 (``operating_points.csv``/``.md`` and a section of the HTML report).
 
-``thresholds.json``::
-
-    {"format": "sdfn-bench thresholds", "version": 1, "criterion": "sensitivity=0.9",
-     "chosen_on": {"run_dir", "manifest", "manifest_sha256", "n_images", "test_set": false},
-     "calibration": null | {"path", "sha256"},   # the scale the thresholds live on
-     "thresholds": {"sdfn": {"Atelectasis": 0.27, ...}, "entire": {...}}}   # null: not chosen
-
-A threshold is on the scale of the probabilities it was chosen on: raw when ``calibration`` is
-null, else after that calibration file (``score --thresholds`` checks this).
+``thresholds.json`` (its format, reader and writer) is :mod:`sdfn_bench.stats.thresholds_file`.
 """
 
 from __future__ import annotations
@@ -20,48 +12,20 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from sdfn_bench.errors import StatsError
-from sdfn_bench.report.json_files import check_classes, read_record, write_json_atomic
 from sdfn_bench.report.table1 import _html_table, _md_table, display_name
-from sdfn_bench.stats.operating_points import Criterion, choose_threshold, operating_point, parse_criterion
+from sdfn_bench.stats.operating_points import Criterion, choose_threshold, operating_point
+from sdfn_bench.stats.thresholds_file import Thresholds
 
-FORMAT = "sdfn-bench thresholds"
-VERSION = 1
 RATES: tuple[str, ...] = ("sensitivity", "specificity", "ppv", "npv", "f1")
 
 
 class UndefinedThresholdWarning(UserWarning):
     """A class has no positive (or no negative) in the validation run: no threshold is chosen."""
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Per prediction set and class, a decision threshold (``score >= threshold`` is positive).
-
-    Attributes:
-        criterion: how they were chosen.
-        values: set -> class -> threshold (NaN: could not be chosen).
-        chosen_on: where: ``run_dir``, ``manifest``, ``manifest_sha256``, ``n_images``, ``test_set``.
-        calibration: None (raw probabilities) or ``{"path", "sha256"}`` of the calibration applied first.
-    """
-
-    criterion: Criterion
-    values: dict[str, dict[str, float]]
-    chosen_on: dict[str, object]
-    calibration: dict[str, str] | None
-
-    def to_record(self) -> dict[str, object]:
-        return {
-            "format": FORMAT, "version": VERSION, "criterion": self.criterion.label, "chosen_on": self.chosen_on,
-            "calibration": self.calibration,
-            "thresholds": {s: {c: (None if math.isnan(v) else v) for c, v in per.items()}
-                           for s, per in self.values.items()},
-        }
 
 
 def choose_thresholds(labels: np.ndarray, scores: Mapping[str, np.ndarray], class_names: Sequence[str],
@@ -90,38 +54,6 @@ def choose_thresholds(labels: np.ndarray, scores: Mapping[str, np.ndarray], clas
                 per[cls] = choose_threshold(y, s[:, k], criterion)
         values[name] = per
     return Thresholds(criterion, values, chosen_on, calibration)
-
-
-def save_thresholds(thresholds: Thresholds, path: str | Path) -> Path:
-    """Write thresholds.json atomically."""
-    return write_json_atomic(Path(path), thresholds.to_record())
-
-
-def load_thresholds(path: str | Path, class_names: Sequence[str]) -> Thresholds:
-    """Read and check a thresholds.json (format, version, every class by name, numbers or null).
-
-    Raises:
-        StatsError: naming the file and the offending entry.
-    """
-    path = Path(path)
-    record, table = read_record(path, FORMAT, VERSION, "thresholds")
-    criterion = parse_criterion(str(record.get("criterion", "")))
-    values: dict[str, dict[str, float]] = {}
-    for name, per in table.items():
-        check_classes(per, class_names, where=f"{path}: thresholds[{name!r}]")
-        out: dict[str, float] = {}
-        for cls, v in per.items():
-            if v is None:
-                out[cls] = float("nan")
-            elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                out[cls] = float(v)
-            else:
-                raise StatsError(f"{path}: thresholds[{name!r}][{cls!r}] must be a number or null, found {v!r}")
-        values[name] = out
-    calibration = record.get("calibration")
-    if calibration is not None and not (isinstance(calibration, dict) and "sha256" in calibration):
-        raise StatsError(f"{path}: 'calibration' must be null or {{'path', 'sha256'}}")
-    return Thresholds(criterion, values, dict(record.get("chosen_on") or {}), calibration)
 
 
 @dataclass(frozen=True)
@@ -154,7 +86,7 @@ def evaluate_thresholds(labels: np.ndarray, scores: Mapping[str, np.ndarray], cl
         labels: (n_images, n_classes) 0/1.
         scores: set -> (n_images, n_classes) on the thresholds' scale.
         class_names: the columns.
-        thresholds: from :func:`choose_thresholds` or :func:`load_thresholds`.
+        thresholds: from :func:`choose_thresholds` or :func:`~sdfn_bench.stats.thresholds_file.load_thresholds`.
         level: CI level.
         source: the evaluated run (notes).
     """

@@ -26,9 +26,8 @@ import pandas as pd
 from sdfn_bench.classes import CLASS_NAMES
 from sdfn_bench.errors import ScoreError
 from sdfn_bench.manifest.schema import file_sha256
-from sdfn_bench.report.beyond_auc import check_threshold_scale
-from sdfn_bench.report.calibration import CalibrationFile, load_calibration
-from sdfn_bench.report.operating_points import Thresholds, load_thresholds
+from sdfn_bench.stats.calibration_file import CalibrationFile, load_calibration
+from sdfn_bench.stats.thresholds_file import Thresholds, check_threshold_scale, load_thresholds
 
 
 @dataclass(frozen=True)
