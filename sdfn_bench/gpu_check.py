@@ -22,7 +22,6 @@ status is 1 when any step failed. Nothing here has run on a GPU yet (see README.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sdfn_bench.core.io import write_json
 from sdfn_bench.errors import SdfnError
 
 DEFAULT_OUT = Path("reports") / "bench"
@@ -195,7 +195,7 @@ def _finish(record: dict[str, Any], out_dir: Path, stamp: str, t0: float,
         record["steps"].get("gpu_tests", {}).get("result") or {"exit_status": 0})["exit_status"] in (0, 5)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"gpu-{stamp}.json"
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    write_json(path, record, default=str)
     log(summary_table(record))
     return record, path
 

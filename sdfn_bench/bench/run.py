@@ -57,6 +57,7 @@ from sdfn_bench.bench.flops import sdfn_flops
 from sdfn_bench.bench.peak import PeakResult, measure_peak
 from sdfn_bench.bench.reference import ReferenceModels, run_reference
 from sdfn_bench.classes import CLASS_NAMES
+from sdfn_bench.core.io import write_json
 from sdfn_bench.errors import SdfnError
 from sdfn_bench.lrg import PAPER_MARGIN
 from sdfn_bench.preprocess import Preprocessing, prepare
@@ -513,11 +514,6 @@ def run_bench(
         if temp:
             shutil.rmtree(work, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stamped = out_dir / f"bench-{stamp}.json"
-    text = json.dumps(record, indent=2, default=str) + "\n"
-    stamped.write_text(text)
-    latest = out_dir / "latest.json"
-    tmp = latest.with_name(f".latest.json.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, latest)
+    stamped = write_json(out_dir / f"bench-{stamp}.json", record, default=str)
+    write_json(out_dir / "latest.json", record, default=str)
     return record, stamped

@@ -7,7 +7,7 @@ Layout inside a run folder::
                                        per image and class (float16, feature resolution) and
                                        the engines' SDFN and entire-image logits (float32)
 
-Every file is written under a temporary name and renamed (atomic on POSIX). A batch's maps are
+Every file is written atomically (:func:`sdfn_bench.core.io.atomic_write`). A batch's maps are
 written before its predictions rows reach the result shards, so every row of a finished shard
 has its maps; after a crash ``--resume`` forms the same batches again (see
 :mod:`sdfn_bench.score.shards`), so a re-scored batch rewrites the same ``part`` file with the
@@ -21,7 +21,6 @@ Size: three maps x 14 classes x h x w x 2 bytes per image; at 224 px input (7 x 
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from sdfn_bench.cam.maps import HeadWeights, entire_image_map, entire_maps_cam, fusion_maps, sdfn_image_map
+from sdfn_bench.core.io import atomic_write
 from sdfn_bench.errors import CamError
 from sdfn_bench.lrg import LungBox
 
@@ -86,12 +86,9 @@ def cam_batch(
 
 
 def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    # not core.io.write_npz: that one allows pickled object arrays, and the maps files never hold one
+    with atomic_write(path) as f:
         np.savez(f, allow_pickle=False, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_heads(fusion_checkpoint: str | Path, entire_checkpoint: str | Path) -> HeadWeights:

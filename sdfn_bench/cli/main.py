@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from sdfn_bench import __version__
+from sdfn_bench.core.version import __version__
 from sdfn_bench.errors import SdfnError, exception_chain
 
 app = typer.Typer(

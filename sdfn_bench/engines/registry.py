@@ -12,7 +12,7 @@ One record per engines folder. Layout (``FORMAT`` 1)::
                                "preprocessing": {...}, "export": {...}, "build_s": 1.2,
                                "parity": {...}}, ...}}
 
-A rebuild never overwrites silently: the previous ``engines.json`` is renamed to
+A rebuild never overwrites silently: the previous ``engines.json`` is copied to
 ``engines.json.prev`` (one generation, a record only; engine files with the same names are
 replaced) and :class:`~sdfn_bench.engines.build.BuildReport` says so.
 """
@@ -29,6 +29,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sdfn_bench.core.io import write_bytes, write_text
+from sdfn_bench.core.version import __version__
 from sdfn_bench.errors import EngineError
 
 FORMAT = 1
@@ -99,8 +101,6 @@ def software_versions() -> dict[str, str]:
     import onnx
     import torch
 
-    from sdfn_bench import __version__
-
     out = {
         "sdfn_bench": __version__,
         "python": platform.python_version(),
@@ -140,13 +140,12 @@ def write_record(engines_dir: str | Path, record: Mapping[str, Any]) -> tuple[Pa
     """
     path = engines_json(engines_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+    text = json.dumps(record, indent=2) + "\n"  # first: a record that cannot be written changes no file
     previous = None
     if path.exists():
-        previous = path.with_name(path.name + PREV_SUFFIX)
-        os.replace(path, previous)
-    os.replace(tmp, path)
+        # copied, not moved: engines.json itself is never absent, only ever replaced whole
+        previous = write_bytes(path.with_name(path.name + PREV_SUFFIX), path.read_bytes())
+    write_text(path, text)
     return path, previous
 
 
