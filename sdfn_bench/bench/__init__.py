@@ -2,6 +2,7 @@
 
 - :mod:`sdfn_bench.bench.reference`: PyTorch eager, one image at a time, Pillow + torchvision.
 - :mod:`sdfn_bench.bench.flops`: convolution + linear FLOPs per image.
-- :mod:`sdfn_bench.bench.peak`: this machine's measured convolution peak.
+- :mod:`sdfn_bench.bench.peak`: this machine's measured convolution peak (int8 and CPU bf16 in
+  :mod:`sdfn_bench.bench.peak_reduced`; both give a :mod:`sdfn_bench.bench.peak_result`).
 - :mod:`sdfn_bench.bench.run`: both runs, the comparison and ``reports/bench/latest.json``.
 """

@@ -18,38 +18,11 @@ convolution's rate, and a denominator below what an engine reaches would flatter
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 
-
-@dataclass(frozen=True)
-class PeakResult:
-    """One peak measurement.
-
-    Attributes:
-        gflop_s: best GFLOP/s over the repeats.
-        median_gflop_s: median over the repeats (noise indicator).
-        flop: FLOPs of one convolution call.
-        shape: (batch, channels, height, width) of the input; 3x3 kernel, channels -> channels.
-        threads: PyTorch intra-op threads used.
-        device: ``cpu`` or ``cuda:N``.
-        precision: the precision of the convolution.
-        how: which library ran it.
-    """
-
-    gflop_s: float
-    median_gflop_s: float
-    flop: int
-    shape: tuple[int, int, int, int]
-    threads: int
-    device: str
-    precision: str = "fp32"
-    how: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from sdfn_bench.bench.peak_reduced import measure_reduced_peak
+from sdfn_bench.bench.peak_result import PeakResult, conv_flop
 
 
 def measure_peak(
@@ -67,8 +40,6 @@ def measure_peak(
         precision: ``fp32``, ``bf16``, ``fp16`` (CUDA) or ``int8`` (CPU, ONNX Runtime / OpenVINO).
     """
     if precision == "int8" or (precision == "bf16" and device == "cpu"):
-        from sdfn_bench.bench.peak_reduced import measure_reduced_peak
-
         return measure_reduced_peak(precision, batch=batch, channels=channels, size=size, repeats=repeats, seed=seed,
                                     torch_peak=_torch_peak if precision == "bf16" else None)
     return _torch_peak(batch=batch, channels=channels, size=size, repeats=repeats, device=device, seed=seed,
@@ -85,7 +56,7 @@ def _torch_peak(*, batch: int, channels: int, size: int, repeats: int, device: s
     x = torch.randn(batch, channels, size, size, generator=g)
     conv = conv.to(device=device, dtype=dtype, memory_format=torch.channels_last).eval()
     x = x.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    flop = 2 * batch * channels * size * size * channels * 9
+    flop = conv_flop(batch, channels, size)
     cuda = device.startswith("cuda")
     times = []
     with torch.inference_mode():
@@ -109,3 +80,6 @@ def _torch_peak(*, batch: int, channels: int, size: int, repeats: int, device: s
         precision=precision,
         how=f"PyTorch {precision} convolution (oneDNN/cuDNN)",
     )
+
+
+__all__ = ["PeakResult", "measure_peak"]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdfn_bench.bench.peak import PeakResult
+from sdfn_bench.bench.peak_result import PeakResult, conv_flop
 
 
 def _time(run: Callable[[], Any], repeats: int) -> list[float]:
@@ -39,7 +39,7 @@ def measure_reduced_peak(precision: str, *, batch: int, channels: int, size: int
     from sdfn_bench.engines.quantize import quantize_int8
 
     threads = torch.get_num_threads()
-    flop = 2 * batch * channels * size * size * channels * 9
+    flop = conv_flop(batch, channels, size)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, channels, size, size), dtype=np.float32)
     rates: dict[str, list[float]] = {}
@@ -65,7 +65,12 @@ def measure_reduced_peak(precision: str, *, batch: int, channels: int, size: int
                                                providers=["CPUExecutionProvider"])
                 times = _time(lambda: session.run(None, {"image": x}), repeats)  # noqa: B023 (called at once)
                 rates[f"ONNX Runtime int8 {scheme} (Q/DQ)"] = [flop / times[0], flop / times[len(times) // 2]]
-        from sdfn_bench.engines.backends.openvino import OpenVinoBackend, compile_properties, health, shared_core
+        from sdfn_bench.engines.backends.openvino import (
+            OpenVinoBackend,
+            compile_properties,
+            health,
+            shared_core,
+        )
 
         if OpenVinoBackend().is_available() and health() is None:
             for tag, model in models.items():

@@ -54,7 +54,8 @@ import pandas as pd
 import torch
 
 from sdfn_bench.bench.flops import sdfn_flops
-from sdfn_bench.bench.peak import PeakResult, measure_peak
+from sdfn_bench.bench.peak import measure_peak
+from sdfn_bench.bench.peak_result import PeakResult
 from sdfn_bench.bench.reference import ReferenceModels, run_reference
 from sdfn_bench.classes import CLASS_NAMES
 from sdfn_bench.core.io import write_json
