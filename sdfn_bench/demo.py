@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sdfn_bench.core.io import write_json, write_text
 from sdfn_bench.demo_digest import inputs_digest, mark_line
 from sdfn_bench.errors import SdfnError
 from sdfn_bench.steps import (
@@ -228,7 +229,7 @@ def run_demo(
             "verdict": result.verdict, "pooled": localization.pooled.values,
             "pooled_difference": localization.pooled.difference},
     }
-    (run_dir / "demo.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(run_dir / "demo.json", record, indent=2)
     return result
 
 
@@ -253,8 +254,8 @@ def draw_real_films(run_dir: Path) -> str:
     if page.is_file():
         section = (f"<h2>Real films: lung masks and boxes</h2><p>{html.escape(text)}</p>"
                    f"<img src='{picture.name}' alt='real NIH films with lung masks and boxes' style='max-width:100%'>")
-        page.write_text(add_to_html(page.read_text(), section))
-    (run_dir / "real_films.md").write_text(text + "\n")
+        write_text(page, add_to_html(page.read_text(), section))
+    write_text(run_dir / "real_films.md", text + "\n")
     return f"{counts} -> {picture}"
 
 
@@ -328,7 +329,7 @@ def publish(result: DemoResult, repo_root: str | Path) -> Path:
         README_END,
     ])
     pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
-    readme.write_text(pattern.sub(lambda _m: block, text, count=1))
+    write_text(readme, pattern.sub(lambda _m: block, text, count=1))
     return docs
 
 

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from sdfn_bench import weights
 from sdfn_bench.cli.main import app
+from sdfn_bench.core.hashing import file_sha256
 from sdfn_bench.demo import REAL_FILMS
 from sdfn_bench.errors import CheckpointError
-from sdfn_bench.manifest.schema import file_sha256
 from sdfn_bench.models.checkpoint import checkpoint_paths, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

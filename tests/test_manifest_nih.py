@@ -304,7 +304,7 @@ def test_images_manifest_duplicates_csv_and_official_test(tmp_path: Path) -> Non
 def test_cli_images_writes_manifest_and_sidecar(tmp_path: Path) -> None:
     import json
 
-    from sdfn_bench.manifest.schema import file_sha256
+    from sdfn_bench.core.hashing import file_sha256
 
     labels = _label_file(tmp_path)
     _split_lists(tmp_path)

@@ -33,8 +33,18 @@ RIGHT_LUNG_DIR = "right lung"
 MASK_DIR_NAME = "jsrt_masks"
 
 
-def _index_masks(masks_dir: Path, side_dir: str) -> dict[str, Path]:
-    """Stem -> GIF for every folder named ``side_dir`` under ``masks_dir`` (one walk)."""
+def index_masks(masks_dir: Path, side_dir: str) -> dict[str, Path]:
+    """Stem -> GIF for every folder named ``side_dir`` under ``masks_dir`` (one walk).
+
+    Used by the manifest builder and by ``reproduce``'s data step (which counts the JSRT/SCR pairs).
+
+    Args:
+        masks_dir: the SCR mask folder, searched at any depth (``fold1/masks/left lung/`` is found too).
+        side_dir: :data:`LEFT_LUNG_DIR` or :data:`RIGHT_LUNG_DIR`.
+
+    Raises:
+        ManifestError: one stem found in two folders named ``side_dir``.
+    """
     index: dict[str, Path] = {}
     for dirpath, dirnames, filenames in os.walk(masks_dir):
         dirnames.sort()
@@ -105,8 +115,8 @@ def build_jsrt_manifest(
         raise ManifestError(f"{masks_dir}: SCR mask folder not found")
     images = list_jsrt_images(images_dir)
     base = manifest_base(out_csv, root, images[0], "JSRT images")
-    left_index = _index_masks(masks_dir, LEFT_LUNG_DIR)
-    right_index = _index_masks(masks_dir, RIGHT_LUNG_DIR)
+    left_index = index_masks(masks_dir, LEFT_LUNG_DIR)
+    right_index = index_masks(masks_dir, RIGHT_LUNG_DIR)
     for image in images:
         if image.stat().st_size != JSRT_BYTES:
             raise ManifestError(f"{image}: {image.stat().st_size} bytes, a JSRT .IMG has exactly {JSRT_BYTES}")

@@ -27,8 +27,10 @@ from pathlib import Path
 import pandas as pd
 
 from sdfn_bench.classes import CLASS_NAMES
+from sdfn_bench.core.hashing import file_sha256
+from sdfn_bench.core.io import write_text
 from sdfn_bench.errors import ManifestError
-from sdfn_bench.manifest.schema import META_COLUMNS, file_sha256, write_manifest
+from sdfn_bench.manifest.schema import META_COLUMNS, write_manifest
 
 LABEL_FILE_HEADER: tuple[str, ...] = (
     "Image Index",
@@ -418,7 +420,5 @@ def write_images_manifest(manifest: pd.DataFrame, record: dict[str, object], out
     out = write_manifest(manifest, out)
     sidecar = sidecar_path(out)
     text = json.dumps({**record, "manifest": str(out.resolve()), "manifest_sha256": file_sha256(out)}, indent=1) + "\n"
-    tmp = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, sidecar)
+    write_text(sidecar, text)
     return sidecar

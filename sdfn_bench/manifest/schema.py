@@ -7,12 +7,13 @@ A manifest is a CSV with columns ``image`` (path relative to an image root), ``p
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pandas as pd
 
 from sdfn_bench.classes import CLASS_NAMES
+from sdfn_bench.core.hashing import file_sha256 as file_sha256  # re-exported: older imports read it here
+from sdfn_bench.core.io import atomic_write
 from sdfn_bench.errors import ManifestError
 
 META_COLUMNS: tuple[str, ...] = ("image", "patient_id", "view", "age", "sex")
@@ -91,22 +92,14 @@ def validate_manifest(df: pd.DataFrame, *, source: str, require_labels: bool = F
     return df.reset_index(drop=True)
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 hex digest of a file (manifests, checkpoints, engines)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 SEGMENTATION_COLUMNS: tuple[str, ...] = ("image", "mask", "patient_id")
 
 
 def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write a manifest (or box / segmentation table) reproducibly: no index column, ``\\n``
-    line ends, the parent folder created. Same frame, same bytes."""
+    """Write a manifest (or box / segmentation table) reproducibly and atomically: no index column,
+    ``\\n`` line ends, the parent folder created. Same frame, same bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=False, lineterminator="\n")
+    with atomic_write(path, "w") as f:
+        df.to_csv(f, index=False, lineterminator="\n")
     return path

@@ -94,7 +94,7 @@ def inspect_data(nih: str | Path, jsrt: str | Path, scr: str | Path, *, val_frac
         ReproduceError / ManifestError: a root, the label file or a split list is missing.
     """
     from sdfn_bench.manifest.image_root import ImageResolver
-    from sdfn_bench.manifest.jsrt import LEFT_LUNG_DIR, RIGHT_LUNG_DIR, _index_masks, list_jsrt_images
+    from sdfn_bench.manifest.jsrt import LEFT_LUNG_DIR, RIGHT_LUNG_DIR, index_masks, list_jsrt_images
     from sdfn_bench.manifest.nih import build_nih_manifests
 
     nih, jsrt, scr = Path(nih), Path(jsrt), Path(scr)
@@ -121,7 +121,7 @@ def inspect_data(nih: str | Path, jsrt: str | Path, scr: str | Path, *, val_frac
         files[split] = SplitFiles(len(df), tuple(missing), tuple(unreadable))
         patients[split] = int(df["patient_id"].nunique())
     images = list_jsrt_images(jsrt)
-    left, right = _index_masks(scr, LEFT_LUNG_DIR), _index_masks(scr, RIGHT_LUNG_DIR)
+    left, right = index_masks(scr, LEFT_LUNG_DIR), index_masks(scr, RIGHT_LUNG_DIR)
     unpaired = [p.stem for p in images if p.stem not in left or p.stem not in right]
     return DataReport(nih, jsrt, scr, label_file, manifests, files, patients, len(images),
                       len(images) - len(unpaired), tuple(unpaired[:10]))

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from sdfn_bench.core.hashing import file_sha256
+from sdfn_bench.core.io import write_json
+from sdfn_bench.manifest.schema import read_manifest, write_manifest
 from sdfn_bench.reproduce.data import TEST_LIST, TRAIN_VAL_LIST, DataReport, ReproduceError, inspect_data
 from sdfn_bench.reproduce.plan import ensure_ready
 from sdfn_bench.score.run import completed_run
@@ -72,8 +75,6 @@ def _excluded_frame(rows: Sequence[tuple[str, str, str]]) -> pd.DataFrame:
 
 def _write_manifests(report: DataReport, manifests: Path) -> int:
     """nih_{train,val,test}.csv (train/val without missing or unreadable files) + excluded.csv."""
-    from sdfn_bench.manifest.schema import write_manifest
-
     manifests.mkdir(parents=True, exist_ok=True)
     excluded = []
     for split, df in report.manifests.items():
@@ -83,14 +84,12 @@ def _write_manifests(report: DataReport, manifests: Path) -> int:
             excluded += [(split, im, reason) for im, reason in bad.items()]
             df = df[~df["image"].isin(list(bad))]
         write_manifest(df.reset_index(drop=True), manifests / f"nih_{split}.csv")
-    _excluded_frame(excluded).to_csv(manifests / "excluded.csv", index=False)
+    write_manifest(_excluded_frame(excluded), manifests / "excluded.csv")
     return len(excluded)
 
 
 def _drop_unreadable(manifests: Path, boxes: Sequence[Path]) -> int:
     """Leave images the lung-box step could not decode out of the train/val manifests (idempotent)."""
-    from sdfn_bench.manifest.schema import read_manifest, write_manifest
-
     bad = {}
     for path in boxes:
         df = pd.read_parquet(path)
@@ -104,13 +103,11 @@ def _drop_unreadable(manifests: Path, boxes: Sequence[Path]) -> int:
         if drop.any():
             excluded = pd.concat([excluded, _excluded_frame([(split, im, bad[im]) for im in df.loc[drop, "image"]])])
             write_manifest(df[~drop].reset_index(drop=True), path)
-    excluded.to_csv(manifests / "excluded.csv", index=False)
+    write_manifest(excluded, manifests / "excluded.csv")
     return len(excluded)
 
 
 def _inputs_digest(report: DataReport, val_fraction: float, seed: int) -> dict[str, object]:
-    from sdfn_bench.manifest.schema import file_sha256
-
     # Contents, not paths: the data folders may move between an interruption and the rerun.
     return {"label_file": file_sha256(report.label_file), "train_val_list": file_sha256(report.nih / TRAIN_VAL_LIST),
             "test_list": file_sha256(report.nih / TEST_LIST), "jsrt_images": report.jsrt_images,
@@ -124,10 +121,10 @@ def _engines_current(engines_dir: Path) -> bool:
     if not (engines_dir / "engines.json").is_file():
         return False
     try:
-        load_engines(engines_dir)
+        with load_engines(engines_dir):
+            return True
     except EngineError:
         return False
-    return True
 
 
 def run_reproduce(
@@ -182,9 +179,7 @@ def run_reproduce(
             f.write(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} {text}\n")
 
     def save_state() -> None:
-        tmp = state_file.with_name(state_file.name + ".tmp")
-        tmp.write_text(json.dumps(state, indent=1) + "\n")
-        os.replace(tmp, state_file)
+        write_json(state_file, state, indent=1)
 
     # The JSRT manifest's paths are relative to a folder holding both the JSRT images and W's masks
     # (the image resolver refuses entries leading outside their root).

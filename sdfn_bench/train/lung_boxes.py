@@ -28,11 +28,13 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sdfn_bench.core.hashing import file_sha256
+from sdfn_bench.core.io import write_parquet, write_text
 from sdfn_bench.decode.reader import read_mask
 from sdfn_bench.errors import ImageReadError, SdfnError
 from sdfn_bench.lrg import STATUSES, LungMargin, box_coverage, box_to_image, lung_box_in_image
 from sdfn_bench.manifest.image_root import ImageResolver
-from sdfn_bench.manifest.schema import file_sha256, read_manifest
+from sdfn_bench.manifest.schema import read_manifest
 from sdfn_bench.preprocess import Preprocessing, prepare
 from sdfn_bench.report.contact_sheet import SheetTile
 from sdfn_bench.train.common import pick_device
@@ -95,12 +97,6 @@ def parts_dir(out: str | Path) -> Path:
     return out.with_name(out.name + PARTS_SUFFIX)
 
 
-def _write_atomic(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(path)
-
-
 def _box_frame(images: list[str], rows: list[tuple]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=["x0", "y0", "x1", "y1", "status", "n_regions", "error"]).astype(
         {"x0": "int32", "y0": "int32", "x1": "int32", "y1": "int32", "n_regions": "int32"})
@@ -122,7 +118,7 @@ def _open_parts(parts: Path, identity: dict[str, object], resume: bool, overwrit
             raise SdfnError(f"{parts}: chunks of a run with other inputs ({saved}); pass --overwrite to start again")
         return {int(p.stem.split("-")[1]): p for p in sorted(parts.glob("part-*.parquet"))}
     parts.mkdir(parents=True)
-    record.write_text(json.dumps(identity, indent=1))
+    write_text(record, json.dumps(identity, indent=1))
     return {}
 
 
@@ -202,12 +198,12 @@ def compute_lung_boxes(manifest: str | Path, segmenter: str | Path, out: str | P
                 rows.append((box.x0, box.y0, box.x1, box.y1, box.status, box.n_regions, ""))
             if on_batch is not None:
                 on_batch(len(x))
-        _write_atomic(_box_frame(chunk, rows), parts / f"part-{start:09d}.parquet")
+        write_parquet(parts / f"part-{start:09d}.parquet", _box_frame(chunk, rows))
     df = pd.concat([pd.read_parquet(p) for p in sorted(parts.glob("part-*.parquet"))], ignore_index=True)
     if df["image"].tolist() != images:
         raise SdfnError(f"{parts}: the chunks do not cover {manifest} in order; pass --overwrite to start again")
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(df, out)
+    write_parquet(out, df)
     shutil.rmtree(parts)
     return _result(out, df, time.perf_counter() - t0, resumed)
 

@@ -23,6 +23,7 @@ from sdfn_bench.decode.reader import read_mask
 from sdfn_bench.errors import SdfnError
 from sdfn_bench.lrg import LungMargin, box_coverage, box_to_image, lung_box_in_image
 from sdfn_bench.manifest.image_root import ImageResolver
+from sdfn_bench.manifest.schema import write_manifest
 from sdfn_bench.models.checkpoint import Checkpoint, load_checkpoint
 from sdfn_bench.preprocess import Preprocessing, prepare
 from sdfn_bench.train.common import TrainResult, pick_device
@@ -171,8 +172,8 @@ def cross_validate(manifest: str | Path, folds: int, out_dir: str | Path, *, ima
         fold_dir = Path(out_dir) / f"fold{f}"
         fold_dir.mkdir(parents=True, exist_ok=True)
         train_csv, test_csv = fold_dir / "seg_train.csv", fold_dir / "seg_test.csv"
-        df[fold_of != f].to_csv(train_csv, index=False)
-        df[fold_of == f].to_csv(test_csv, index=False)
+        write_manifest(df[fold_of != f], train_csv)
+        write_manifest(df[fold_of == f], test_csv)
         tr = train_segmenter(train_csv, fold_dir, image_root=root, preset=preset, options=opt)
         scores = evaluate_segmenter(tr.checkpoint, test_csv, image_root=root, device=opt.device, workers=opt.workers)
         results.append(FoldResult(f, int((fold_of != f).sum()), int((fold_of == f).sum()), scores, tr))
