@@ -1,4 +1,5 @@
-"""`make gpu-check`: everything a short GPU slot should run, in one call (< 8 minutes on one H100).
+"""`make gpu-check`: everything a short GPU slot should run, in one call (its time target and
+what has run so far: docs/performance.md, "`--decoder auto` and the GPU check").
 
 ``python -m sdfn_bench.cli.gpu_check`` (what ``make gpu-check`` runs; the library call is
 :func:`run_check`):

@@ -1,9 +1,10 @@
 """Option defaults and choices the command line shows in its help, without importing the library.
 
 Typer evaluates option defaults when a command is defined, so a constant taken from the library
-would import that module (and pandas, torch, scipy with it) on every `sdfn-bench --help`: 6-10 s
-instead of well under 1 s. These are copies of the library's constants; ``tests/test_cli_startup.py``
-checks that each equals its source, so a change there fails a test instead of drifting silently.
+would import that module (and pandas, torch, scipy with it) on every `sdfn-bench --help`: seconds
+instead of a fraction of one (measured in docs/architecture.md, "Command-line startup"). These are
+copies of the library's constants; ``tests/test_cli_startup.py`` checks that each equals its
+source, so a change there fails a test instead of drifting silently.
 """
 
 from __future__ import annotations

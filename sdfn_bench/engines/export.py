@@ -1,11 +1,10 @@
 """ONNX export of the four SDFN networks with fixed tensor names and a dynamic batch axis.
 
 Exporter choice: the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``,
-opset 17). Measured on this 2-core CPU with torch 2.14.1, a 1-channel DenseNet-121 at 64 px
-exported in 2.6 s with the TorchScript exporter and in 48 s with the ``torch.export``-based
-(dynamo) exporter; both gave a dynamic ``batch`` axis and matched PyTorch to < 1e-6 in
-ONNX Runtime. If the TorchScript exporter is unavailable (a future torch), the dynamo exporter is
-used instead and the record says so.
+opset 17): far quicker than the ``torch.export``-based (dynamo) exporter for the same graph (both
+give a dynamic ``batch`` axis and match PyTorch in ONNX Runtime; the timings are in
+docs/engines.md, "Export"). If the TorchScript exporter is unavailable (a future torch), the
+dynamo exporter is used instead and the record says so.
 
 Precision lives in the ONNX (the strongly typed TensorRT path needs that): ``fp16`` exports a copy
 of the module in half precision wrapped by casts, so the graph's inputs and outputs stay float32
