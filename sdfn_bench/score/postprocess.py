@@ -24,8 +24,9 @@ import numpy as np
 import pandas as pd
 
 from sdfn_bench.classes import CLASS_NAMES
+from sdfn_bench.core.hashing import file_sha256
+from sdfn_bench.core.io import write_json, write_parquet
 from sdfn_bench.errors import ScoreError
-from sdfn_bench.manifest.schema import file_sha256
 from sdfn_bench.stats.calibration_file import CalibrationFile, load_calibration
 from sdfn_bench.stats.thresholds_file import Thresholds, check_threshold_scale, load_thresholds
 
@@ -121,14 +122,10 @@ def postprocess_run(run_dir: str | os.PathLike[str], post: PostProcessing) -> Pa
                          for kind, ref in record["postprocessing"].items() if ref)
         raise ScoreError(f"{run_dir}: already post-processed ({done}); score again into a new --out instead")
     out = postprocess_predictions(pd.read_parquet(path), post)
-    tmp = path.with_name(f".{path.name}.tmp")
-    out.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    write_parquet(path, out)
     record["postprocessing"] = {
         "calibration": post.calibration.reference() if post.calibration is not None else None,
         "thresholds": post.thresholds_ref,
     }
-    tmp = run_json.with_name(f".{run_json.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, run_json)
+    write_json(run_json, record)
     return path

@@ -42,10 +42,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from sdfn_bench.core.io import write_parquet
 from sdfn_bench.errors import BackendUnavailableError, ScoreError, SdfnError, exception_chain
 from sdfn_bench.score.batch import DEFAULT_LIMITS, Resolver, result_frame
 from sdfn_bench.score.pipeline import STAGES, run_pipeline
-from sdfn_bench.score.shards import SHARD_DIR, write_parquet_atomic
+from sdfn_bench.score.shards import SHARD_DIR
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -342,7 +343,7 @@ class ShardCommitter:
         first = int(ready[POSITION].iloc[0])
         t0 = time.perf_counter()
         shard = ready.drop(columns=[POSITION]).reset_index(drop=True).astype(self.dtypes)
-        write_parquet_atomic(shard, self.shard_dir / f"part-{first:09d}.parquet")
+        write_parquet(self.shard_dir / f"part-{first:09d}.parquet", shard)
         self.stage_seconds["write"][0] += time.perf_counter() - t0  # the actors counted its images
         self.committed.update(int(p) for p in ready[POSITION])
         return len(shard)

@@ -34,10 +34,12 @@ import pandas as pd
 from sdfn_bench.cam.maps import check_heads_classes
 from sdfn_bench.cam.store import CamWriter, read_heads
 from sdfn_bench.classes import check_class_names
+from sdfn_bench.core.hashing import file_sha256
+from sdfn_bench.core.io import write_json
 from sdfn_bench.decode.reader import DEFAULT_MAX_BYTES, ReadLimits
 from sdfn_bench.errors import BackendUnavailableError, ScoreError
 from sdfn_bench.manifest.image_root import ImageResolver
-from sdfn_bench.manifest.schema import file_sha256, has_labels, read_manifest
+from sdfn_bench.manifest.schema import has_labels, read_manifest
 from sdfn_bench.score.batch import resolve_path
 from sdfn_bench.score.pipeline import STAGES, BatchDecoder, PipelineStats, run_pipeline
 from sdfn_bench.score.shards import ShardWriter, merge_shards, read_shards, remove_shards
@@ -268,9 +270,7 @@ def _memory_gb() -> float | None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_json(path, data, default=str)
 
 
 def _open_run_dir(out: Path | None, resume: bool) -> Path:

@@ -1,8 +1,8 @@
 """Atomic result shards of a scoring run, resume, and the final merge.
 
-Rows reach disk in shards ``RUN/shards/part-<first manifest position>.parquet``, each written to a
-temporary name and renamed with :func:`os.replace` (atomic on POSIX), so a crash at any moment
-leaves only complete shards. ``--resume`` reads them back, checks that they hold no unknown or
+Rows reach disk in shards ``RUN/shards/part-<first manifest position>.parquet``, each written
+atomically (:func:`sdfn_bench.core.io.write_parquet`: a temporary name, fsync, rename), so a crash
+at any moment leaves only complete shards. ``--resume`` reads them back, checks that they hold no unknown or
 duplicated image, and scores only the remaining rows. The final merge puts the rows in manifest
 order and checks that the row set equals the manifest's.
 
@@ -17,7 +17,6 @@ form: a resumed run's numbers are bit-identical, not just close.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,21 +26,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sdfn_bench.core.io import write_parquet
 from sdfn_bench.errors import ScoreError
 
 SHARD_DIR = "shards"
 _SHARD_NAME = re.compile(r"^part-(\d{9})\.parquet$")
-
-
-def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
-    """Write ``frame`` to ``path`` via a temporary file and an atomic rename (fsynced first)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    with open(tmp, "wb") as f:
-        pq.write_table(table, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ShardWriter:
@@ -79,7 +68,7 @@ class ShardWriter:
         rows = pd.concat(self._buffer, ignore_index=True)
         shard, rest = rows.iloc[:n].reset_index(drop=True), rows.iloc[n:].reset_index(drop=True)
         first = self.positions[str(shard["image"].iloc[0])]
-        write_parquet_atomic(shard, self.dir / f"part-{first:09d}.parquet")
+        write_parquet(self.dir / f"part-{first:09d}.parquet", shard)
         self._buffer = [rest] if len(rest) else []
         self._buffered = len(rest)
         self.written += n
@@ -142,7 +131,7 @@ def merge_shards(run_dir: Path, manifest_images: Sequence[str], out: Path) -> pd
     rows = rows.iloc[np.argsort(rows["image"].map(order).to_numpy(), kind="stable")].reset_index(drop=True)
     if len(rows) != len(manifest_images) or list(rows["image"]) != list(manifest_images):
         raise ScoreError(f"{run_dir}: merged rows do not match the manifest one to one")
-    write_parquet_atomic(rows, out)
+    write_parquet(out, rows)
     return rows
 
 
