@@ -43,6 +43,7 @@ from sdfn_bench.steps import (
 )
 
 if TYPE_CHECKING:
+    from sdfn_bench.report.compare import ComparisonResult
     from sdfn_bench.report.localization import LocalizationReport
     from sdfn_bench.train.presets import Preset
 
@@ -117,6 +118,85 @@ def _cohort_matches(cohort: Path, n: int, size: int, seed: int) -> bool:
     return (record.get("n_images"), record.get("size"), record.get("seed")) == (n, size, seed) and same_extra
 
 
+def _cohort_step(log: StepLog, hooks: DemoHooks, cohort: Path, *, n: int, size: int, seed: int,
+                 workers: int | None) -> None:
+    """The synthetic cohort, reused when ``cohort`` holds one made with the same settings."""
+    from sdfn_bench.synth import make_cohort
+
+    with log.step("cohort", f"{n} synthetic images of {size} px (seed {seed}) -> {cohort}"):
+        if _cohort_matches(cohort, n, size, seed):
+            log.summary["cohort"] = "reused"
+            return
+        if cohort.exists() and any(cohort.iterdir()):
+            raise SdfnError(
+                f"{cohort} holds another cohort (different n/size/seed or incomplete); "
+                "remove it or choose another --workdir"
+            )
+        made = make_cohort(cohort, n=n, size=size, seed=seed, workers=workers, progress=hooks.counter("cohort"),
+                           **DEMO_COHORT)
+        log.summary["cohort"] = f"{made.n_images} images of {made.n_patients} patients"
+
+
+def _training_steps(log: StepLog, inputs: TrainingInputs, preset: Preset, options: Any, seg_test: Path) -> list[Path]:
+    """Segmenter (with its Dice on ``seg_test``), lung boxes, both extractors and the fusion head; the box files."""
+    from sdfn_bench.train.seg_eval import evaluate_segmenter
+
+    with log.step("segmenter", f"lung U-Net, demo preset ({preset.segmenter.input_size} px)"):
+        segmenter_step(log, inputs, preset, options)
+        dice = evaluate_segmenter(inputs.checkpoints / "segmenter", seg_test)
+        log.summary["segmenter"] += f"; test Dice {dice.mean_dice:.3f}, IoU {dice.mean_iou:.3f}"
+    with log.step("lung boxes", "segmenter + Lung Region Generator on the train and validation images"):
+        boxes = lung_boxes_step(log, inputs)
+    extractor_and_fusion_steps(log, inputs, boxes, preset, options)
+    return boxes
+
+
+def _validation_steps(log: StepLog, hooks: DemoHooks, val_csv: Path, engines_dir: Path, val_dir: Path,
+                      workers: int | None) -> None:
+    """Score the validation split and fit the calibration there (the test split only reports them)."""
+    from sdfn_bench.report.compare import calibrate_run
+    from sdfn_bench.score.run import score_manifest
+
+    with log.step("score val", f"{val_csv} -> {val_dir}"):
+        val_scored = score_manifest(val_csv, engines_dir=engines_dir, out=val_dir, workers=workers,
+                                    progress=hooks.score_progress())
+        log.summary["score val"] = f"{val_scored.ok} images ok, {val_scored.error} errors"
+    with log.step("calibrate", "per-class temperature scaling fitted on the validation split"):
+        calibration = calibrate_run(val_dir, val_dir / "calibration.json", "temperature")
+        temperatures = [m.params["temperature"] for m in calibration.maps["sdfn"].values() if m is not None]
+        log.summary["calibrate"] = f"{len(temperatures)} of 14 SDFN classes calibrated" + (
+            f", temperatures {min(temperatures):.2f}-{max(temperatures):.2f}" if temperatures else "")
+
+
+def _compare_step(log: StepLog, hooks: DemoHooks, run_dir: Path, val_dir: Path, *, n_bootstrap: int,
+                  seed: int) -> tuple[ComparisonResult, dict[str, float]]:
+    """Table 1 of the test run, with operating points and calibration from the validation split."""
+    from sdfn_bench.report.compare import compare_run
+
+    with log.step("compare", f"SDFN vs entire and lung baselines, {n_bootstrap} patient-bootstrap replicates; "
+                             f"operating points at {DEMO_AT} and calibration from the validation split"):
+        comparison = compare_run(run_dir, baselines=("entire", "lung"), model="sdfn", n_bootstrap=n_bootstrap,
+                                 seed=seed, progress=hooks.counter("bootstrap"), thresholds_from=val_dir, at=DEMO_AT,
+                                 calibration=val_dir / "calibration.json")
+        mean_auc = {s.name: float(s.mean_auc) for s in comparison.analysis.scorers}
+        log.summary["compare"] = ", ".join(f"{k} {v:.3f}" for k, v in mean_auc.items())
+    return comparison, mean_auc
+
+
+def _write_demo_record(result: DemoResult, localization: LocalizationReport | None, *, n: int, size: int,
+                       seed: int) -> None:
+    """``RUN/demo.json``: the demo's settings, timings, mean AUCs, summary and localization verdict."""
+    record = {
+        "workdir": str(result.workdir), "run_dir": str(result.run_dir), "n": n, "size": size, "seed": seed,
+        "step_seconds": result.step_seconds, "wall_s": result.wall_s, "mean_auc": result.mean_auc,
+        "summary": result.summary,
+        "localization": None if localization is None else {
+            "verdict": result.verdict, "pooled": localization.pooled.values,
+            "pooled_difference": localization.pooled.difference},
+    }
+    write_json(result.run_dir / "demo.json", record, indent=2)
+
+
 def run_demo(
     workdir: str | Path,
     hooks: DemoHooks,
@@ -141,95 +221,42 @@ def run_demo(
         preset: training settings (default: the ``demo`` preset; tests pass a smaller one).
     """
     from sdfn_bench.report.beyond_auc import section_markdown
-    from sdfn_bench.report.compare import calibrate_run, compare_run
-    from sdfn_bench.score.run import new_run_dir, score_manifest
-    from sdfn_bench.synth import make_cohort
+    from sdfn_bench.score.run import new_run_dir
     from sdfn_bench.train.presets import get_preset
-    from sdfn_bench.train.seg_eval import evaluate_segmenter
 
     workdir = Path(workdir).resolve()
     cohort, ckpts = workdir / "cohort", workdir / "checkpoints"
     engines_dir, runs_dir = workdir / "engines", workdir / "reports" / "runs"
     preset = preset or get_preset("demo")
     log = StepLog(hooks)
-    seconds, summary, step = log.seconds, log.summary, log.step
     t_start = time.perf_counter()
-
-    with step("cohort", f"{n} synthetic images of {size} px (seed {seed}) -> {cohort}"):
-        if _cohort_matches(cohort, n, size, seed):
-            summary["cohort"] = "reused"
-        else:
-            if cohort.exists() and any(cohort.iterdir()):
-                raise SdfnError(
-                    f"{cohort} holds another cohort (different n/size/seed or incomplete); "
-                    "remove it or choose another --workdir"
-                )
-            made = make_cohort(cohort, n=n, size=size, seed=seed, workers=workers, progress=hooks.counter("cohort"),
-                               **DEMO_COHORT)
-            summary["cohort"] = f"{made.n_images} images of {made.n_patients} patients"
-
+    _cohort_step(log, hooks, cohort, n=n, size=size, seed=seed, workers=workers)
     inputs = TrainingInputs(seg_manifest=cohort / "seg_train.csv", seg_val=cohort / "seg_val.csv",
                             train=cohort / "train.csv", val=cohort / "val.csv", image_root=None, checkpoints=ckpts,
                             boxes=cohort)
-    options = run_options(seed, hooks)
-    with step("segmenter", f"lung U-Net, demo preset ({preset.segmenter.input_size} px)"):
-        segmenter_step(log, inputs, preset, options)
-        dice = evaluate_segmenter(ckpts / "segmenter", cohort / "seg_test.csv")
-        summary["segmenter"] += f"; test Dice {dice.mean_dice:.3f}, IoU {dice.mean_iou:.3f}"
-
-    with step("lung boxes", "segmenter + Lung Region Generator on the train and validation images"):
-        boxes = lung_boxes_step(log, inputs)
-
-    extractor_and_fusion_steps(log, inputs, boxes, preset, options)
-
-    with step("engines", f"export and build ({backend})"):
+    _training_steps(log, inputs, preset, run_options(seed, hooks), cohort / "seg_test.csv")
+    with log.step("engines", f"export and build ({backend})"):
         engines_step(log, ckpts, engines_dir, backend, hooks.build_progress(), cams=True)
-
     run_dir = new_run_dir(runs_dir)
-    with step("score", f"{cohort / 'test.csv'} -> {run_dir}"):
+    with log.step("score", f"{cohort / 'test.csv'} -> {run_dir}"):
         score_step(log, cohort / "test.csv", engines_dir, run_dir, image_root=None, workers=workers,
                    progress=hooks.score_progress(), cams=True)
-
     # The validation split picks the thresholds and the calibration; the test split only reports them.
     val_dir = workdir / "reports" / "val_runs" / run_dir.name
-    with step("score val", f"{cohort / 'val.csv'} -> {val_dir}"):
-        val_scored = score_manifest(cohort / "val.csv", engines_dir=engines_dir, out=val_dir, workers=workers,
-                                    progress=hooks.score_progress())
-        summary["score val"] = f"{val_scored.ok} images ok, {val_scored.error} errors"
-    with step("calibrate", "per-class temperature scaling fitted on the validation split"):
-        calibration = calibrate_run(val_dir, val_dir / "calibration.json", "temperature")
-        temperatures = [m.params["temperature"] for m in calibration.maps["sdfn"].values() if m is not None]
-        summary["calibrate"] = f"{len(temperatures)} of 14 SDFN classes calibrated" + (
-            f", temperatures {min(temperatures):.2f}-{max(temperatures):.2f}" if temperatures else "")
-
-    with step("compare", f"SDFN vs entire and lung baselines, {n_bootstrap} patient-bootstrap replicates; "
-                         f"operating points at {DEMO_AT} and calibration from the validation split"):
-        comparison = compare_run(run_dir, baselines=("entire", "lung"), model="sdfn", n_bootstrap=n_bootstrap,
-                                 seed=seed, progress=hooks.counter("bootstrap"), thresholds_from=val_dir, at=DEMO_AT,
-                                 calibration=val_dir / "calibration.json")
-        mean_auc = {s.name: float(s.mean_auc) for s in comparison.analysis.scorers}
-        summary["compare"] = ", ".join(f"{k} {v:.3f}" for k, v in mean_auc.items())
-
-    localization, gallery = _localize_and_draw(step, summary, cohort / "bbox.csv", run_dir, n_bootstrap, seed)
-    with step("real films", f"{REAL_FILMS_SEGMENTER} masks and lung boxes on the {REAL_FILMS.name} sample films"):
-        summary["real films"] = draw_real_films(run_dir)
-    wall = time.perf_counter() - t_start
+    _validation_steps(log, hooks, cohort / "val.csv", engines_dir, val_dir, workers)
+    comparison, mean_auc = _compare_step(log, hooks, run_dir, val_dir, n_bootstrap=n_bootstrap, seed=seed)
+    localization, gallery = _localize_and_draw(log.step, log.summary, cohort / "bbox.csv", run_dir, n_bootstrap, seed)
+    with log.step("real films", f"{REAL_FILMS_SEGMENTER} masks and lung boxes on the {REAL_FILMS.name} sample films"):
+        log.summary["real films"] = draw_real_films(run_dir)
     paths = dict(comparison.paths)
     if localization is not None:
         paths.update(localization.paths)
-    result = DemoResult(workdir=workdir, run_dir=run_dir, step_seconds=seconds, wall_s=wall, mean_auc=mean_auc,
-                        summary=summary, table1_markdown=comparison.table1_markdown, paths=paths,
+    result = DemoResult(workdir=workdir, run_dir=run_dir, step_seconds=log.seconds, wall_s=time.perf_counter() - t_start,
+                        mean_auc=mean_auc, summary=log.summary, table1_markdown=comparison.table1_markdown, paths=paths,
                         localization_markdown=(run_dir / "localization.md").read_text() if localization else "",
-                        verdict=summary.get("localize", ""), gallery=gallery, val_run_dir=val_dir,
+                        verdict=log.summary.get("localize", ""), gallery=gallery, val_run_dir=val_dir,
                         sections_markdown=section_markdown(comparison.sections) if comparison.sections else "")
-    record = {
-        "workdir": str(workdir), "run_dir": str(run_dir), "n": n, "size": size, "seed": seed,
-        "step_seconds": seconds, "wall_s": wall, "mean_auc": mean_auc, "summary": summary,
-        "localization": None if localization is None else {
-            "verdict": result.verdict, "pooled": localization.pooled.values,
-            "pooled_difference": localization.pooled.difference},
-    }
-    write_json(run_dir / "demo.json", record, indent=2)
+    _write_demo_record(result, localization, n=n, size=size, seed=seed)
     return result
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -127,6 +127,114 @@ def _engines_current(engines_dir: Path) -> bool:
         return False
 
 
+@dataclass
+class _Workdir:
+    """The layout's root W, its log and its state (``reproduce.json``, rewritten atomically on every save)."""
+
+    root: Path
+    state: dict[str, Any]
+
+    @classmethod
+    def open(cls, workdir: str | Path) -> _Workdir:
+        root = Path(workdir).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        state_file = root / "reproduce.json"
+        return cls(root, json.loads(state_file.read_text()) if state_file.is_file() else {})
+
+    @property
+    def manifests(self) -> Path:
+        return self.root / "manifests"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def engines(self) -> Path:
+        return self.root / "engines"
+
+    def save(self) -> None:
+        write_json(self.root / "reproduce.json", self.state, indent=1)
+
+    def log_line(self, text: str) -> None:
+        with open(self.root / "reproduce.log", "a", encoding="utf-8") as f:
+            f.write(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} {text}\n")
+
+
+def _data_step(log: StepLog, wd: _Workdir, nih: str | Path, jsrt: str | Path, scr: str | Path, *, seg_root: Path,
+               val_fraction: float, seed: int) -> DataReport:
+    """NIH manifests from the official lists and the JSRT/SCR manifest (reused when the inputs match)."""
+    from sdfn_bench.manifest.jsrt import build_jsrt_manifest
+
+    manifests, state = wd.manifests, wd.state
+    with log.step("data", f"NIH manifests from the official lists, JSRT/SCR pairs -> {manifests}"):
+        report = inspect_data(nih, jsrt, scr, val_fraction=val_fraction, seed=seed)
+        digest = _inputs_digest(report, val_fraction, seed)
+        if state.get("inputs") not in (None, digest):
+            raise ReproduceError(f"{wd.root}: holds a reproduction of other data or settings ({state['inputs']}); "
+                                 "choose another --workdir")
+        if state.get("inputs") == digest and (manifests / "excluded.csv").is_file():
+            log.summary["data"] = "reused"
+        else:
+            n_excluded = _write_manifests(report, manifests)
+            build_jsrt_manifest(report.jsrt, report.scr, manifests / "jsrt.csv", root=seg_root)
+            state["inputs"] = digest
+            state["paths"] = {"nih": str(report.nih.resolve()), "jsrt": str(report.jsrt.resolve()),
+                              "scr": str(report.scr.resolve())}
+            wd.save()
+            counts = ", ".join(f"{k} {v.found}" for k, v in report.files.items())
+            log.summary["data"] = f"{counts} images, {report.jsrt_pairs} JSRT/SCR pairs, {n_excluded} excluded"
+    return report
+
+
+def _segmenter_steps(log: StepLog, wd: _Workdir, inputs: TrainingInputs, preset: Preset,
+                     options: Callable[[str, bool], Any], *, seg_folds: int, seg_root: Path) -> None:
+    """The lung segmenter on JSRT/SCR, and the k-fold cross-validation when ``seg_folds``."""
+    with log.step("segmenter", f"lung U-Net on JSRT/SCR ({preset.segmenter.input_size} px, {preset.segmenter.epochs} "
+                  "epochs)" + (f", {seg_folds}-fold cross-validation" if seg_folds else "")):
+        segmenter_step(log, inputs, preset, options)
+        if seg_folds:
+            log.summary["segmenter"] += "; " + _cross_validate(inputs.seg_manifest, seg_root, seg_folds,
+                                                               wd.checkpoints / "seg_cv", preset, options, wd)
+
+
+def _engines(log: StepLog, wd: _Workdir, backend: str, hooks: StepHooks) -> None:
+    """Engines of the checkpoints, reused while they match them; a rebuild invalidates the scored run."""
+    with log.step("engines", f"export and build ({backend})"):
+        if _engines_current(wd.engines):
+            log.summary["engines"] = "reused (they match the checkpoints)"
+        else:
+            engines_step(log, wd.checkpoints, wd.engines, backend, hooks.build_progress())
+            wd.state.pop("run_dir", None)
+            wd.state.pop("scored", None)
+            wd.save()
+
+
+def _score(log: StepLog, wd: _Workdir, image_root: Path | None, workers: int, hooks: StepHooks) -> Path:
+    """Score nih_test.csv into the state's run folder (a new one after a rebuild); returns the run folder."""
+    from sdfn_bench.score.run import new_run_dir
+
+    state, test_csv = wd.state, wd.manifests / "nih_test.csv"
+    run_dir = Path(state["run_dir"]) if state.get("run_dir") else new_run_dir(wd.root / "reports" / "runs")
+    with log.step("score", f"{test_csv} -> {run_dir}"):
+        if state.get("scored") == str(run_dir) and (run_dir / "run.json").is_file():
+            log.summary["score"] = "reused"
+        elif completed_run(run_dir, test_csv) is not None:
+            # Scoring finished but the process died before saving that: a finished step, not a resume.
+            log.summary["score"] = "reused (finished before the last state save)"
+            state["scored"] = str(run_dir)
+            wd.save()
+        else:
+            resume = run_dir.is_dir() and any(run_dir.iterdir())
+            state["run_dir"] = str(run_dir)
+            wd.save()
+            score_step(log, test_csv, wd.engines, run_dir, image_root=image_root, workers=workers or None,
+                       progress=hooks.score_progress(), resume=resume)
+            state["scored"] = str(run_dir)
+            wd.save()
+    return run_dir
+
+
 def run_reproduce(
     nih: str | Path,
     jsrt: str | Path,
@@ -164,124 +272,59 @@ def run_reproduce(
     Raises:
         ReproduceError: the data is missing, or W holds a reproduction of other data.
     """
-    from sdfn_bench.manifest.jsrt import build_jsrt_manifest
-    from sdfn_bench.score.run import new_run_dir
-
     t_start = time.perf_counter()
-    w = Path(workdir).resolve()
-    manifests, ckpts, engines_dir = w / "manifests", w / "checkpoints", w / "engines"
-    w.mkdir(parents=True, exist_ok=True)
-    log_file, state_file = w / "reproduce.log", w / "reproduce.json"
-    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-
-    def log_line(text: str) -> None:
-        with open(log_file, "a", encoding="utf-8") as f:
-            f.write(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} {text}\n")
-
-    def save_state() -> None:
-        write_json(state_file, state, indent=1)
-
+    wd = _Workdir.open(workdir)
     # The JSRT manifest's paths are relative to a folder holding both the JSRT images and W's masks
     # (the image resolver refuses entries leading outside their root).
-    seg_root = Path(os.path.commonpath([Path(jsrt).resolve(), manifests]))
-    log = StepLog(hooks, log=log_line)
-    log_line(f"reproduce: nih {nih}, jsrt {jsrt}, scr {scr}, preset {preset.name}, init {init or preset.extractor.init}")
-    with log.step("data", f"NIH manifests from the official lists, JSRT/SCR pairs -> {manifests}"):
-        report = inspect_data(nih, jsrt, scr, val_fraction=val_fraction, seed=seed)
-        digest = _inputs_digest(report, val_fraction, seed)
-        if state.get("inputs") not in (None, digest):
-            raise ReproduceError(f"{w}: holds a reproduction of other data or settings ({state['inputs']}); "
-                                 "choose another --workdir")
-        if state.get("inputs") == digest and (manifests / "excluded.csv").is_file():
-            log.summary["data"] = "reused"
-        else:
-            n_excluded = _write_manifests(report, manifests)
-            build_jsrt_manifest(report.jsrt, report.scr, manifests / "jsrt.csv", root=seg_root)
-            state["inputs"] = digest
-            state["paths"] = {"nih": str(report.nih.resolve()), "jsrt": str(report.jsrt.resolve()),
-                              "scr": str(report.scr.resolve())}
-            save_state()
-            counts = ", ".join(f"{k} {v.found}" for k, v in report.files.items())
-            log.summary["data"] = f"{counts} images, {report.jsrt_pairs} JSRT/SCR pairs, {n_excluded} excluded"
-
+    seg_root = Path(os.path.commonpath([Path(jsrt).resolve(), wd.manifests]))
+    log = StepLog(hooks, log=wd.log_line)
+    wd.log_line(f"reproduce: nih {nih}, jsrt {jsrt}, scr {scr}, preset {preset.name}, init {init or preset.extractor.init}")
+    report = _data_step(log, wd, nih, jsrt, scr, seg_root=seg_root, val_fraction=val_fraction, seed=seed)
     # Everything the later steps need, checked now rather than after hours of segmenter and lung-box work.
     for note in ensure_ready(report, init or preset.extractor.init).warnings:
-        log_line(f"warning: {note}")
+        wd.log_line(f"warning: {note}")
         warnings.warn(note, stacklevel=2)
 
-    inputs = TrainingInputs(seg_manifest=manifests / "jsrt.csv", seg_val=None, train=manifests / "nih_train.csv",
-                            val=manifests / "nih_val.csv", image_root=report.nih.resolve(), checkpoints=ckpts,
-                            boxes=w / "boxes", seg_root=seg_root)
+    inputs = TrainingInputs(seg_manifest=wd.manifests / "jsrt.csv", seg_val=None, train=wd.manifests / "nih_train.csv",
+                            val=wd.manifests / "nih_val.csv", image_root=report.nih.resolve(),
+                            checkpoints=wd.checkpoints, boxes=wd.root / "boxes", seg_root=seg_root)
     options = run_options(seed, hooks, workers=workers, device=device)
-    with log.step("segmenter", f"lung U-Net on JSRT/SCR ({preset.segmenter.input_size} px, {preset.segmenter.epochs} "
-                  "epochs)" + (f", {seg_folds}-fold cross-validation" if seg_folds else "")):
-        segmenter_step(log, inputs, preset, options)
-        if seg_folds:
-            log.summary["segmenter"] += "; " + _cross_validate(inputs.seg_manifest, seg_root, seg_folds, ckpts / "seg_cv",
-                                                               preset, options, state, save_state)
-
+    _segmenter_steps(log, wd, inputs, preset, options, seg_folds=seg_folds, seg_root=seg_root)
     with log.step("lung boxes", "segmenter + Lung Region Generator on the train and validation images"):
         boxes = lung_boxes_step(log, inputs, workers=workers, counter=hooks.counter("lung boxes"))
-        n_excluded = _drop_unreadable(manifests, boxes)
-
+        n_excluded = _drop_unreadable(wd.manifests, boxes)
     extractor_and_fusion_steps(log, inputs, boxes, preset, options, init=init)
-
-    with log.step("engines", f"export and build ({backend})"):
-        if _engines_current(engines_dir):
-            log.summary["engines"] = "reused (they match the checkpoints)"
-        else:
-            engines_step(log, ckpts, engines_dir, backend, hooks.build_progress())
-            state.pop("run_dir", None)
-            state.pop("scored", None)
-            save_state()
-
-    run_dir = Path(state["run_dir"]) if state.get("run_dir") else new_run_dir(w / "reports" / "runs")
-    with log.step("score", f"{inputs.val.with_name('nih_test.csv')} -> {run_dir}"):
-        if state.get("scored") == str(run_dir) and (run_dir / "run.json").is_file():
-            log.summary["score"] = "reused"
-        elif completed_run(run_dir, manifests / "nih_test.csv") is not None:
-            # Scoring finished but the process died before saving that: a finished step, not a resume.
-            log.summary["score"] = "reused (finished before the last state save)"
-            state["scored"] = str(run_dir)
-            save_state()
-        else:
-            resume = run_dir.is_dir() and any(run_dir.iterdir())
-            state["run_dir"] = str(run_dir)
-            save_state()
-            score_step(log, manifests / "nih_test.csv", engines_dir, run_dir, image_root=inputs.image_root,
-                       workers=workers or None, progress=hooks.score_progress(), resume=resume)
-            state["scored"] = str(run_dir)
-            save_state()
-
+    _engines(log, wd, backend, hooks)
+    run_dir = _score(log, wd, inputs.image_root, workers, hooks)
     with log.step("compare", f"SDFN vs entire and lung baselines, {n_bootstrap} patient-bootstrap replicates"):
         comparison, mean_auc = compare_step(log, run_dir, n_bootstrap=n_bootstrap, seed=seed,
                                             progress=hooks.counter("bootstrap"))
 
-    result = ReproduceResult(w, run_dir, comparison.paths["table1.md"], mean_auc, dict(log.seconds),
+    result = ReproduceResult(wd.root, run_dir, comparison.paths["table1.md"], mean_auc, dict(log.seconds),
                              dict(log.summary), n_excluded, time.perf_counter() - t_start)
-    state.update({"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "mean_auc": mean_auc,
-                  "table1": str(result.table1), "summary": log.summary, "step_seconds": log.seconds,
-                  "preset": preset.name})
-    save_state()
-    log_line(f"finished: Table 1 at {result.table1}; SDFN mean AUC {mean_auc['sdfn']:.4f} vs the paper's "
-             f"{PAPER_MEAN_AUC} ({result.versus_paper:+.4f})")
+    wd.state.update({"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "mean_auc": mean_auc,
+                     "table1": str(result.table1), "summary": log.summary, "step_seconds": log.seconds,
+                     "preset": preset.name})
+    wd.save()
+    wd.log_line(f"finished: Table 1 at {result.table1}; SDFN mean AUC {mean_auc['sdfn']:.4f} vs the paper's "
+                f"{PAPER_MEAN_AUC} ({result.versus_paper:+.4f})")
     return result
 
 
-def _cross_validate(manifest: Path, root: Path, folds: int, out: Path, preset: Preset, options: Callable, state: dict,
-                    save_state: Callable[[], None]) -> str:
+def _cross_validate(manifest: Path, root: Path, folds: int, out: Path, preset: Preset, options: Callable,
+                    wd: _Workdir) -> str:
     """Section 2.3's k-fold Dice/IoU of the segmenter (reused when already computed)."""
     import numpy as np
 
     from sdfn_bench.train.seg_eval import cross_validate
 
-    key = f"seg_cv_{folds}"
+    key, state = f"seg_cv_{folds}", wd.state
     if key not in state:
         results = cross_validate(manifest, folds, out, image_root=root, preset=preset.segmenter,
                                  options=options("segmenter cv", True))
         dice = np.concatenate([r.scores.dice for r in results])
         iou = np.concatenate([r.scores.iou for r in results])
         state[key] = {"dice": float(dice.mean()), "iou": float(iou.mean()), "n": int(len(dice))}
-        save_state()
+        wd.save()
     cv = state[key]
     return f"{folds}-fold Dice {cv['dice']:.3f}, IoU {cv['iou']:.3f} (paper: 0.98, 0.97)"

@@ -281,6 +281,88 @@ def _resumable(saved: Mapping[str, Any], wanted: Mapping[str, Any], *, done: int
     return saved_rest == wanted_rest and (epochs is None or int(epochs) >= done)
 
 
+@dataclass
+class _FitRecord:
+    """What :func:`fit` accumulates over epochs (restored from the saved state on resume): one row
+    per epoch, the best monitored value and its epoch, and the first epoch still to run."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: float | None = None
+    best_epoch: int = 0
+    start: int = 1
+
+    def improves(self, epoch: int, value: float, mode: str) -> bool:
+        """Whether ``value`` beats the best so far; if so it becomes the best."""
+        if not _better(value, self.best, mode):
+            return False
+        self.best, self.best_epoch = value, epoch
+        return True
+
+
+def _open_run(stem: Path, log: MetricsLog, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+              schedule: LRSchedule, scaler: torch.amp.GradScaler, config: dict[str, Any], resume: bool,
+              overwrite: bool, rank: int) -> _FitRecord:
+    """Continue from the saved state (``resume``, same ``config``), or start afresh: outputs of an
+    earlier run are refused unless ``overwrite`` or ``resume``; their metrics files are cleared."""
+    state_w, _ = _state_paths(stem)
+    weights, _ = checkpoint_paths(stem)
+    if resume and state_w.exists():
+        info = _load_state(stem, model, optimizer)
+        if not _resumable(info["config"], json.loads(json.dumps(config, default=float)), done=int(info["epoch"])):
+            raise TrainError(f"{state_w}: saved with other settings {info['config']} after {info['epoch']} epochs; "
+                             f"not resuming with {config} (only the epoch count may change, and not below the "
+                             "epochs done)")
+        schedule.load_state_dict(info["schedule"])
+        if info.get("scaler"):
+            scaler.load_state_dict(info["scaler"])
+        record = _FitRecord(info["history"], info["best"], info["best_epoch"], info["epoch"] + 1)
+        if rank == 0:
+            log.reset(record.history)
+        return record
+    if weights.exists() or log.csv.exists():
+        if not (overwrite or resume):
+            raise TrainError(f"{weights.parent}: outputs of {stem.name!r} exist; pass resume or overwrite")
+        if rank == 0:
+            log.reset([])
+    return _FitRecord()
+
+
+def _validated(model: nn.Module, validate: Callable[[], dict[str, float]], device: torch.device, amp: bool,
+               cpu_bf16: bool) -> dict[str, float]:
+    """``validate()`` with the model in eval mode, without gradients, under the training's autocast."""
+    model.eval()
+    with torch.no_grad(), autocast(device, amp, cpu_bf16):
+        return {k: float(v) for k, v in validate().items()}
+
+
+def _train_epoch(batches: Iterable[Any], step: Callable[[Any, torch.Generator], torch.Tensor], gen: torch.Generator,
+                 *, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                 schedule: LRSchedule, device: torch.device, amp: bool, cpu_bf16: bool,
+                 progress: TrainProgress) -> float:
+    """One pass of ``step`` over the epoch's batches (one Adam update each); the mean training loss."""
+    model.train()
+    total, count = 0.0, 0
+    for batch in batches:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, amp, cpu_bf16):
+            loss = step(batch, gen)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        schedule.after_update(optimizer)
+        total += float(loss.detach())
+        count += 1
+        progress.advance(float(loss.detach()))
+    return total / max(count, 1)
+
+
+def _epoch_row(epoch: int, train_loss: float, metrics: Mapping[str, float], *, lr: float, seconds: float,
+               n_images: int | None, device: torch.device) -> dict[str, Any]:
+    """One row of ``NAME.metrics.csv``; ``images_per_s`` is NaN without ``n_images``."""
+    return {"epoch": epoch, "train_loss": train_loss, **metrics, "lr": lr, "seconds": seconds,
+            "images_per_s": n_images / seconds if n_images else float("nan"), "peak_gpu_mib": peak_gpu_mib(device)}
+
+
 def fit(
     *,
     stem: Path,
@@ -343,102 +425,57 @@ def fit(
     log = MetricsLog(stem)
     optimizer = torch.optim.Adam(params, lr=schedule.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
-    history: list[dict[str, Any]] = []
-    best: float | None = None
-    best_epoch = 0
-    start = 1
-    state_w, _ = _state_paths(stem)
-    if resume and state_w.exists():
-        info = _load_state(stem, model, optimizer)
-        if not _resumable(info["config"], json.loads(json.dumps(config, default=float)), done=int(info["epoch"])):
-            raise TrainError(f"{state_w}: saved with other settings {info['config']} after {info['epoch']} epochs; "
-                             f"not resuming with {config} (only the epoch count may change, and not below the "
-                             "epochs done)")
-        schedule.load_state_dict(info["schedule"])
-        if info.get("scaler"):
-            scaler.load_state_dict(info["scaler"])
-        history, best, best_epoch, start = info["history"], info["best"], info["best_epoch"], info["epoch"] + 1
-        if rank == 0:
-            log.reset(history)
-    elif weights.exists() or log.csv.exists():
-        if not (overwrite or resume):
-            raise TrainError(f"{weights.parent}: outputs of {stem.name!r} exist; pass resume or overwrite")
-        if rank == 0:
-            log.reset([])
+    record = _open_run(stem, log, model=model, optimizer=optimizer, schedule=schedule, scaler=scaler, config=config,
+                       resume=resume, overwrite=overwrite, rank=rank)
     schedule.apply(optimizer)
     t0 = time.perf_counter()
 
-    def run_validation() -> dict[str, float]:
-        model.eval()
-        with torch.no_grad(), autocast(device, amp, cpu_bf16):
-            return {k: float(v) for k, v in validate().items()}
-
-    def keep(epoch: int, metrics: dict[str, float]) -> None:
-        nonlocal best, best_epoch
-        if not _better(metrics[monitor], best, mode):
-            return
-        best, best_epoch = metrics[monitor], epoch
-        if rank == 0:
-            save_checkpoint(
-                stem, model, {**meta, "epochs": epoch, "best_metric": {"name": monitor, "value": best}, "train_config": config}
-            )
-
-    if validate_before and start == 1:
-        metrics = run_validation()
-        row = {"epoch": 0, "train_loss": float("nan"), **metrics, "lr": schedule.lr, "seconds": 0.0,
-               "images_per_s": float("nan"), "peak_gpu_mib": peak_gpu_mib(device)}
-        keep(0, metrics)
-        history.append(row)
+    def finish_epoch(epoch: int, metrics: dict[str, float], row: dict[str, Any]) -> None:
+        # The checkpoint kept is the best by ``monitor``; only rank 0 writes.
+        if record.improves(epoch, metrics[monitor], mode) and rank == 0:
+            save_checkpoint(stem, model, {**meta, "epochs": epoch, "best_metric": {"name": monitor, "value": record.best},
+                                          "train_config": config})
+        record.history.append(row)
         if rank == 0:
             log.append(row)
+
+    if validate_before and record.start == 1:
+        metrics = _validated(model, validate, device, amp, cpu_bf16)
+        row = _epoch_row(0, float("nan"), metrics, lr=schedule.lr, seconds=0.0, n_images=None, device=device)
+        finish_epoch(0, metrics, row)
         progress.end_epoch(row)
-    for epoch in range(start, epochs + 1):
+    for epoch in range(record.start, epochs + 1):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         te = time.perf_counter()
         gen = epoch_generator(seed, epoch, AUGMENT_STREAM if rank == 0 else ORDER_STREAM + rank)
-        model.train()
         progress.start_epoch(epoch, epochs, n_batches)
-        total, count = 0.0, 0
-        for batch in batches(epoch):
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device, amp, cpu_bf16):
-                loss = step(batch, gen)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            schedule.after_update(optimizer)
-            total += float(loss.detach())
-            count += 1
-            progress.advance(float(loss.detach()))
-        metrics = run_validation()
+        train_loss = _train_epoch(batches(epoch), step, gen, model=model, optimizer=optimizer, scaler=scaler,
+                                  schedule=schedule, device=device, amp=amp, cpu_bf16=cpu_bf16, progress=progress)
+        metrics = _validated(model, validate, device, amp, cpu_bf16)
         schedule.after_epoch(metrics["val_loss"], optimizer)
-        seconds = time.perf_counter() - te
-        row = {"epoch": epoch, "train_loss": total / max(count, 1), **metrics, "lr": schedule.lr,
-               "seconds": seconds, "images_per_s": (n_images or 0) / seconds if n_images else float("nan"),
-               "peak_gpu_mib": peak_gpu_mib(device)}
-        keep(epoch, metrics)
-        history.append(row)
-        if rank == 0:
-            log.append(row)
+        row = _epoch_row(epoch, train_loss, metrics, lr=schedule.lr, seconds=time.perf_counter() - te,
+                         n_images=n_images, device=device)
+        finish_epoch(epoch, metrics, row)
         if rank == 0:
             _save_state(stem, model, optimizer, {
-                "epoch": epoch, "best": best, "best_epoch": best_epoch, "history": history, "config": config,
-                "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "epoch": epoch, "best": record.best, "best_epoch": record.best_epoch, "history": record.history,
+                "config": config, "schedule": schedule.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             })
         progress.end_epoch(row)
-    if best is None:
+    if record.best is None:
         raise TrainError(f"{stem.name}: no epoch produced a finite {monitor}; nothing was saved")
     if rank == 0 and not weights.exists():
         raise CheckpointError(f"{weights}: best checkpoint missing after training")
     return TrainResult(
         checkpoint=weights,
         metrics_csv=log.csv,
-        epochs_run=len([r for r in history if r["epoch"] > 0]),
-        best_epoch=best_epoch,
-        best_metric={"name": monitor, "value": best},
+        epochs_run=len([r for r in record.history if r["epoch"] > 0]),
+        best_epoch=record.best_epoch,
+        best_metric={"name": monitor, "value": record.best},
         wall_s=time.perf_counter() - t0,
-        history=history,
+        history=record.history,
     )
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -45,8 +45,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from sdfn_bench.train.common import TrainError, pick_device
-from sdfn_bench.train.data import Preloaded
+from sdfn_bench.train.common import ORDER_STREAM, TrainError, epoch_generator, pick_device
+from sdfn_bench.train.data import Preloaded, batches_of
 
 T = TypeVar("T")
 
@@ -115,6 +115,24 @@ def train_batches(dataset: Dataset, *, global_batch: int, seed: int, epoch: int,
     in_memory = isinstance(dataset, Preloaded)  # as in batches_of: no worker processes for tensors in memory
     return DataLoader(dataset, batch_size=per_process_batch(global_batch, ctx.world_size), sampler=sampler,
                       num_workers=0 if in_memory else workers, pin_memory=ctx.device.type == "cuda")
+
+
+def epoch_batches(dataset: Dataset, *, batch_size: int, seed: int, ctx: DistContext,
+                  workers: int = 0) -> Callable[[int], Iterable[Any]]:
+    """``epoch -> that epoch's training batches`` for :func:`sdfn_bench.train.common.fit`.
+
+    Under DDP, this process's share of the global ``batch_size`` (:func:`train_batches`); in one
+    process, the whole dataset shuffled by the epoch's order generator (``(seed, epoch)``, so a
+    resumed run draws the order an uninterrupted one would).
+    """
+
+    def batches(epoch: int) -> Iterable[Any]:
+        if ctx.distributed:
+            return train_batches(dataset, global_batch=batch_size, seed=seed, epoch=epoch, ctx=ctx, workers=workers)
+        return batches_of(dataset, batch_size=batch_size, shuffle=True, generator=epoch_generator(seed, epoch, ORDER_STREAM),
+                          workers=workers, device=ctx.device)
+
+    return batches
 
 
 def shard(dataset: Dataset, ctx: DistContext) -> Dataset:

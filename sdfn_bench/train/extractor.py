@@ -27,15 +27,7 @@ from sdfn_bench.models.checkpoint import load_checkpoint
 from sdfn_bench.models.extractor import DEFAULT_ARCH, build_extractor
 from sdfn_bench.preprocess import Preprocessing
 from sdfn_bench.train import distributed
-from sdfn_bench.train.common import (
-    ORDER_STREAM,
-    LRSchedule,
-    TrainResult,
-    epoch_generator,
-    fit,
-    patients_metadata,
-    validation_auc,
-)
+from sdfn_bench.train.common import LRSchedule, TrainResult, fit, patients_metadata, validation_auc
 from sdfn_bench.train.data import ClassifierItems, batches_of, preload, random_hflip, read_boxes
 from sdfn_bench.train.init import resolve_init
 from sdfn_bench.train.presets import ExtractorPreset
@@ -104,13 +96,6 @@ def train_extractor(
     net = distributed.wrap(model, ctx)
     bce = torch.nn.BCEWithLogitsLoss()
 
-    def batches(epoch: int):
-        if ctx.distributed:
-            return distributed.train_batches(train_ds, global_batch=preset.batch_size, seed=opt.seed, epoch=epoch,
-                                             ctx=ctx, workers=opt.workers)
-        return batches_of(train_ds, batch_size=preset.batch_size, shuffle=True, generator=epoch_generator(opt.seed, epoch, ORDER_STREAM),
-                          workers=opt.workers, device=device)
-
     def step(batch, gen: torch.Generator) -> torch.Tensor:
         x, y = (t.to(device, non_blocking=True) for t in batch)
         if preset.hflip:
@@ -145,7 +130,9 @@ def train_extractor(
               "n_val": len(val_ds), "init": str(init)}
     schedule = LRSchedule(preset.lr, preset.decay, preset.plateau_patience, preset.plateau_factor)
     return fit(
-        stem=Path(out_dir) / (name or f"extractor_{view}"), model=model, params=model.parameters(), batches=batches,
+        stem=Path(out_dir) / (name or f"extractor_{view}"), model=model, params=model.parameters(),
+        batches=distributed.epoch_batches(train_ds, batch_size=preset.batch_size, seed=opt.seed, ctx=ctx,
+                                          workers=opt.workers),
         n_batches=-(-len(train_ds) // preset.batch_size), step=step, validate=validate, monitor="val_mean_auc",
         mode="max", epochs=preset.epochs, schedule=schedule, meta=meta, config=config, seed=opt.seed,
         device=device, amp=opt.amp, resume=opt.resume, overwrite=opt.overwrite, progress=opt.progress,

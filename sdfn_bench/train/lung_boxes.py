@@ -39,7 +39,7 @@ from sdfn_bench.preprocess import Preprocessing, prepare
 from sdfn_bench.report.contact_sheet import SheetTile
 from sdfn_bench.train.common import pick_device
 from sdfn_bench.train.data import load_image, read_boxes, read_seg_manifest, resolve_path
-from sdfn_bench.train.seg_eval import load_segmenter, lung_probabilities
+from sdfn_bench.train.seg_eval import load_segmenter
 
 
 def read_images_column(path: str | Path) -> list[str]:
@@ -170,7 +170,7 @@ def compute_lung_boxes(manifest: str | Path, segmenter: str | Path, out: str | P
     t0 = time.perf_counter()
     dev = pick_device(device)
     seg = load_segmenter(segmenter, dev)
-    ck, model, pre, threshold = seg.checkpoint, seg.model, seg.pre, seg.threshold
+    ck, pre = seg.checkpoint, seg.pre
     margin = LungMargin.from_record(ck.meta.get("lung_margin"))
     images = read_images_column(manifest)
     identity = {"manifest_sha256": file_sha256(manifest), "segmenter_sha256": ck.sha256, "chunk_rows": chunk_rows,
@@ -189,7 +189,7 @@ def compute_lung_boxes(manifest: str | Path, segmenter: str | Path, out: str | P
         rows = []
         loader = DataLoader(_SegInputs(chunk, resolver, pre), batch_size=batch_size, shuffle=False, num_workers=workers)
         for x, shapes, errors in loader:
-            masks = (lung_probabilities(model, x.to(dev)) > threshold).cpu().numpy()
+            masks = seg.lung_masks(x.to(dev)).cpu().numpy()
             for mask, shape, error in zip(masks, shapes.tolist(), errors, strict=True):
                 if error:
                     rows.append((0, 0, 0, 0, UNREADABLE, 0, error))
@@ -268,6 +268,6 @@ def contact_sheet_tiles(manifest: str | Path, boxes: str | Path, segmenter: str 
             tiles.append(SheetTile(None, None, box, UNREADABLE, Path(name).stem))
             continue
         x = torch.from_numpy(prepare(image, seg.pre))[None].to(dev)
-        mask = (lung_probabilities(seg.model, x)[0] > seg.threshold).cpu().numpy()
+        mask = seg.lung_masks(x)[0].cpu().numpy()
         tiles.append(SheetTile(image, mask, box, str(row["status"]), Path(name).stem))
     return tiles

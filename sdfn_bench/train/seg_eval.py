@@ -47,6 +47,11 @@ class LoadedSegmenter:
     pre: Preprocessing
     threshold: float
 
+    def lung_masks(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S, S) normalized inputs on the model's device -> (B, S, S) bool lung masks,
+        ``sigmoid(logits) > mask_threshold`` (the rule scoring applies)."""
+        return lung_probabilities(self.model, x) > self.threshold
+
 
 def load_segmenter(path: str | Path, device: torch.device) -> LoadedSegmenter:
     """Load a segmenter checkpoint (strict) onto ``device``; SdfnError if it is another kind."""

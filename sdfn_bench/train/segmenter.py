@@ -21,13 +21,11 @@ from sdfn_bench.models.segmenter import build_segmenter
 from sdfn_bench.preprocess import Preprocessing
 from sdfn_bench.train import distributed
 from sdfn_bench.train.common import (
-    ORDER_STREAM,
     LRSchedule,
     TrainError,
     TrainProgress,
     TrainResult,
     cpu_bf16_available,
-    epoch_generator,
     fit,
     patients_metadata,
 )
@@ -112,13 +110,6 @@ def train_segmenter(
     net = distributed.wrap(model, ctx)
     bce = torch.nn.BCEWithLogitsLoss()
 
-    def batches(epoch: int):
-        if ctx.distributed:
-            return distributed.train_batches(train_ds, global_batch=preset.batch_size, seed=opt.seed, epoch=epoch,
-                                             ctx=ctx, workers=opt.workers)
-        return batches_of(train_ds, batch_size=preset.batch_size, shuffle=True, generator=epoch_generator(opt.seed, epoch, ORDER_STREAM),
-                          workers=opt.workers, device=device)
-
     def step(batch, gen: torch.Generator) -> torch.Tensor:
         x, m = (t.to(device, non_blocking=True) for t in batch)
         x, m = random_affine(x, m, gen, rotation_deg=preset.rotation_deg, shift=preset.shift, zoom=preset.zoom)
@@ -151,7 +142,9 @@ def train_segmenter(
     }
     config = {"stage": "segmenter", "preset": preset.__dict__, "seed": opt.seed, "n_train": len(train_df), "n_val": len(val_df)}
     return fit(
-        stem=Path(out_dir) / name, model=model, params=model.parameters(), batches=batches,
+        stem=Path(out_dir) / name, model=model, params=model.parameters(),
+        batches=distributed.epoch_batches(train_ds, batch_size=preset.batch_size, seed=opt.seed, ctx=ctx,
+                                          workers=opt.workers),
         n_batches=-(-len(train_ds) // preset.batch_size), step=step, validate=validate, monitor="val_loss", mode="min",
         epochs=preset.epochs, schedule=LRSchedule(preset.lr), meta=meta, config=config, seed=opt.seed, device=device,
         amp=opt.amp, cpu_bf16=preset.cpu_bf16, resume=opt.resume, overwrite=opt.overwrite, progress=opt.progress, n_images=len(train_ds),
