@@ -25,10 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sdfn_bench import __version__
 from sdfn_bench.classes import CLASS_NAMES
+from sdfn_bench.core.hashing import file_sha256
+from sdfn_bench.core.io import write_text
+from sdfn_bench.core.version import __version__
 from sdfn_bench.errors import ManifestError, StatsError
-from sdfn_bench.manifest.schema import file_sha256, read_manifest
+from sdfn_bench.manifest.schema import read_manifest
 from sdfn_bench.report.beyond_auc import (
     ScoredRun,
     SectionPlan,
@@ -155,12 +157,6 @@ def _jsonable(obj: object) -> object:
     return obj
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def compare_run(
     run_dir: str | Path,
     baselines: Sequence[str] = ("entire",),
@@ -276,13 +272,13 @@ def _write_report(out_dir: Path, evaluation: Evaluation, test_run: ScoredRun, pl
     pairs = [(c.model, c.baseline) for c in analysis.comparisons]
     paths = {name: out_dir / name for name in OUTPUTS}
     replaced = tuple(name for name, p in paths.items() if p.exists())
-    _write_text(paths["table1.md"], evaluation.markdown)
+    write_text(paths["table1.md"], evaluation.markdown)
     sections = write_sections(plan, test_run, patients, pairs, n_bootstrap=n_bootstrap, seed=seed,
                               level=level, title=title)
-    _write_text(paths["table1.html"], add_to_html(to_html(table), sections.html))
+    write_text(paths["table1.html"], add_to_html(to_html(table), sections.html))
     link_reports(out_dir)  # the CAM gallery and the localization table, when the run has them
-    _write_text(paths["table1.tex"], to_latex(table))
-    _write_text(paths["table1.csv"], to_csv(table))
+    write_text(paths["table1.tex"], to_latex(table))
+    write_text(paths["table1.csv"], to_csv(table))
     curves = {s: roc_curves(test_run.labels, test_run.scores[s], CLASS_NAMES) for s in test_run.scores}
     fig = draw_roc_figure(curves, CLASS_NAMES, title=f"ROC curves, {title}")
     save_figure(fig, paths["roc_curves.png"])
@@ -301,7 +297,7 @@ def _write_report(out_dir: Path, evaluation: Evaluation, test_run: ScoredRun, pl
         "table1_csv_columns": list(table.frame.columns),
         **_jsonable(sections.record),
     }
-    _write_text(paths["comparison.json"], json.dumps(full, indent=1, allow_nan=False) + "\n")
+    write_text(paths["comparison.json"], json.dumps(full, indent=1, allow_nan=False) + "\n")
     return {**paths, **sections.paths}, replaced, sections
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from sdfn_bench.core.io import write_bytes
+
 STATUS_COLOURS: dict[str, tuple[int, int, int]] = {  # BGR
     "clean": (60, 200, 60),
     "removed_false_positive": (0, 220, 255),
@@ -91,8 +93,7 @@ def write_contact_sheet(tiles: Sequence[SheetTile], out_png: str | Path, *, colu
     """Draw the sheet and write it as a PNG (parents created)."""
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(out_png.name + ".tmp.png")
-    if not cv2.imwrite(str(tmp), draw_contact_sheet(tiles, columns=columns, size=size)):
+    ok, encoded = cv2.imencode(".png", draw_contact_sheet(tiles, columns=columns, size=size))
+    if not ok:
         raise OSError(f"{out_png}: cannot write the contact sheet")
-    tmp.replace(out_png)
-    return out_png
+    return write_bytes(out_png, encoded.tobytes())

@@ -29,9 +29,10 @@ import numpy as np
 import pandas as pd
 
 from sdfn_bench.classes import CLASS_NAMES
+from sdfn_bench.core.hashing import file_sha256
 from sdfn_bench.errors import ManifestError, StatsError
 from sdfn_bench.manifest.nih import read_image_list, sidecar_path
-from sdfn_bench.manifest.schema import file_sha256, read_manifest, validate_manifest
+from sdfn_bench.manifest.schema import read_manifest, validate_manifest
 from sdfn_bench.report.breakdown import SubgroupAUC, subgroup_aucs
 from sdfn_bench.report.leakage import LeakageReport, overlap
 from sdfn_bench.report.outside import OutsidePredictions, parse_spec, predictions_from_frame

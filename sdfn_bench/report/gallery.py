@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import subprocess
 import tempfile
@@ -36,6 +35,7 @@ from sdfn_bench.cam.boxes import read_boxes
 from sdfn_bench.cam.localize import truth_corners
 from sdfn_bench.cam.maps import upsample
 from sdfn_bench.cam.store import StoredCams, load_cams
+from sdfn_bench.core.io import write_bytes, write_text
 from sdfn_bench.decode.reader import read_image
 from sdfn_bench.errors import CamError, ImageReadError
 from sdfn_bench.lrg import LungBox
@@ -149,12 +149,6 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem)[:80]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _truth_boxes(run_dir: Path, boxes_path: str | Path | None) -> pd.DataFrame | None:
     """The box file given, else the one the run's localize used (localization.json), else None."""
     if boxes_path is None:
@@ -222,14 +216,14 @@ def write_gallery(
         ok, encoded = cv2.imencode(".png", picture)
         if not ok:
             raise CamError(f"{png}: PNG encoding failed")
-        _write_atomic(png, encoded.tobytes())
+        write_bytes(png, encoded.tobytes())
         pngs.append(png)
         entries.append({"image": name, "png": png.relative_to(run_dir / GALLERY_DIR).as_posix(), **probs,
                         "truth_boxes": int(len(mine))})
     record_path = run_dir / GALLERY_DIR / RECORD
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     record[class_name] = entries
-    _write_atomic(record_path, (json.dumps(record, indent=1) + "\n").encode())
+    write_text(record_path, json.dumps(record, indent=1) + "\n")
     index = write_index(run_dir, record)
     link_reports(run_dir)
     return GalleryResult(class_name=class_name, images=tuple(chosen), pngs=tuple(pngs), index=index)
@@ -255,7 +249,7 @@ def write_index(run_dir: Path, record: dict[str, list[dict[str, object]]]) -> Pa
                          f"<figcaption>{e(caption)}</figcaption></figure>")
     parts.append("</body></html>")
     index = run_dir / GALLERY_DIR / INDEX
-    _write_atomic(index, ("\n".join(parts) + "\n").encode())
+    write_text(index, "\n".join(parts) + "\n")
     return index
 
 
@@ -277,7 +271,7 @@ def link_reports(run_dir: str | Path) -> bool:
         nav = (LINKS_START + "<p>" + " · ".join(f"<a href='{href}'>{html.escape(label)}</a>" for href, label in present)
                + "</p>" + LINKS_END)
         text = text.replace("<body>", "<body>" + nav, 1)
-    _write_atomic(table, text.encode("utf-8"))
+    write_text(table, text)
     return True
 
 

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sdfn_bench.classes import check_class_names
+from sdfn_bench.core.io import write_text
 from sdfn_bench.errors import ClassOrderError, StatsError
 
 
@@ -45,9 +45,6 @@ def check_classes(per: dict[str, Any], class_names: Sequence[str], *, where: str
 
 
 def write_json_atomic(path: Path, record: dict[str, Any]) -> Path:
-    """Write ``record`` as indented JSON (NaN refused) through a temporary file and a rename."""
+    """Write ``record`` atomically as JSON indented by one space (NaN refused), creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, json.dumps(record, indent=1, allow_nan=False) + "\n")

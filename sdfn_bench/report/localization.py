@@ -21,7 +21,6 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -31,7 +30,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sdfn_bench import __version__
 from sdfn_bench.cam.boxes import read_boxes
 from sdfn_bench.cam.localize import (
     LocalizationSettings,
@@ -44,6 +42,8 @@ from sdfn_bench.cam.localize import (
 )
 from sdfn_bench.cam.store import StoredCams, load_cams
 from sdfn_bench.classes import CLASS_NAMES
+from sdfn_bench.core.io import write_text
+from sdfn_bench.core.version import __version__
 from sdfn_bench.errors import CamError
 from sdfn_bench.manifest.schema import read_manifest
 from sdfn_bench.report.gallery import link_reports
@@ -316,12 +316,6 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def localize_run(
     run_dir: str | Path,
     boxes_path: str | Path,
@@ -366,9 +360,9 @@ def localize_run(
         "published_anchor": {"source": WANG_LABEL, "columns": ["acc_iobb_0.1", "acc_iobb_0.5", "afp_iobb_0.1"],
                              "values": WANG_2017},
     }
-    _write(report.paths["localization.json"], json.dumps(_clean(record), indent=1) + "\n")
-    _write(report.paths["localization.md"], to_markdown(report))
-    _write(report.paths["localization.csv"], to_frame(report).to_csv(index=False, lineterminator="\n"))
-    _write(report.paths["localization.html"], to_html(report))
+    write_text(report.paths["localization.json"], json.dumps(_clean(record), indent=1) + "\n")
+    write_text(report.paths["localization.md"], to_markdown(report))
+    write_text(report.paths["localization.csv"], to_frame(report).to_csv(index=False, lineterminator="\n"))
+    write_text(report.paths["localization.html"], to_html(report))
     link_reports(run_dir)
     return report

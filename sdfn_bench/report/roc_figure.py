@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from sdfn_bench.core.io import atomic_write
 from sdfn_bench.stats.roc import RocCurve
 
 COLORS = {"entire": "#1f77b4", "lung": "#ff7f0e", "sdfn": "#d62728"}
@@ -63,9 +63,9 @@ def draw_roc_figure(curves: Mapping[str, Sequence[RocCurve]], class_names: Seque
 
 
 def save_figure(fig: Figure, path: Path) -> None:
-    """Write ``fig`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``fig`` to ``path`` atomically (:func:`sdfn_bench.core.io.atomic_write`), in the format
+    its suffix names (PNG at 110 dpi)."""
     path = Path(path)
     fmt = path.suffix.lstrip(".")
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format=fmt, dpi=110 if fmt == "png" else None)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        fig.savefig(f, format=fmt, dpi=110 if fmt == "png" else None)

@@ -14,8 +14,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from sdfn_bench.classes import CLASS_NAMES
+from sdfn_bench.core.hashing import file_sha256
 from sdfn_bench.errors import ManifestError, StatsError
-from sdfn_bench.manifest.schema import file_sha256, read_manifest
+from sdfn_bench.manifest.schema import read_manifest
 from sdfn_bench.report.beyond_auc import ScoredRun
 
 SCORERS: tuple[str, ...] = ("entire", "lung", "sdfn")
