@@ -95,6 +95,8 @@ def reproduce(
     device: str = typer.Option(None, "--device", help="cpu or cuda for training (default: cuda when available)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the validation split, the training and the bootstrap."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of train_val_list patients for validation."),
+    segmenter: str = typer.Option(None, "--segmenter", help="A segmenter checkpoint or builtin:lungs to use instead "
+                                  "of training one on JSRT/SCR (that step is skipped; said in the log and the state)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Find the data, print the plan with measured time "
                                  "estimates, disk and GPU memory, and exit."),
 ) -> None:
@@ -113,7 +115,8 @@ def reproduce(
 
             p = replace(p, extractor=replace(p.extractor, init=init))
         with console.status("probing this machine (a few seconds)"):
-            plan = estimate_plan(report, p, workdir, n_bootstrap=bootstrap, seg_folds=seg_folds, device=device)
+            plan = estimate_plan(report, p, workdir, n_bootstrap=bootstrap, seg_folds=seg_folds, device=device,
+                                 segmenter=segmenter)
         _print_plan(plan, workdir)
         console.print("dry run: nothing written. Run without --dry-run to start; rerun the same command to "
                       "continue after an interruption.", highlight=False)
@@ -122,10 +125,12 @@ def reproduce(
         warnings.simplefilter("always")
         result = run_reproduce(nih, jsrt, scr, workdir, RichReproduceHooks(), preset=p, init=init, seg_folds=seg_folds,
                                n_bootstrap=bootstrap, backend=backend, workers=n_workers, seed=seed,
-                               val_fraction=val_fraction, device=device)
+                               val_fraction=val_fraction, device=device, segmenter=segmenter)
     console.rule("[bold]result")
     for w in {str(w.message): w for w in caught}.values():
         console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+    if result.segmenter is not None:
+        console.print(f"lung segmenter: {result.summary.get('segmenter', result.segmenter)}", highlight=False)
     aucs = ", ".join(f"{k} {v:.3f}" for k, v in result.mean_auc.items())
     console.print(f"mean AUC: {aucs}", highlight=False)
     console.print(f"SDFN mean AUC {result.mean_auc['sdfn']:.3f} vs the paper's {PAPER_MEAN_AUC:.3f}: "

@@ -253,8 +253,10 @@ def _free_bytes(path: Path) -> int:
 
 
 def estimate_plan(report: DataReport, preset: Preset, workdir: str | Path, *, n_bootstrap: int = 2000,
-                  seg_folds: int = 0, device: str | None = None) -> Plan:
+                  seg_folds: int = 0, device: str | None = None, segmenter: str | None = None) -> Plan:
     """The plan with each step's time from :func:`probe`, the disk it needs and the free disk at ``workdir``.
+
+    ``segmenter`` (``reproduce --segmenter``): the given checkpoint replaces the segmenter's training.
 
     Estimates are images x measured seconds per image x epochs (all epochs run, as in training);
     they leave out DataLoader parallelism and GPU decode overlap, so they are upper-end figures.
@@ -276,7 +278,8 @@ def estimate_plan(report: DataReport, preset: Preset, workdir: str | Path, *, n_
         PlanStep("data", f"manifests of {sum(n.values())} NIH images; {n_jsrt} JSRT/SCR masks merged",
                  n_jsrt * p.jsrt_decode_s),
         PlanStep("segmenter", f"{seg.epochs} epochs on {n_jsrt} JSRT images at {seg.input_size} px"
-                 + (f" + {seg_folds}-fold cross-validation" if seg_folds else ""), seg_one * (1 + seg_folds)),
+                 + (f" + {seg_folds}-fold cross-validation" if seg_folds else ""), seg_one * (1 + seg_folds))
+        if segmenter is None else PlanStep("segmenter", f"given: {segmenter} (not trained: copied)", 0.0),
         PlanStep("lung boxes", f"{n['train'] + n['val']} train/val images", (n["train"] + n["val"]) * (p.decode_s + p.seg_infer_s)),
         PlanStep("entire extractor", f"{ext.epochs} epochs, {n['train']} images at {ext.input_size} px, init {ext.init}", ext_one),
         PlanStep("lung extractor", f"{ext.epochs} epochs, {n['train']} lung crops at {ext.input_size} px", ext_one),

@@ -52,6 +52,7 @@ class ReproduceResult:
         step_seconds, summary: per step (reused steps take ~0 s).
         excluded: training/validation images left out (missing or unreadable files).
         wall_s: this call.
+        segmenter: the ``--segmenter`` used instead of training one on JSRT/SCR (None: trained).
     """
 
     workdir: Path
@@ -62,6 +63,7 @@ class ReproduceResult:
     summary: dict[str, str]
     excluded: int
     wall_s: float
+    segmenter: str | None = None
 
     @property
     def versus_paper(self) -> float:
@@ -107,11 +109,55 @@ def _drop_unreadable(manifests: Path, boxes: Sequence[Path]) -> int:
     return len(excluded)
 
 
-def _inputs_digest(report: DataReport, val_fraction: float, seed: int) -> dict[str, object]:
-    # Contents, not paths: the data folders may move between an interruption and the rerun.
-    return {"label_file": file_sha256(report.label_file), "train_val_list": file_sha256(report.nih / TRAIN_VAL_LIST),
-            "test_list": file_sha256(report.nih / TEST_LIST), "jsrt_images": report.jsrt_images,
-            "jsrt_pairs": report.jsrt_pairs, "val_fraction": val_fraction, "seed": seed}
+def _inputs_digest(report: DataReport, val_fraction: float, seed: int,
+                   segmenter: GivenSegmenter | None = None) -> dict[str, object]:
+    # Contents, not paths: the data folders may move between an interruption and the rerun. A given
+    # segmenter is part of the inputs (its weights' sha256); without one the digest is as before it existed.
+    digest: dict[str, object] = {
+        "label_file": file_sha256(report.label_file), "train_val_list": file_sha256(report.nih / TRAIN_VAL_LIST),
+        "test_list": file_sha256(report.nih / TEST_LIST), "jsrt_images": report.jsrt_images,
+        "jsrt_pairs": report.jsrt_pairs, "val_fraction": val_fraction, "seed": seed}
+    if segmenter is not None:
+        digest["segmenter_sha256"] = segmenter.sha256
+    return digest
+
+
+@dataclass(frozen=True)
+class GivenSegmenter:
+    """A segmenter checkpoint given to ``reproduce --segmenter`` instead of training one on JSRT/SCR.
+
+    Attributes:
+        source: as given (``builtin:lungs`` or a checkpoint path).
+        sha256: of its weights; geometry: architecture and input size (from its metadata).
+    """
+
+    source: str
+    sha256: str
+    geometry: str
+
+    @classmethod
+    def resolve(cls, spec: str | Path) -> GivenSegmenter:
+        """Load ``spec`` where every checkpoint is loaded (``builtin:NAME`` sha256-checked there).
+
+        Raises:
+            CheckpointError: no such checkpoint, or shipped weights that fail their sha256.
+            ReproduceError: a checkpoint of another kind.
+        """
+        from sdfn_bench.models.checkpoint import load_checkpoint
+        from sdfn_bench.train.seg_eval import describe_geometry
+
+        ck = load_checkpoint(spec)
+        if ck.meta.get("kind") != "segmenter":
+            raise ReproduceError(f"--segmenter {spec}: not a segmenter checkpoint (kind {ck.meta.get('kind')!r})")
+        return cls(str(spec), ck.sha256, describe_geometry(ck.meta))
+
+    def record(self) -> dict[str, str]:
+        return {"source": self.source, "sha256": self.sha256, "geometry": self.geometry}
+
+    def note(self) -> str:
+        """The sentence for Table 1's notes and the log."""
+        return (f"Lung segmenter: {self.source} ({self.geometry}; weights sha256 {self.sha256[:12]}), given with "
+                "--segmenter: the JSRT/SCR segmenter-training step of the paper (section 2.2.2.1) was skipped.")
 
 
 def _engines_current(engines_dir: Path) -> bool:
@@ -162,14 +208,14 @@ class _Workdir:
 
 
 def _data_step(log: StepLog, wd: _Workdir, nih: str | Path, jsrt: str | Path, scr: str | Path, *, seg_root: Path,
-               val_fraction: float, seed: int) -> DataReport:
+               val_fraction: float, seed: int, segmenter: GivenSegmenter | None) -> DataReport:
     """NIH manifests from the official lists and the JSRT/SCR manifest (reused when the inputs match)."""
     from sdfn_bench.manifest.jsrt import build_jsrt_manifest
 
     manifests, state = wd.manifests, wd.state
     with log.step("data", f"NIH manifests from the official lists, JSRT/SCR pairs -> {manifests}"):
         report = inspect_data(nih, jsrt, scr, val_fraction=val_fraction, seed=seed)
-        digest = _inputs_digest(report, val_fraction, seed)
+        digest = _inputs_digest(report, val_fraction, seed, segmenter)
         if state.get("inputs") not in (None, digest):
             raise ReproduceError(f"{wd.root}: holds a reproduction of other data or settings ({state['inputs']}); "
                                  "choose another --workdir")
@@ -179,6 +225,8 @@ def _data_step(log: StepLog, wd: _Workdir, nih: str | Path, jsrt: str | Path, sc
             n_excluded = _write_manifests(report, manifests)
             build_jsrt_manifest(report.jsrt, report.scr, manifests / "jsrt.csv", root=seg_root)
             state["inputs"] = digest
+            if segmenter is not None:
+                state["segmenter"] = segmenter.record()
             state["paths"] = {"nih": str(report.nih.resolve()), "jsrt": str(report.jsrt.resolve()),
                               "scr": str(report.scr.resolve())}
             wd.save()
@@ -196,6 +244,28 @@ def _segmenter_steps(log: StepLog, wd: _Workdir, inputs: TrainingInputs, preset:
         if seg_folds:
             log.summary["segmenter"] += "; " + _cross_validate(inputs.seg_manifest, seg_root, seg_folds,
                                                                wd.checkpoints / "seg_cv", preset, options, wd)
+
+
+def _copy_given_segmenter(log: StepLog, wd: _Workdir, segmenter: GivenSegmenter) -> None:
+    """``W/checkpoints/segmenter`` becomes a copy of the given checkpoint (weights and metadata, byte for
+    byte), so the lung boxes, the engines and the leakage guard read it where they read a trained one."""
+    from sdfn_bench.core.io import atomic_write
+    from sdfn_bench.models.checkpoint import checkpoint_paths
+
+    with log.step("segmenter", f"given with --segmenter: {segmenter.source} ({segmenter.geometry}); JSRT/SCR "
+                  "segmenter training skipped"):
+        dest_weights, dest_meta = checkpoint_paths(wd.checkpoints / "segmenter")
+        if dest_weights.is_file() and dest_meta.is_file() and file_sha256(dest_weights) == segmenter.sha256:
+            log.summary["segmenter"] = segmenter.note() + " (copy reused)"
+            return
+        weights, meta = checkpoint_paths(segmenter.source)
+        wd.checkpoints.mkdir(parents=True, exist_ok=True)
+        # The pair is complete on disk before either rename (as save_checkpoint writes it).
+        with atomic_write(dest_meta) as meta_file, atomic_write(dest_weights) as weights_file:
+            weights_file.write(weights.read_bytes())
+            meta_file.write(meta.read_bytes())
+        log.summary["segmenter"] = segmenter.note()
+        wd.log_line(segmenter.note())
 
 
 def _engines(log: StepLog, wd: _Workdir, backend: str, hooks: StepHooks) -> None:
@@ -251,6 +321,7 @@ def run_reproduce(
     seed: int = 0,
     val_fraction: float = 0.1,
     device: str | None = None,
+    segmenter: str | Path | None = None,
 ) -> ReproduceResult:
     """Run (or continue) the whole reproduction under ``workdir`` (layout in the module docstring).
 
@@ -268,18 +339,28 @@ def run_reproduce(
         seed: seed of the validation split, the training and the bootstrap.
         val_fraction: share of the train_val_list patients held out for validation.
         device: ``cuda``/``cpu`` for training (default: CUDA when available).
+        segmenter: a segmenter checkpoint or ``builtin:lungs`` to use instead of training one on
+            JSRT/SCR (that step is skipped; recorded in the state and the result).
 
     Raises:
-        ReproduceError: the data is missing, or W holds a reproduction of other data.
+        ReproduceError: the data is missing, W holds a reproduction of other data (or of another
+            segmenter), ``segmenter`` is not a segmenter or comes with ``seg_folds``.
+        CheckpointError: ``segmenter`` cannot be loaded.
     """
     t_start = time.perf_counter()
+    given = None if segmenter is None else GivenSegmenter.resolve(segmenter)  # before anything is written
+    if given is not None and seg_folds:
+        raise ReproduceError("--seg-folds cross-validates the segmenter trained on JSRT/SCR; with --segmenter none "
+                             "is trained (run `sdfn-bench seg-eval --segmenter ...` on a segmentation manifest instead)")
     wd = _Workdir.open(workdir)
     # The JSRT manifest's paths are relative to a folder holding both the JSRT images and W's masks
     # (the image resolver refuses entries leading outside their root).
     seg_root = Path(os.path.commonpath([Path(jsrt).resolve(), wd.manifests]))
     log = StepLog(hooks, log=wd.log_line)
-    wd.log_line(f"reproduce: nih {nih}, jsrt {jsrt}, scr {scr}, preset {preset.name}, init {init or preset.extractor.init}")
-    report = _data_step(log, wd, nih, jsrt, scr, seg_root=seg_root, val_fraction=val_fraction, seed=seed)
+    wd.log_line(f"reproduce: nih {nih}, jsrt {jsrt}, scr {scr}, preset {preset.name}, init {init or preset.extractor.init}"
+                + ("" if given is None else f", segmenter {given.source}"))
+    report = _data_step(log, wd, nih, jsrt, scr, seg_root=seg_root, val_fraction=val_fraction, seed=seed,
+                        segmenter=given)
     # Everything the later steps need, checked now rather than after hours of segmenter and lung-box work.
     for note in ensure_ready(report, init or preset.extractor.init).warnings:
         wd.log_line(f"warning: {note}")
@@ -289,7 +370,10 @@ def run_reproduce(
                             val=wd.manifests / "nih_val.csv", image_root=report.nih.resolve(),
                             checkpoints=wd.checkpoints, boxes=wd.root / "boxes", seg_root=seg_root)
     options = run_options(seed, hooks, workers=workers, device=device)
-    _segmenter_steps(log, wd, inputs, preset, options, seg_folds=seg_folds, seg_root=seg_root)
+    if given is None:
+        _segmenter_steps(log, wd, inputs, preset, options, seg_folds=seg_folds, seg_root=seg_root)
+    else:
+        _copy_given_segmenter(log, wd, given)
     with log.step("lung boxes", "segmenter + Lung Region Generator on the train and validation images"):
         boxes = lung_boxes_step(log, inputs, workers=workers, counter=hooks.counter("lung boxes"))
         n_excluded = _drop_unreadable(wd.manifests, boxes)
@@ -301,7 +385,8 @@ def run_reproduce(
                                             progress=hooks.counter("bootstrap"))
 
     result = ReproduceResult(wd.root, run_dir, comparison.paths["table1.md"], mean_auc, dict(log.seconds),
-                             dict(log.summary), n_excluded, time.perf_counter() - t_start)
+                             dict(log.summary), n_excluded, time.perf_counter() - t_start,
+                             None if given is None else given.source)
     wd.state.update({"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "mean_auc": mean_auc,
                      "table1": str(result.table1), "summary": log.summary, "step_seconds": log.seconds,
                      "preset": preset.name})
