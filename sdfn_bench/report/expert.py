@@ -22,7 +22,8 @@ import pandas as pd
 from sdfn_bench.classes import CLASS_NAMES
 from sdfn_bench.errors import StatsError
 from sdfn_bench.manifest.expert import CLASS_MAP, EXPERT_FINDINGS, SCORED_FINDINGS, map_labels, map_scores
-from sdfn_bench.report.table1 import MARK, SIGNIFICANCE, _html_table, _md_table, display_name, format_p
+from sdfn_bench.report.table1 import MARK, SIGNIFICANCE, display_name, format_p
+from sdfn_bench.report.tables import html_table, markdown_table
 from sdfn_bench.stats.paired import AUCAnalysis, analyze_aucs
 
 # Below this many expert-labelled scored images the table is refused rather than printed: the
@@ -271,18 +272,18 @@ TITLE = "Expert-adjudicated labels (Majkowska et al. 2019) beside the NIH labels
 
 def _markdown(header: Sequence[str], body: Sequence[Sequence[str]], notes: Sequence[str],
               tests: Sequence[tuple[str, Sequence[str], Sequence[Sequence[str]]]], expert: AUCAnalysis) -> str:
-    parts = [f"## {TITLE}: {expert.n_images} images, {expert.n_patients} patients", "", _md_table(header, body), ""]
+    parts = [f"## {TITLE}: {expert.n_images} images, {expert.n_patients} patients", "", markdown_table(header, body), ""]
     parts += [f"- {n}" for n in notes] + [""]
     for title, theader, rows in tests:
-        parts += [f"### {title}", "", _md_table(theader, rows), ""]
+        parts += [f"### {title}", "", markdown_table(theader, rows), ""]
     return "\n".join(parts)
 
 
 def _html(header: Sequence[str], body: Sequence[Sequence[str]], notes: Sequence[str],
           tests: Sequence[tuple[str, Sequence[str], Sequence[Sequence[str]]]]) -> str:
     e = html.escape
-    parts = [f"<h2 id='expert-labels'>{e(TITLE)}</h2>", _html_table(header, body),
+    parts = [f"<h2 id='expert-labels'>{e(TITLE)}</h2>", html_table(header, body),
              "<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>"]
     for title, theader, rows in tests:
-        parts += [f"<h3>{e(title)}</h3>", _html_table(theader, rows)]
+        parts += [f"<h3>{e(title)}</h3>", html_table(theader, rows)]
     return "\n".join(parts)

@@ -23,6 +23,7 @@ import pandas as pd
 from sdfn_bench.report.breakdown import MIN_PER_GROUP, SubgroupAUC
 from sdfn_bench.report.leakage import LeakageReport
 from sdfn_bench.report.paper import PAPER_COLUMNS, paper_table1
+from sdfn_bench.report.tables import html_table, markdown_table
 from sdfn_bench.stats.paired import AUCAnalysis, PairedComparison
 
 SIGNIFICANCE = 0.01  # the paper's threshold
@@ -30,6 +31,12 @@ MARK = "*"
 DISPLAY = {"entire": "Entire", "lung": "Lung", "sdfn": "SDFN"}
 CI_NAMES = {"percentile": "percentile interval",
             "bca": "BCa interval (bias-corrected and accelerated, jackknife over patients; Efron 1987)"}
+
+
+# Old private names, still imported by report/calibration.py and report/operating_points.py;
+# new code imports sdfn_bench.report.tables.
+_md_table = markdown_table
+_html_table = html_table
 
 
 def display_name(scorer: str) -> str:
@@ -124,19 +131,43 @@ def build_table1(
         paper_note: why they are left out (a note), when ``paper`` is False.
         extra_notes: further sentences for the notes (e.g. which official split the images are on).
     """
+    paper_columns = PAPER_COLUMNS if paper else ()
+    columns = ["Finding", *paper_columns]
+    columns += [f"{display_name(s.name)} (this run)" for s in analysis.scorers]
+    columns += [f"{display_name(c.model)} − {display_name(c.baseline)}" for c in comparisons]
+    rows, frame = _main_table(analysis, comparisons, paper_columns)
+
+    cohort = f"SYNTHETIC cohort {source} (not ChestX-ray14)" if synthetic else source
+    title = f"Table 1 — ROC AUC on {cohort}: {analysis.n_images} images, {analysis.n_patients} patients"
+    if synthetic and paper:
+        title += " — synthetic data: the paper's columns are shown for layout, not comparable"
+    banner = f"WARNING — {leakage.summary()}" if leakage is not None and leakage.leaked else ""
+
+    notes = _method_notes(analysis, source, n_excluded, paper=paper, paper_note=paper_note, extra_notes=extra_notes)
+    if manifest_note:
+        notes.append(manifest_note)
+    notes += _mean_and_bootstrap_notes(analysis)
+    if leakage is not None:
+        notes.append("Leakage guard: " + leakage.summary())
+    for cmp in comparisons:
+        notes += _comparison_notes(analysis, cmp)
+    return Table1(
+        title=title, banner=banner, columns=tuple(columns), rows=tuple(rows), notes=tuple(notes),
+        tests=tuple(_tests_table(analysis, cmp) for cmp in comparisons),
+        subgroups=_subgroup_table(subgroups, [s.name for s in analysis.scorers]), frame=frame,
+    )
+
+
+def _main_table(
+    analysis: AUCAnalysis, comparisons: Sequence[PairedComparison], paper_columns: Sequence[str]
+) -> tuple[list[tuple[str, ...]], pd.DataFrame]:
+    """The display rows (14 classes, then Mean) and the numeric frame of table1.csv."""
     names = analysis.class_names
     published = paper_table1()
-    scorers = [s.name for s in analysis.scorers]
     row_keys = [*names, "Mean"]
     n_mean = len(analysis.mean_classes)
     mean_label = "Mean" if n_mean == len(names) else f"Mean ({n_mean} of {len(names)} classes)"
-    ci_method = "bootstrap" if analysis.n_bootstrap > 0 else "delong"
-
-    paper_columns = PAPER_COLUMNS if paper else ()
-    columns = ["Finding", *paper_columns]
-    columns += [f"{display_name(s)} (this run)" for s in scorers]
-    columns += [f"{display_name(c.model)} − {display_name(c.baseline)}" for c in comparisons]
-
+    # Columns of the frame in the order they are first filled (paper, scorers, comparisons).
     numeric: dict[str, list[float]] = {f"paper_{c}": [] for c in paper_columns}
     rows: list[tuple[str, ...]] = []
     sig = [_significant(c) for c in comparisons]
@@ -147,35 +178,9 @@ def build_table1(
             value = published.get(key, {}).get(col, float("nan"))
             cells.append(_auc(value))
             numeric[f"paper_{col}"].append(value)
-        for s in scorers:
-            summ = analysis.scorer(s)
-            ci, mean_ci, _ = _ci_of(analysis, s)
-            value = summ.mean_auc if is_mean else float(summ.auc[i])
-            interval = mean_ci if is_mean else ci[i]
-            cells.append(_auc_ci(value, interval))
-            numeric.setdefault(f"{s}_auc", []).append(value)
-            numeric.setdefault(f"{s}_ci_low", []).append(float(interval[0]))
-            numeric.setdefault(f"{s}_ci_high", []).append(float(interval[1]))
-        for cmp, (per_class, mean_sig) in zip(comparisons, sig, strict=True):
-            tag = f"{cmp.model}_minus_{cmp.baseline}"
-            diff = cmp.mean_difference if is_mean else float(cmp.difference[i])
-            marked = mean_sig if is_mean else bool(per_class[i])
-            cells.append(_diff(diff, marked))
-            dci = cmp.mean_bootstrap_diff_ci if is_mean else cmp.bootstrap_diff_ci[i]
-            numeric.setdefault(f"{tag}", []).append(diff)
-            numeric.setdefault(f"{tag}_ci_low", []).append(float(dci[0]))
-            numeric.setdefault(f"{tag}_ci_high", []).append(float(dci[1]))
-            numeric.setdefault(f"{tag}_delong_p", []).append(
-                cmp.delong.mean_p_value if is_mean else float(cmp.delong.p_value[i]))
-            numeric.setdefault(f"{tag}_delong_p_holm", []).append(
-                float("nan") if is_mean else float(cmp.delong_p_holm[i]))
-            numeric.setdefault(f"{tag}_delong_clustered_p", []).append(
-                cmp.delong_clustered.mean_p_value if is_mean else float(cmp.delong_clustered.p_value[i]))
-            numeric.setdefault(f"{tag}_delong_clustered_p_holm", []).append(
-                float("nan") if is_mean else float(cmp.delong_clustered_p_holm[i]))
-            numeric.setdefault(f"{tag}_bootstrap_p", []).append(
-                cmp.mean_bootstrap_p if is_mean else float(cmp.bootstrap_p[i]))
-            numeric.setdefault(f"{tag}_significant", []).append(bool(marked))
+        cells += [_scorer_cell(analysis, s.name, i, is_mean, numeric) for s in analysis.scorers]
+        cells += [_comparison_cell(cmp, marks, i, is_mean, numeric)
+                  for cmp, marks in zip(comparisons, sig, strict=True)]
         rows.append(tuple(cells))
     frame = pd.DataFrame({"finding": row_keys, **numeric})
     frame.insert(1, "n_positive", [*(int(v) for v in analysis.n_positive), int(analysis.n_positive.sum())])
@@ -183,14 +188,53 @@ def build_table1(
     frame.insert(2, "in_mean", [*(int(n in analysis.mean_classes) for n in names), n_mean])
     frame.insert(3, "bootstrap_dropped", [*(int(v) for v in analysis.bootstrap_dropped),
                                           int(analysis.bootstrap_dropped_mean)])
+    return rows, frame
 
-    cohort = f"SYNTHETIC cohort {source} (not ChestX-ray14)" if synthetic else source
-    title = f"Table 1 — ROC AUC on {cohort}: {analysis.n_images} images, {analysis.n_patients} patients"
-    if synthetic and paper:
-        title += " — synthetic data: the paper's columns are shown for layout, not comparable"
-    banner = f"WARNING — {leakage.summary()}" if leakage is not None and leakage.leaked else ""
 
-    notes = [
+def _scorer_cell(analysis: AUCAnalysis, scorer: str, i: int, is_mean: bool, numeric: dict[str, list[float]]) -> str:
+    """One scorer's ``AUC [CI]`` cell of row ``i`` (the Mean row when ``is_mean``); appends its
+    numbers to ``numeric``."""
+    summ = analysis.scorer(scorer)
+    ci, mean_ci, _ = _ci_of(analysis, scorer)
+    value = summ.mean_auc if is_mean else float(summ.auc[i])
+    interval = mean_ci if is_mean else ci[i]
+    numeric.setdefault(f"{scorer}_auc", []).append(value)
+    numeric.setdefault(f"{scorer}_ci_low", []).append(float(interval[0]))
+    numeric.setdefault(f"{scorer}_ci_high", []).append(float(interval[1]))
+    return _auc_ci(value, interval)
+
+
+def _comparison_cell(cmp: PairedComparison, marks: tuple[np.ndarray, bool], i: int, is_mean: bool,
+                     numeric: dict[str, list[float]]) -> str:
+    """One comparison's difference cell of row ``i`` (marked when significant); appends its
+    difference, CI and p-values to ``numeric``."""
+    per_class, mean_sig = marks
+    tag = f"{cmp.model}_minus_{cmp.baseline}"
+    diff = cmp.mean_difference if is_mean else float(cmp.difference[i])
+    marked = mean_sig if is_mean else bool(per_class[i])
+    dci = cmp.mean_bootstrap_diff_ci if is_mean else cmp.bootstrap_diff_ci[i]
+    numeric.setdefault(f"{tag}", []).append(diff)
+    numeric.setdefault(f"{tag}_ci_low", []).append(float(dci[0]))
+    numeric.setdefault(f"{tag}_ci_high", []).append(float(dci[1]))
+    numeric.setdefault(f"{tag}_delong_p", []).append(
+        cmp.delong.mean_p_value if is_mean else float(cmp.delong.p_value[i]))
+    numeric.setdefault(f"{tag}_delong_p_holm", []).append(
+        float("nan") if is_mean else float(cmp.delong_p_holm[i]))
+    numeric.setdefault(f"{tag}_delong_clustered_p", []).append(
+        cmp.delong_clustered.mean_p_value if is_mean else float(cmp.delong_clustered.p_value[i]))
+    numeric.setdefault(f"{tag}_delong_clustered_p_holm", []).append(
+        float("nan") if is_mean else float(cmp.delong_clustered_p_holm[i]))
+    numeric.setdefault(f"{tag}_bootstrap_p", []).append(
+        cmp.mean_bootstrap_p if is_mean else float(cmp.bootstrap_p[i]))
+    numeric.setdefault(f"{tag}_significant", []).append(bool(marked))
+    return _diff(diff, marked)
+
+
+def _method_notes(analysis: AUCAnalysis, source: str, n_excluded: int, *, paper: bool, paper_note: str,
+                  extra_notes: Sequence[str]) -> list[str]:
+    """The first notes: what was scored, the paper's columns, the CI and the tests behind the marks."""
+    ci_method = "bootstrap" if analysis.n_bootstrap > 0 else "delong"
+    return [
         f"Scored: {analysis.n_images} images of {analysis.n_patients} patients from {source}; "
         f"{n_excluded} prediction row(s) with status other than ok excluded.",
         "Paper columns: published AUCs of Liu et al. (2019) Table 1 on the NIH ChestX-ray14 test split." if paper
@@ -209,12 +253,17 @@ def build_table1(
         + (f" (a bootstrap p cannot go below 2/(B+1) = {2 / (analysis.n_bootstrap + 1):.4f})."
            if analysis.n_bootstrap > 0 else "; no bootstrap in this run."),
     ]
-    if manifest_note:
-        notes.append(manifest_note)
+
+
+def _mean_and_bootstrap_notes(analysis: AUCAnalysis) -> list[str]:
+    """Notes on the classes left out of the Mean row and the bootstrap replicates dropped (none when
+    every class is in the mean and there is no bootstrap)."""
+    names = analysis.class_names
+    notes = []
     if analysis.left_out_of_mean:
         notes.append(
-            f"Mean row: mean over {n_mean} of {len(names)} classes; left out of every mean-AUC number (AUC, CI, "
-            "DeLong and bootstrap tests): "
+            f"Mean row: mean over {len(analysis.mean_classes)} of {len(names)} classes; left out of every mean-AUC "
+            "number (AUC, CI, DeLong and bootstrap tests): "
             + "; ".join(f"{c.replace('_', ' ')} ({why})" for c, why in analysis.left_out_of_mean.items())
             + ". Their own rows still show what is defined."
         )
@@ -228,64 +277,61 @@ def build_table1(
             + f"; for the mean AUC: {analysis.bootstrap_dropped_mean}"
             + (" (its CI and p use the remaining replicates only)." if analysis.bootstrap_dropped_mean else ".")
         )
-    if leakage is not None:
-        notes.append("Leakage guard: " + leakage.summary())
-    tests = []
-    for cmp in comparisons:
-        m, b = display_name(cmp.model), display_name(cmp.baseline)
-        ta = cmp.t_across_classes
-        notes.append(
-            f"{m} vs {b}, mean AUC: Δ {cmp.mean_difference:+.4f} "
-            f"(bootstrap {analysis.level:.0%} CI [{cmp.mean_bootstrap_diff_ci[0]:+.4f}, {cmp.mean_bootstrap_diff_ci[1]:+.4f}]); "
-            f"DeLong z = {cmp.delong.mean_z:.2f}, p = {format_p(cmp.delong.mean_p_value)}; "
-            f"DeLong clustered by patient z = {cmp.delong_clustered.mean_z:.2f}, "
-            f"p = {format_p(cmp.delong_clustered.mean_p_value)}; "
-            f"paired bootstrap p = {format_p(cmp.mean_bootstrap_p)}."
-        )
-        notes.append(
-            f"{m} vs {b}, the paper's \"paired t-test\" (the paper does not say what was paired): "
-            f"(a) across the per-class AUCs of the mean's {ta.n_pairs} classes: t = {ta.statistic:.2f}, "
-            f"df = {ta.df:.0f}, p = {format_p(ta.p_value)}; (b) the t-test over bootstrap replicates is in "
-            f"comparison.json only: it is not a test (its p shrinks as the number of replicates grows)."
-        )
-        header = ("Finding", "Δ AUC", f"Δ {analysis.level:.0%} CI (bootstrap)", "DeLong p", "Holm p",
-                  "clustered DeLong p", "clustered Holm p", "bootstrap p", "replicates dropped")
-        trows = []
-        for i, key in enumerate(names):
-            ci = cmp.bootstrap_diff_ci[i]
-            trows.append((
-                key.replace("_", " "), _diff(float(cmp.difference[i]), False),
-                "n/a" if np.isnan(ci).any() else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]",
-                format_p(float(cmp.delong.p_value[i])), format_p(float(cmp.delong_p_holm[i])),
-                format_p(float(cmp.delong_clustered.p_value[i])), format_p(float(cmp.delong_clustered_p_holm[i])),
-                format_p(float(cmp.bootstrap_p[i])),
-                f"{int(analysis.bootstrap_dropped[i])}/{analysis.n_bootstrap}" if analysis.n_bootstrap > 0 else "n/a",
-            ))
-        tests.append((f"{m} vs {b}: per-class tests", header, tuple(trows)))
+    return notes
 
+
+def _comparison_notes(analysis: AUCAnalysis, cmp: PairedComparison) -> list[str]:
+    """The two notes of one comparison: the mean AUC's tests and the paper's "paired t-test"."""
+    m, b = display_name(cmp.model), display_name(cmp.baseline)
+    ta = cmp.t_across_classes
+    return [
+        f"{m} vs {b}, mean AUC: Δ {cmp.mean_difference:+.4f} "
+        f"(bootstrap {analysis.level:.0%} CI [{cmp.mean_bootstrap_diff_ci[0]:+.4f}, {cmp.mean_bootstrap_diff_ci[1]:+.4f}]); "
+        f"DeLong z = {cmp.delong.mean_z:.2f}, p = {format_p(cmp.delong.mean_p_value)}; "
+        f"DeLong clustered by patient z = {cmp.delong_clustered.mean_z:.2f}, "
+        f"p = {format_p(cmp.delong_clustered.mean_p_value)}; "
+        f"paired bootstrap p = {format_p(cmp.mean_bootstrap_p)}.",
+        f"{m} vs {b}, the paper's \"paired t-test\" (the paper does not say what was paired): "
+        f"(a) across the per-class AUCs of the mean's {ta.n_pairs} classes: t = {ta.statistic:.2f}, "
+        f"df = {ta.df:.0f}, p = {format_p(ta.p_value)}; (b) the t-test over bootstrap replicates is in "
+        f"comparison.json only: it is not a test (its p shrinks as the number of replicates grows).",
+    ]
+
+
+def _tests_table(
+    analysis: AUCAnalysis, cmp: PairedComparison
+) -> tuple[str, tuple[str, ...], tuple[tuple[str, ...], ...]]:
+    """(title, header, rows) of one comparison's per-class tests."""
+    header = ("Finding", "Δ AUC", f"Δ {analysis.level:.0%} CI (bootstrap)", "DeLong p", "Holm p",
+              "clustered DeLong p", "clustered Holm p", "bootstrap p", "replicates dropped")
+    rows = []
+    for i, key in enumerate(analysis.class_names):
+        ci = cmp.bootstrap_diff_ci[i]
+        rows.append((
+            key.replace("_", " "), _diff(float(cmp.difference[i]), False),
+            "n/a" if np.isnan(ci).any() else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]",
+            format_p(float(cmp.delong.p_value[i])), format_p(float(cmp.delong_p_holm[i])),
+            format_p(float(cmp.delong_clustered.p_value[i])), format_p(float(cmp.delong_clustered_p_holm[i])),
+            format_p(float(cmp.bootstrap_p[i])),
+            f"{int(analysis.bootstrap_dropped[i])}/{analysis.n_bootstrap}" if analysis.n_bootstrap > 0 else "n/a",
+        ))
+    return (f"{display_name(cmp.model)} vs {display_name(cmp.baseline)}: per-class tests", header, tuple(rows))
+
+
+def _subgroup_table(
+    subgroups: Sequence[SubgroupAUC], scorers: Sequence[str]
+) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
+    """(header, rows) of the subgroup mean AUCs; no rows when there are no subgroups."""
     need = subgroups[0].min_per_group if subgroups else MIN_PER_GROUP
-    sub_header = ("Factor", "Subgroup", "Images", "Patients", f"Classes in mean (≥{need} pos. and neg.)",
-                  *(f"{display_name(s)} mean AUC" for s in scorers))
-    sub_rows = tuple(
+    header = ("Factor", "Subgroup", "Images", "Patients", f"Classes in mean (≥{need} pos. and neg.)",
+              *(f"{display_name(s)} mean AUC" for s in scorers))
+    rows = tuple(
         (g.factor, g.level, str(g.n_images), str(g.n_patients), str(g.n_classes_defined),
          *(_auc(g.mean_auc[s]) if g.n_classes_defined else f"too few positives (max {g.max_positives})"
            for s in scorers))
         for g in subgroups
     )
-    return Table1(
-        title=title, banner=banner, columns=tuple(columns), rows=tuple(rows), notes=tuple(notes),
-        tests=tuple(tests), subgroups=(sub_header, sub_rows), frame=frame,
-    )
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]], align_first_left: bool = True) -> str:
-    def esc(c: str) -> str:
-        return c.replace("|", "\\|")
-
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |"]
-    lines.append("|" + "|".join([":---" if align_first_left else "---:"] + ["---:"] * (len(header) - 1)) + "|")
-    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
+    return header, rows
 
 
 def to_markdown(t: Table1) -> str:
@@ -293,21 +339,14 @@ def to_markdown(t: Table1) -> str:
     parts = [f"# {t.title}", ""]
     if t.banner:
         parts += [f"> **{t.banner}**", ""]
-    parts += [_md_table(t.columns, t.rows), ""]
+    parts += [markdown_table(t.columns, t.rows), ""]
     parts += [f"- {n}" for n in t.notes] + [""]
     for title, header, rows in t.tests:
-        parts += [f"## {title}", "", _md_table(header, rows), ""]
+        parts += [f"## {title}", "", markdown_table(header, rows), ""]
     header, rows = t.subgroups
     parts += ["## Subgroups (mean AUC over the classes with enough positives and negatives in each subgroup)", ""]
-    parts += [_md_table(header, rows) if rows else "The manifest has no view, sex or age values.", ""]
+    parts += [markdown_table(header, rows) if rows else "The manifest has no view, sex or age values.", ""]
     return "\n".join(parts)
-
-
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    e = html.escape
-    head = "".join(f"<th>{e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def to_html(t: Table1) -> str:
@@ -320,13 +359,13 @@ def to_html(t: Table1) -> str:
              f"<style>{style}</style></head><body>", f"<h1>{e(t.title)}</h1>"]
     if t.banner:
         parts.append(f"<div class='banner'>{e(t.banner)}</div>")
-    parts.append(_html_table(t.columns, t.rows))
+    parts.append(html_table(t.columns, t.rows))
     parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in t.notes) + "</ul>")
     for title, header, rows in t.tests:
-        parts += [f"<h2>{e(title)}</h2>", _html_table(header, rows)]
+        parts += [f"<h2>{e(title)}</h2>", html_table(header, rows)]
     header, rows = t.subgroups
     if rows:
-        parts += ["<h2>Subgroups (mean AUC)</h2>", _html_table(header, rows)]
+        parts += ["<h2>Subgroups (mean AUC)</h2>", html_table(header, rows)]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
