@@ -53,7 +53,7 @@ from sdfn_bench.report.evaluate import (
 )
 from sdfn_bench.report.gallery import link_reports
 from sdfn_bench.report.leakage import LeakageReport, check_leakage
-from sdfn_bench.report.outside import join_outside, parse_all
+from sdfn_bench.report.outside import Joined, join_outside, parse_all
 from sdfn_bench.report.paper import paper_table1
 from sdfn_bench.report.roc_figure import draw_roc_figure, save_figure
 from sdfn_bench.report.run_folder import (
@@ -215,11 +215,8 @@ def compare_run(
     pairs = [(model, b) for b in baselines]
     joined = None
     if predictions:
-        outside = parse_all(predictions)
-        joined = join_outside(inputs.manifest["image"], inputs.scores, outside)
-        inputs = replace(inputs, manifest=inputs.manifest.loc[joined.keep].reset_index(drop=True),
-                         labels=inputs.labels[joined.keep], scores=joined.scores)
-        pairs += [(o.name, model) for o in outside]
+        inputs, joined, outside_pairs = _join_outside(inputs, predictions, model)
+        pairs += outside_pairs
     patients = inputs.manifest["patient_id"].astype(str).to_numpy()
     test_run = scored_run(run_dir, inputs)
     plan = plan_sections(test_run, load_run=lambda d: scored_run(d, load_run_inputs(d)), expert_labels=expert_labels,
@@ -228,17 +225,48 @@ def compare_run(
     checkpoints = inputs.run.get("checkpoints") or {}
     leakage = check_leakage(checkpoints if isinstance(checkpoints, dict) else {}, set(patients))
     synthetic = bool(inputs.run.get("synthetic", False))
+    evaluation = evaluate_scores(
+        inputs.manifest, inputs.labels, inputs.scores, pairs, leakage=leakage, source=_run_source(inputs, joined),
+        synthetic=synthetic, n_excluded=inputs.n_excluded, manifest_note="" if inputs.manifest_check == "match" else
+        f"Manifest: {inputs.manifest_check}.", n_bootstrap=n_bootstrap, seed=seed, level=level, ci_method=ci_method,
+        progress=progress)
+    record = _run_record(run_dir, inputs, model, baselines, synthetic=synthetic, joined=joined)
+    title = "synthetic cohort" if synthetic else inputs.manifest_path.name
+    paths, replaced, sections = _write_report(run_dir, evaluation, test_run, plan, patients, leakage, record, title=title,
+                                              n_bootstrap=n_bootstrap, seed=seed, level=level)
+    return ComparisonResult(
+        run_dir=run_dir, analysis=evaluation.analysis, leakage=leakage, subgroups=evaluation.subgroups,
+        n_scored=len(inputs.labels), n_excluded=inputs.n_excluded, synthetic=synthetic, paths=paths,
+        replaced=replaced, table1_markdown=evaluation.markdown, sections=sections, manifest_check=inputs.manifest_check,
+    )
+
+
+def _join_outside(
+    inputs: RunInputs, predictions: Sequence[str] | Mapping[str, str | os.PathLike[str]], model: str
+) -> tuple[RunInputs, Joined, list[tuple[str, str]]]:
+    """The run restricted to the images every outside file covers, with the outside sets added;
+    the join; and the (outside, ``model``) pairs to compare."""
+    outside = parse_all(predictions)
+    joined = join_outside(inputs.manifest["image"], inputs.scores, outside)
+    inputs = replace(inputs, manifest=inputs.manifest.loc[joined.keep].reset_index(drop=True),
+                     labels=inputs.labels[joined.keep], scores=joined.scores)
+    return inputs, joined, [(o.name, model) for o in outside]
+
+
+def _run_source(inputs: RunInputs, joined: Joined | None) -> str:
+    """What Table 1 says was scored: the manifest's name, the ``--limit`` and the outside join."""
     source = inputs.manifest_path.name
     if inputs.limit is not None:
         source += f" (first {inputs.limit} rows, score --limit)"
     if joined is not None:
         source += f"; {joined.note()}"
-    evaluation = evaluate_scores(
-        inputs.manifest, inputs.labels, inputs.scores, pairs, leakage=leakage, source=source, synthetic=synthetic,
-        n_excluded=inputs.n_excluded, manifest_note="" if inputs.manifest_check == "match" else
-        f"Manifest: {inputs.manifest_check}.", n_bootstrap=n_bootstrap, seed=seed, level=level, ci_method=ci_method,
-        progress=progress)
-    record: dict[str, object] = {
+    return source
+
+
+def _run_record(run_dir: Path, inputs: RunInputs, model: str, baselines: Sequence[str], *, synthetic: bool,
+                joined: Joined | None) -> dict[str, object]:
+    """The run's part of comparison.json: folder, manifest and its check, sets compared, counts."""
+    return {
         "run_dir": str(run_dir.resolve()),
         "manifest": str(inputs.manifest_path),
         "manifest_sha256": inputs.manifest_sha256,
@@ -250,14 +278,6 @@ def compare_run(
         "outside_predictions": joined.record if joined is not None else {},
         "limit": inputs.limit,
     }
-    title = "synthetic cohort" if synthetic else inputs.manifest_path.name
-    paths, replaced, sections = _write_report(run_dir, evaluation, test_run, plan, patients, leakage, record, title=title,
-                                              n_bootstrap=n_bootstrap, seed=seed, level=level)
-    return ComparisonResult(
-        run_dir=run_dir, analysis=evaluation.analysis, leakage=leakage, subgroups=evaluation.subgroups,
-        n_scored=len(inputs.labels), n_excluded=inputs.n_excluded, synthetic=synthetic, paths=paths,
-        replaced=replaced, table1_markdown=evaluation.markdown, sections=sections, manifest_check=inputs.manifest_check,
-    )
 
 
 def _write_report(out_dir: Path, evaluation: Evaluation, test_run: ScoredRun, plan: SectionPlan, patients: np.ndarray,

@@ -191,14 +191,7 @@ def analyze_aucs(
         :class:`AUCAnalysis`.
     """
     names = list(scores)
-    if ci_method not in CI_METHODS:
-        raise StatsError(f"unknown interval method {ci_method!r}; expected one of {list(CI_METHODS)}")
-    for model, baseline in pairs:
-        for n in (model, baseline):
-            if n not in scores:
-                raise StatsError(f"unknown prediction set {n!r}; available: {names}")
-        if model == baseline:
-            raise StatsError(f"model and baseline are both {model!r}")
+    _check_request(names, pairs, ci_method)
     labels, _ = check_labels_scores(y_true, scores[names[0]])
     if labels.shape[1] != len(class_names):
         raise StatsError(f"{labels.shape[1]} label columns but {len(class_names)} class names")
@@ -206,30 +199,96 @@ def analyze_aucs(
     k = labels.shape[1]
     arrays = [np.asarray(scores[n], dtype=np.float64) for n in names]
 
+    fits = _fit(labels, arrays, patient_ids, class_names, n_bootstrap=n_bootstrap, seed=seed, progress=progress,
+                jackknife=ci_method == "bca")
+    dl, boot = fits.delong, fits.bootstrap
+    # One set of classes for every mean: AUC and DeLong variance defined for all scorers.
+    ok = dl.contrast_classes()
+    reasons = left_out_reasons(labels, class_names)
+    left_out = {class_names[c]: reasons.get(class_names[c], "AUC or DeLong variance not finite")
+                for c in np.flatnonzero(~ok).tolist()}
+    summaries = _scorer_summaries(names, dl, boot, ok, level, ci_method)
+    boot_mean = boot.mean_replicates(ok) if boot is not None and ok.any() else None
+    comparisons = []
+    for model, baseline in pairs:
+        i, j = names.index(model), names.index(baseline)
+        comparisons.append(_compare(
+            model, baseline, delong_test_from(dl, i, j), delong_test_from(fits.delong_clustered, i, j),
+            _bootstrap_difference(boot, boot_mean, i, j, ok, k, level, ci_method),
+            paired_t_across_classes(dl.auc[i, ok], dl.auc[j, ok])))
+    _, patient_count = np.unique(np.asarray(patient_ids).astype(str), return_counts=True)
+    return AUCAnalysis(
+        class_names=tuple(class_names),
+        n_images=int(labels.shape[0]),
+        n_patients=int(patient_count.shape[0]),
+        n_positive=labels.sum(axis=0).astype(np.int64),
+        level=level,
+        n_bootstrap=int(n_bootstrap),
+        seed=int(seed),
+        mean_classes=tuple(class_names[c] for c in np.flatnonzero(ok).tolist()),
+        left_out_of_mean=left_out,
+        bootstrap_dropped=boot.n_dropped() if boot is not None else np.zeros(k, dtype=np.int64),
+        bootstrap_dropped_mean=(boot.n_dropped_mean(ok) if boot is not None and ok.any()
+                                else (int(n_bootstrap) if boot is not None else 0)),
+        scorers=summaries,
+        comparisons=tuple(comparisons),
+        delong_seconds=fits.delong_seconds,
+        bootstrap_seconds=fits.bootstrap_seconds,
+        ci_method=ci_method,
+    )
+
+
+@dataclass(frozen=True)
+class _Fits:
+    """The expensive part of :func:`analyze_aucs`: DeLong (plain and patient-clustered), the patient
+    bootstrap (None without replicates) and the wall time of each."""
+
+    delong: DelongAUCs
+    delong_clustered: DelongAUCs
+    bootstrap: BootstrapAUCs | None
+    delong_seconds: float
+    bootstrap_seconds: float
+
+
+def _fit(labels: np.ndarray, arrays: list[np.ndarray], patient_ids: Sequence[object] | np.ndarray,
+         class_names: Sequence[str], *, n_bootstrap: int, seed: int, progress: Callable[[int, int], None] | None,
+         jackknife: bool) -> _Fits:
+    """DeLong's AUCs and covariances of every set, clustered by patient too, and the patient bootstrap
+    (with the leave-one-patient-out jackknife when ``jackknife``, for BCa)."""
     t0 = time.perf_counter()
-    dl: DelongAUCs = delong_aucs(labels, arrays, class_names)
+    dl = delong_aucs(labels, arrays, class_names)
     delong_seconds = time.perf_counter() - t0
     with warnings.catch_warnings():
         # The same undefined classes were just reported once.
         warnings.simplefilter("ignore", UndefinedAUCWarning)
         warnings.simplefilter("ignore", UndefinedVarianceWarning)
         dl_clustered = delong_aucs(labels, arrays, class_names, clusters=np.asarray(patient_ids))
-
     boot: BootstrapAUCs | None = None
     t0 = time.perf_counter()
     if n_bootstrap > 0:
         boot = patient_bootstrap(labels, arrays, patient_ids, n_boot=n_bootstrap, seed=seed,
-                                 class_names=class_names, progress=progress, jackknife=ci_method == "bca")
-    bootstrap_seconds = time.perf_counter() - t0
+                                 class_names=class_names, progress=progress, jackknife=jackknife)
+    return _Fits(dl, dl_clustered, boot, delong_seconds, time.perf_counter() - t0)
 
-    # One set of classes for every mean: AUC and DeLong variance defined for all scorers.
-    ok = dl.contrast_classes()
-    reasons = left_out_reasons(labels, class_names)
-    left_out = {class_names[c]: reasons.get(class_names[c], "AUC or DeLong variance not finite")
-                for c in np.flatnonzero(~ok).tolist()}
+
+def _check_request(names: Sequence[str], pairs: Sequence[tuple[str, str]], ci_method: str) -> None:
+    """A StatsError for an unknown interval method, an unknown set in ``pairs`` or a set compared with itself."""
+    if ci_method not in CI_METHODS:
+        raise StatsError(f"unknown interval method {ci_method!r}; expected one of {list(CI_METHODS)}")
+    for model, baseline in pairs:
+        for n in (model, baseline):
+            if n not in names:
+                raise StatsError(f"unknown prediction set {n!r}; available: {list(names)}")
+        if model == baseline:
+            raise StatsError(f"model and baseline are both {model!r}")
+
+
+def _scorer_summaries(names: Sequence[str], dl: DelongAUCs, boot: BootstrapAUCs | None, ok: np.ndarray,
+                      level: float, ci_method: str) -> tuple[ScorerSummary, ...]:
+    """One :class:`ScorerSummary` per set; the means are over the classes of ``ok`` (bool mask)."""
+    k = dl.auc.shape[1]
     dl_ci = dl.ci(level)
     boot_ci = boot.ci(level, ci_method) if boot is not None else np.full((len(names), k, 2), np.nan)
-    boot_mean = boot.mean_replicates(ok) if boot is not None and ok.any() else None
     mean_ci = (boot.interval(lambda a: a[:, :, ok].mean(axis=2), level, ci_method)
                if boot is not None and ok.any() else np.full((len(names), 2), np.nan))
     summaries = []
@@ -246,64 +305,62 @@ def analyze_aucs(
             bootstrap_ci=boot_ci[r],
             mean_bootstrap_ci=mean_ci[r],
         ))
+    return tuple(summaries)
 
-    comparisons = []
-    for model, baseline in pairs:
-        i, j = names.index(model), names.index(baseline)
-        test = delong_test_from(dl, i, j)
-        test_clustered = delong_test_from(dl_clustered, i, j)
-        if boot is not None:
-            d = boot.replicates[:, i] - boot.replicates[:, j]
-            diff_ci = boot.interval(_difference(i, j, None), level, ci_method)
-            diff_p = bootstrap_p_value(d)
-            t_boot = tuple(paired_t_over_bootstrap(boot.replicates[:, i, c], boot.replicates[:, j, c]) for c in range(k))
-            if boot_mean is not None:
-                dm = boot_mean[:, i] - boot_mean[:, j]
-                mean_diff_ci = boot.interval(_difference(i, j, ok), level, ci_method)
-                mean_p = float(bootstrap_p_value(dm))
-                t_mean = paired_t_over_bootstrap(boot_mean[:, i], boot_mean[:, j])
-            else:
-                mean_diff_ci, mean_p = _nan2(), float("nan")
-                t_mean = paired_t_over_bootstrap(np.array([]), np.array([]))
-        else:
-            diff_ci, diff_p = np.full((k, 2), np.nan), np.full(k, np.nan)
-            empty = paired_t_over_bootstrap(np.array([]), np.array([]))
-            t_boot, t_mean = tuple(empty for _ in range(k)), empty
-            mean_diff_ci, mean_p = _nan2(), float("nan")
-        comparisons.append(PairedComparison(
-            model=model,
-            baseline=baseline,
-            difference=test.difference,
-            mean_difference=test.mean_difference,
-            delong=test,
-            delong_p_holm=holm(test.p_value),
-            delong_clustered=test_clustered,
-            delong_clustered_p_holm=holm(test_clustered.p_value),
-            bootstrap_diff_ci=diff_ci,
-            bootstrap_p=diff_p,
-            mean_bootstrap_diff_ci=mean_diff_ci,
-            mean_bootstrap_p=mean_p,
-            t_across_classes=paired_t_across_classes(dl.auc[i, ok], dl.auc[j, ok]),
-            t_over_bootstrap=t_boot,
-            t_over_bootstrap_mean=t_mean,
-        ))
-    _, patient_count = np.unique(np.asarray(patient_ids).astype(str), return_counts=True)
-    return AUCAnalysis(
-        class_names=tuple(class_names),
-        n_images=int(labels.shape[0]),
-        n_patients=int(patient_count.shape[0]),
-        n_positive=labels.sum(axis=0).astype(np.int64),
-        level=level,
-        n_bootstrap=int(n_bootstrap),
-        seed=int(seed),
-        mean_classes=tuple(class_names[c] for c in np.flatnonzero(ok).tolist()),
-        left_out_of_mean=left_out,
-        bootstrap_dropped=boot.n_dropped() if boot is not None else np.zeros(k, dtype=np.int64),
-        bootstrap_dropped_mean=(boot.n_dropped_mean(ok) if boot is not None and ok.any()
-                                else (int(n_bootstrap) if boot is not None else 0)),
-        scorers=tuple(summaries),
-        comparisons=tuple(comparisons),
-        delong_seconds=delong_seconds,
-        bootstrap_seconds=bootstrap_seconds,
-        ci_method=ci_method,
+
+@dataclass(frozen=True)
+class _BootstrapDifference:
+    """The bootstrap part of one :class:`PairedComparison` (NaN and empty t-tests without a bootstrap)."""
+
+    diff_ci: np.ndarray
+    diff_p: np.ndarray
+    mean_diff_ci: np.ndarray
+    mean_p: float
+    t_boot: tuple[TTestResult, ...]
+    t_mean: TTestResult
+
+
+def _bootstrap_difference(boot: BootstrapAUCs | None, boot_mean: np.ndarray | None, i: int, j: int, ok: np.ndarray,
+                          k: int, level: float, ci_method: str) -> _BootstrapDifference:
+    """AUC(set i) - AUC(set j) over the replicates: per-class and mean CIs, p-values and the
+    descriptive t-tests over replicates. ``boot_mean``: (B, n_sets) mean AUCs over ``ok``, None
+    when no class is in the mean."""
+    if boot is None:
+        empty = paired_t_over_bootstrap(np.array([]), np.array([]))
+        return _BootstrapDifference(np.full((k, 2), np.nan), np.full(k, np.nan), _nan2(), float("nan"),
+                                    tuple(empty for _ in range(k)), empty)
+    d = boot.replicates[:, i] - boot.replicates[:, j]
+    diff_ci = boot.interval(_difference(i, j, None), level, ci_method)
+    diff_p = bootstrap_p_value(d)
+    t_boot = tuple(paired_t_over_bootstrap(boot.replicates[:, i, c], boot.replicates[:, j, c]) for c in range(k))
+    if boot_mean is None:
+        return _BootstrapDifference(diff_ci, diff_p, _nan2(), float("nan"), t_boot,
+                                    paired_t_over_bootstrap(np.array([]), np.array([])))
+    dm = boot_mean[:, i] - boot_mean[:, j]
+    mean_diff_ci = boot.interval(_difference(i, j, ok), level, ci_method)
+    mean_p = float(bootstrap_p_value(dm))
+    return _BootstrapDifference(diff_ci, diff_p, mean_diff_ci, mean_p, t_boot,
+                                paired_t_over_bootstrap(boot_mean[:, i], boot_mean[:, j]))
+
+
+def _compare(model: str, baseline: str, test: DelongTest, test_clustered: DelongTest, boot: _BootstrapDifference,
+             t_across: TTestResult) -> PairedComparison:
+    """The :class:`PairedComparison` of two sets: DeLong's tests (plain and patient-clustered, each
+    Holm-adjusted across the classes), the bootstrap difference and the t-test across classes."""
+    return PairedComparison(
+        model=model,
+        baseline=baseline,
+        difference=test.difference,
+        mean_difference=test.mean_difference,
+        delong=test,
+        delong_p_holm=holm(test.p_value),
+        delong_clustered=test_clustered,
+        delong_clustered_p_holm=holm(test_clustered.p_value),
+        bootstrap_diff_ci=boot.diff_ci,
+        bootstrap_p=boot.diff_p,
+        mean_bootstrap_diff_ci=boot.mean_diff_ci,
+        mean_bootstrap_p=boot.mean_p,
+        t_across_classes=t_across,
+        t_over_bootstrap=boot.t_boot,
+        t_over_bootstrap_mean=boot.t_mean,
     )
