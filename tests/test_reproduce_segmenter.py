@@ -1,5 +1,6 @@
-"""`reproduce --segmenter builtin:lungs`: the JSRT segmenter-training step is skipped, the given
-checkpoint is used for the lung boxes and the engines, and the run records it (issue 17, section 3)."""
+"""`reproduce --segmenter builtin:lungs`: the JSRT segmenter-training step is skipped (JSRT/SCR need not
+be given), the given checkpoint is used for the lung boxes and the engines, and the run records it
+(issue 17, section 3)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from reproduce_helpers import REPRODUCE_FLAGS, cli, real_layouts, reproduce_args
 
 from sdfn_bench.core.hashing import file_sha256
 from sdfn_bench.errors import CheckpointError
-from sdfn_bench.reproduce import ReproduceError, run_reproduce
+from sdfn_bench.reproduce import ReproduceError, inspect_data, run_reproduce
 from sdfn_bench.reproduce.run import GivenSegmenter
 from sdfn_bench.train.presets import get_preset
 from sdfn_bench.weights import BUILTIN
@@ -41,17 +42,36 @@ def test_a_wrong_segmenter_is_refused_before_anything_is_written(tmp_path: Path,
     assert not work.exists()
 
 
+def test_without_jsrt_the_data_step_finds_no_pairs_and_training_needs_a_segmenter(tmp_path_factory,
+                                                                                  tmp_path: Path) -> None:
+    layouts = real_layouts(shared_dir(tmp_path_factory))
+    report = inspect_data(layouts.nih, None, None, val_fraction=0.2)
+    assert report.jsrt is None and report.jsrt_pairs == report.jsrt_images == 0
+    assert sum(f.listed for f in report.files.values()) == 48
+    with pytest.raises(ReproduceError, match="together"):
+        inspect_data(layouts.nih, layouts.jsrt, None)
+    with pytest.raises(ReproduceError, match="--segmenter builtin:lungs"):
+        run_reproduce(layouts.nih, None, None, tmp_path / "work", hooks=None, preset=get_preset("demo"))
+    assert not (tmp_path / "work").exists()
+    res = cli("reproduce", "--nih", str(layouts.nih), "--workdir", str(tmp_path / "work"))
+    assert res.returncode == 2 and "--segmenter builtin:lungs" in res.stdout + res.stderr
+    assert not (tmp_path / "work").exists()
+
+
 @pytest.mark.slow
 def test_reproduce_with_builtin_lungs_skips_the_segmenter_training(tmp_path_factory) -> None:
     layouts = real_layouts(shared_dir(tmp_path_factory))
     work = tmp_path_factory.mktemp("given_segmenter") / "work"
-    res = cli(*reproduce_args(layouts, work), *REPRODUCE_FLAGS, "--segmenter", "builtin:lungs")
+    # No --jsrt/--scr: a user without JSRT (it needs a registration) still gets lung crops.
+    res = cli("reproduce", "--nih", str(layouts.nih), "--workdir", str(work), *REPRODUCE_FLAGS,
+              "--segmenter", "builtin:lungs")
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     assert "lung segmenter: Lung segmenter: builtin:lungs" in res.stdout
 
     state = json.loads((work / "reproduce.json").read_text())
     assert state["segmenter"]["source"] == "builtin:lungs" and state["segmenter"]["sha256"] == LUNGS_SHA256
-    assert state["inputs"]["segmenter_sha256"] == LUNGS_SHA256
+    assert state["inputs"]["segmenter_sha256"] == LUNGS_SHA256 and state["inputs"]["jsrt_pairs"] == 0
+    assert state["paths"]["jsrt"] is None and not (work / "manifests" / "jsrt.csv").exists()
     assert "segmenter-training step" in state["summary"]["segmenter"]
     # The copy is the shipped checkpoint byte for byte; no segmenter was trained here.
     ckpts = work / "checkpoints"
@@ -60,6 +80,7 @@ def test_reproduce_with_builtin_lungs_skips_the_segmenter_training(tmp_path_fact
     assert LUNGS_SHA256 in (work / "engines" / "engines.json").read_text()
     assert "segmenter builtin:lungs" in (work / "reproduce.log").read_text()
 
-    # The same workdir without --segmenter would mix a trained segmenter into boxes made with the given one.
+    # The same workdir with JSRT and without --segmenter would mix a trained segmenter into boxes made with
+    # the given one.
     again = cli(*reproduce_args(layouts, work), *REPRODUCE_FLAGS)
     assert again.returncode == 1 and "holds a reproduction of other data or settings" in again.stdout + again.stderr

@@ -49,6 +49,9 @@ def _print_data(report) -> None:
                 action = "scored as error rows" if split == "test" else "left out of training"
                 console.print(f"[yellow]{split}: {len(names)} {kind} ({action}), e.g. {', '.join(names[:5])}[/]",
                               highlight=False)
+    if report.jsrt is None:
+        console.print("JSRT/SCR: not given (the lung segmenter comes from --segmenter)", highlight=False)
+        return
     console.print(f"JSRT {report.jsrt}: {report.jsrt_images} .IMG files, {report.jsrt_pairs} with both SCR lung masks "
                   f"under {report.scr}" + (f"; without masks: {', '.join(report.jsrt_unpaired)}"
                                            if report.jsrt_unpaired else ""), highlight=False)
@@ -81,8 +84,9 @@ def _print_plan(plan, workdir: Path) -> None:
 
 def reproduce(
     nih: Path = typer.Option(..., "--nih", help="NIH ChestX-ray14 root: label file, split lists, images_NNN/images/."),
-    jsrt: Path = typer.Option(..., "--jsrt", help="Folder of the JSRT .IMG files."),
-    scr: Path = typer.Option(..., "--scr", help="SCR mask folder (holds 'left lung/' and 'right lung/')."),
+    jsrt: Path = typer.Option(None, "--jsrt", help="Folder of the JSRT .IMG files (not needed with --segmenter)."),
+    scr: Path = typer.Option(None, "--scr", help="SCR mask folder (holds 'left lung/' and 'right lung/'; not needed "
+                             "with --segmenter)."),
     workdir: Path = typer.Option(..., "--workdir", help="Work folder W: manifests/, checkpoints/, boxes/, engines/, "
                                  "reports/runs/<id>/, reproduce.log."),
     preset: str = typer.Option("paper", "--preset", help="paper (section 2.2, ImageNet init) or demo (minutes)."),
@@ -105,6 +109,9 @@ def reproduce(
     from sdfn_bench.train.common import default_workers
     from sdfn_bench.train.presets import get_preset
 
+    if segmenter is None and (jsrt is None or scr is None):
+        raise typer.BadParameter("--jsrt and --scr are needed to train the lung segmenter; without JSRT, pass "
+                                 "--segmenter builtin:lungs (the shipped real-film segmenter) or a segmenter checkpoint")
     p = get_preset(preset)
     n_workers = default_workers() if workers is None else workers
     if dry_run:

@@ -5,7 +5,9 @@ Laid out like the demo, each step the same library call as its own command::
     W/manifests/   nih_train.csv, nih_val.csv, nih_test.csv (sdfn-bench manifest nih), jsrt.csv
                    (sdfn-bench manifest jsrt), excluded.csv (training images left out, and why)
     W/checkpoints/ segmenter, extractor_entire, extractor_lung, fusion (sdfn-bench train ...),
-                   init/ (the imported ImageNet weights), seg_cv/ (sdfn-bench seg-eval --folds K)
+                   init/ (the imported ImageNet weights), seg_cv/ (sdfn-bench seg-eval --folds K);
+                   with ``--segmenter builtin:lungs`` (or a checkpoint) ``segmenter`` is a copy of it, the
+                   JSRT training is skipped and ``--jsrt``/``--scr`` are not needed
     W/boxes/       boxes_train.parquet, boxes_val.parquet (sdfn-bench lung-boxes)
     W/engines/     sdfn-bench build-engines
     W/reports/runs/<id>/   sdfn-bench score nih_test.csv; sdfn-bench compare -> Table 1

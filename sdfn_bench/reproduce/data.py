@@ -44,7 +44,7 @@ class DataReport:
     """What :func:`inspect_data` found.
 
     Attributes:
-        nih, jsrt, scr: the roots given.
+        nih, jsrt, scr: the roots given (jsrt and scr None: no JSRT/SCR, ``reproduce --segmenter``).
         label_file: the NIH label file used.
         manifests: split -> manifest rows (``train``, ``val`` by patient from train_val_list, ``test``).
         files: split -> :class:`SplitFiles`.
@@ -54,8 +54,8 @@ class DataReport:
     """
 
     nih: Path
-    jsrt: Path
-    scr: Path
+    jsrt: Path | None
+    scr: Path | None
     label_file: Path
     manifests: dict[str, pd.DataFrame] = field(repr=False)
     files: dict[str, SplitFiles]
@@ -86,20 +86,25 @@ def _header_problem(path: Path) -> str:
     return ""
 
 
-def inspect_data(nih: str | Path, jsrt: str | Path, scr: str | Path, *, val_fraction: float = 0.1,
+def inspect_data(nih: str | Path, jsrt: str | Path | None, scr: str | Path | None, *, val_fraction: float = 0.1,
                  seed: int = 0) -> DataReport:
-    """Find the NIH images of every split and the JSRT/SCR pairs; nothing is written.
+    """Find the NIH images of every split and the JSRT/SCR pairs (none when ``jsrt`` and ``scr`` are
+    None: a run with a given segmenter needs no JSRT); nothing is written.
 
     Raises:
-        ReproduceError / ManifestError: a root, the label file or a split list is missing.
+        ReproduceError / ManifestError: a root, the label file or a split list is missing; only one
+            of ``jsrt`` and ``scr`` given.
     """
     from sdfn_bench.manifest.image_root import ImageResolver
     from sdfn_bench.manifest.jsrt import LEFT_LUNG_DIR, RIGHT_LUNG_DIR, index_masks, list_jsrt_images
     from sdfn_bench.manifest.nih import build_nih_manifests
 
-    nih, jsrt, scr = Path(nih), Path(jsrt), Path(scr)
+    if (jsrt is None) != (scr is None):
+        raise ReproduceError("give --jsrt and --scr together (the JSRT images and their SCR masks)")
+    nih = Path(nih)
+    jsrt, scr = (None, None) if jsrt is None or scr is None else (Path(jsrt), Path(scr))
     for name, root in (("--nih", nih), ("--jsrt", jsrt), ("--scr", scr)):
-        if not root.is_dir():
+        if root is not None and not root.is_dir():
             raise ReproduceError(f"{name} {root}: folder not found")
     label_file = _label_file(nih)
     for name in (TRAIN_VAL_LIST, TEST_LIST):
@@ -120,6 +125,8 @@ def inspect_data(nih: str | Path, jsrt: str | Path, scr: str | Path, *, val_frac
                 unreadable.append(image)
         files[split] = SplitFiles(len(df), tuple(missing), tuple(unreadable))
         patients[split] = int(df["patient_id"].nunique())
+    if jsrt is None or scr is None:
+        return DataReport(nih, None, None, label_file, manifests, files, patients, 0, 0, ())
     images = list_jsrt_images(jsrt)
     left, right = index_masks(scr, LEFT_LUNG_DIR), index_masks(scr, RIGHT_LUNG_DIR)
     unpaired = [p.stem for p in images if p.stem not in left or p.stem not in right]

@@ -144,8 +144,11 @@ def probe(report: DataReport, preset: Preset, *, device: str | None = None, repe
     resolver = ImageResolver(report.nih)
     found = [p for p in (resolver.resolve(im) for im in report.manifests["test"]["image"][:20]) if p is not None]
     decode_s = _median_time(lambda: [read_image(p) for p in found[:4]], repeats, lambda: None) / max(len(found[:4]), 1)
-    jsrt_file = list_jsrt_images(report.jsrt)[0]
-    jsrt_decode_s = _median_time(lambda: read_image(jsrt_file), 1, lambda: None)
+    if report.jsrt is None:  # a given segmenter: no JSRT to read
+        jsrt_decode_s = 0.0
+    else:
+        jsrt_file = list_jsrt_images(report.jsrt)[0]
+        jsrt_decode_s = _median_time(lambda: read_image(jsrt_file), 1, lambda: None)
     batch = preset.extractor.batch_size if dev.type == "cuda" else min(preset.extractor.batch_size, 2)
 
     def train_step_time(model: torch.nn.Module, x: torch.Tensor, loss: Callable[[object], torch.Tensor]) -> float:

@@ -207,9 +207,11 @@ class _Workdir:
             f.write(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} {text}\n")
 
 
-def _data_step(log: StepLog, wd: _Workdir, nih: str | Path, jsrt: str | Path, scr: str | Path, *, seg_root: Path,
+def _data_step(log: StepLog, wd: _Workdir, nih: str | Path, jsrt: str | Path | None, scr: str | Path | None, *,
+               seg_root: Path,
                val_fraction: float, seed: int, segmenter: GivenSegmenter | None) -> DataReport:
-    """NIH manifests from the official lists and the JSRT/SCR manifest (reused when the inputs match)."""
+    """NIH manifests from the official lists and the JSRT/SCR manifest when JSRT is given (reused when the
+    inputs match)."""
     from sdfn_bench.manifest.jsrt import build_jsrt_manifest
 
     manifests, state = wd.manifests, wd.state
@@ -223,12 +225,14 @@ def _data_step(log: StepLog, wd: _Workdir, nih: str | Path, jsrt: str | Path, sc
             log.summary["data"] = "reused"
         else:
             n_excluded = _write_manifests(report, manifests)
-            build_jsrt_manifest(report.jsrt, report.scr, manifests / "jsrt.csv", root=seg_root)
+            if report.jsrt is not None and report.scr is not None:
+                build_jsrt_manifest(report.jsrt, report.scr, manifests / "jsrt.csv", root=seg_root)
             state["inputs"] = digest
             if segmenter is not None:
                 state["segmenter"] = segmenter.record()
-            state["paths"] = {"nih": str(report.nih.resolve()), "jsrt": str(report.jsrt.resolve()),
-                              "scr": str(report.scr.resolve())}
+            state["paths"] = {"nih": str(report.nih.resolve()),
+                              **{k: None if v is None else str(v.resolve()) for k, v in (("jsrt", report.jsrt),
+                                                                                       ("scr", report.scr))}}
             wd.save()
             counts = ", ".join(f"{k} {v.found}" for k, v in report.files.items())
             log.summary["data"] = f"{counts} images, {report.jsrt_pairs} JSRT/SCR pairs, {n_excluded} excluded"
@@ -307,8 +311,8 @@ def _score(log: StepLog, wd: _Workdir, image_root: Path | None, workers: int, ho
 
 def run_reproduce(
     nih: str | Path,
-    jsrt: str | Path,
-    scr: str | Path,
+    jsrt: str | Path | None,
+    scr: str | Path | None,
     workdir: str | Path,
     hooks: StepHooks,
     *,
@@ -327,7 +331,8 @@ def run_reproduce(
 
     Args:
         nih: the ChestX-ray14 root (label file, split lists, ``images/`` or ``images_NNN/images/``).
-        jsrt: folder of the JSRT ``.IMG`` files; scr: the SCR mask folder (``left lung/``, ``right lung/``).
+        jsrt: folder of the JSRT ``.IMG`` files; scr: the SCR mask folder (``left lung/``, ``right lung/``);
+            both may be None with ``segmenter`` (nothing is trained on them then).
         workdir: the layout's root W.
         hooks: progress reporting.
         preset: training settings (``paper``: section 2.2).
@@ -352,10 +357,13 @@ def run_reproduce(
     if given is not None and seg_folds:
         raise ReproduceError("--seg-folds cross-validates the segmenter trained on JSRT/SCR; with --segmenter none "
                              "is trained (run `sdfn-bench seg-eval --segmenter ...` on a segmentation manifest instead)")
+    if given is None and (jsrt is None or scr is None):
+        raise ReproduceError("--jsrt and --scr are needed to train the lung segmenter; without JSRT, pass "
+                             "--segmenter builtin:lungs (the shipped real-film segmenter) or a segmenter checkpoint")
     wd = _Workdir.open(workdir)
     # The JSRT manifest's paths are relative to a folder holding both the JSRT images and W's masks
     # (the image resolver refuses entries leading outside their root).
-    seg_root = Path(os.path.commonpath([Path(jsrt).resolve(), wd.manifests]))
+    seg_root = wd.manifests if jsrt is None else Path(os.path.commonpath([Path(jsrt).resolve(), wd.manifests]))
     log = StepLog(hooks, log=wd.log_line)
     wd.log_line(f"reproduce: nih {nih}, jsrt {jsrt}, scr {scr}, preset {preset.name}, init {init or preset.extractor.init}"
                 + ("" if given is None else f", segmenter {given.source}"))
