@@ -44,7 +44,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,7 +289,7 @@ def _build_pipeline_engines(settings: BenchSettings, ckpt_dir: Path, engines_dir
     return gated.record
 
 
-def network_summary(entry: dict[str, Any], default_backend: str, caps: Any = None) -> dict[str, Any]:
+def network_summary(entry: Mapping[str, Any], default_backend: str, caps: Any = None) -> dict[str, Any]:
     """One network's line of the record: backend, precision, probe rate and, for a mixed-precision
     int8 build, which layers stayed in float (from engines.json) and, given the device's ``caps``,
     what each layer computes in on that backend (:func:`~sdfn_bench.engines.sensitivity.engine_layer_precisions`)."""

@@ -46,8 +46,8 @@ from sdfn_bench.engines.registry import (
     ENGINES_JSON,
     FORMAT,
     device_info,
+    load_record,
     now_iso,
-    read_record,
     software_versions,
     write_record,
 )
@@ -343,7 +343,7 @@ def compose(
 
 
 def _report(out: Path, json_path: Path, previous: Path | None, record: Mapping[str, Any]) -> BuildReport:
-    _, digest = read_record(out)
+    _, digest = load_record(out)
     entries = record["engines"]
     results = tuple(
         EngineBuildResult(
@@ -375,8 +375,8 @@ def commit(staged: Path, out_dir: str | Path, *, extra: Mapping[str, Any] | None
     is removed.
     """
     out = Path(out_dir).resolve()
-    record, _ = read_record(staged)
-    record.update(extra or {})
+    staged_record, _ = load_record(staged)
+    record = {**staged_record, **(extra or {})}
     out.mkdir(parents=True, exist_ok=True)
     try:
         for item in staged.iterdir():

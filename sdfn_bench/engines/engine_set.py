@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sdfn_bench.core.engines_file import EngineEntry, EnginesRecord
 from sdfn_bench.core.hashing import file_sha256
 from sdfn_bench.engines.backends import get_backend
 from sdfn_bench.engines.backends.base import (
@@ -21,7 +22,7 @@ from sdfn_bench.engines.backends.base import (
 from sdfn_bench.engines.registry import (
     check_record,
     device_info,
-    read_record,
+    load_record,
     rebuild_command,
     resolve_checkpoint,
 )
@@ -44,7 +45,7 @@ class EngineSet:
         class_names: the ordered classes of every ``logits`` output.
         digest: sha256 of engines.json (recorded by scoring runs as ``engines_digest``).
         checkpoints: ``{name: {"path", "sha256"}}`` of the source checkpoints.
-        record: the engines.json dict.
+        record: the engines.json record.
 
     The engines hold backend sessions and device memory until :meth:`close`; use the set as a
     context manager (``with load_engines(folder) as engines: ...``) where it is loaded for a
@@ -69,7 +70,7 @@ class EngineSet:
     digest: str
     checkpoints: dict[str, dict[str, str]]
     engines_dir: Path
-    record: dict[str, Any] = field(repr=False)
+    record: EnginesRecord = field(repr=False)
 
     def engines(self) -> dict[str, Engine]:
         return {n: getattr(self, n) for n in ENGINE_NAMES}
@@ -105,7 +106,7 @@ def close_all(engines: Iterable[Engine]) -> None:
         raise failure
 
 
-def spec_from_entry(name: str, entry: dict[str, Any]) -> EngineSpec:
+def spec_from_entry(name: str, entry: EngineEntry) -> EngineSpec:
     return EngineSpec(
         name=name,
         kind=entry["kind"],
@@ -113,6 +114,14 @@ def spec_from_entry(name: str, entry: dict[str, Any]) -> EngineSpec:
         outputs=tuple(TensorSpec.from_dict(t) for t in entry["outputs"]),
         max_batch=int(entry["max_batch"]),
     )
+
+
+def _preprocessing(folder: Path, engines: Mapping[str, EngineEntry], name: str) -> Preprocessing:
+    """The preprocessing ``name`` was trained with (only the fusion head has none)."""
+    recorded = engines[name]["preprocessing"]
+    if recorded is None:
+        raise EngineError(f"{folder}: engines.json records no preprocessing for {name}")
+    return Preprocessing.from_dict(recorded)
 
 
 def load_engines(
@@ -137,7 +146,7 @@ def load_engines(
             The message ends with the command that rebuilds them.
     """
     folder = Path(engines_dir).resolve()
-    record, digest = read_record(folder)
+    record, digest = load_record(folder)
     recorded_backend = record["backend"]
     if backend not in (None, "auto", recorded_backend):
         changed = dict(record, backend=backend)
@@ -191,9 +200,9 @@ def load_engines(
         engines = record["engines"]
         return EngineSet(
             **loaded,
-            pre_segmenter=Preprocessing.from_dict(engines["segmenter"]["preprocessing"]),
-            pre_entire=Preprocessing.from_dict(engines["extractor_entire"]["preprocessing"]),
-            pre_lung=Preprocessing.from_dict(engines["extractor_lung"]["preprocessing"]),
+            pre_segmenter=_preprocessing(folder, engines, "segmenter"),
+            pre_entire=_preprocessing(folder, engines, "extractor_entire"),
+            pre_lung=_preprocessing(folder, engines, "extractor_lung"),
             mask_threshold=float(record["mask_threshold"]),
             lung_margin=record.get("lung_margin"),
             class_names=tuple(record["class_names"]),

@@ -1,6 +1,7 @@
 """``engines.json``: what was built, from which checkpoints, on which device, and how well it matches.
 
-One record per engines folder. Layout (``FORMAT`` 1)::
+One record per engines folder, typed as :class:`~sdfn_bench.core.engines_file.EnginesRecord`
+(each network's entry: :class:`~sdfn_bench.core.engines_file.EngineEntry`). Layout (``FORMAT`` 1)::
 
     {"format": 1, "created": ISO-8601, "backend": "onnxruntime", "backend_version": "1.32.0",
      "precision": "fp32", "device": {"kind": "cpu", "name": "AMD EPYC", "compute_capability": null},
@@ -29,13 +30,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sdfn_bench.core.engines_file import (
+    ENGINES_JSON,
+    FORMAT,
+    PREV_SUFFIX,
+    DeviceInfo,
+    EngineEntry,
+    EnginesRecord,
+    parse_record,
+)
 from sdfn_bench.core.io import write_bytes, write_text
 from sdfn_bench.core.version import __version__
 from sdfn_bench.errors import EngineError
 
-FORMAT = 1
-ENGINES_JSON = "engines.json"
-PREV_SUFFIX = ".prev"
+__all__ = ["ENGINES_JSON", "FORMAT", "PREV_SUFFIX", "check_record", "cpu_model", "device_info", "engines_json",
+           "load_record", "now_iso", "physical_cores", "read_record", "rebuild_command", "resolve_checkpoint",
+           "software_versions", "write_record"]
 
 
 def now_iso() -> str:
@@ -76,7 +86,7 @@ def physical_cores() -> int:
     return max(1, min(usable, len(pairs) or usable))
 
 
-def device_info(device: str) -> dict[str, Any]:
+def device_info(device: str) -> DeviceInfo:
     """``{"kind": "cpu"|"cuda", "name": ..., "compute_capability": "9.0"|None}`` for ``device``.
 
     Args:
@@ -117,19 +127,28 @@ def engines_json(engines_dir: str | Path) -> Path:
     return Path(engines_dir) / ENGINES_JSON
 
 
-def read_record(engines_dir: str | Path) -> tuple[dict[str, Any], str]:
-    """Read ``engines.json``; return (record, sha256 hex digest of the file's bytes)."""
+def load_record(engines_dir: str | Path) -> tuple[EnginesRecord, str]:
+    """Read ``engines.json``; return (record, sha256 hex digest of the file's bytes).
+
+    Raises:
+        EngineError: the file is missing, not JSON, or of another format.
+    """
     path = engines_json(engines_dir)
     if not path.is_file():
         raise EngineError(f"{path}: not found; build engines first with `sdfn-bench build-engines --out {engines_dir}`")
     raw = path.read_bytes()
     try:
-        record = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EngineError(f"{path}: not valid JSON: {exc}") from exc
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise EngineError(f"{path}: unknown engines.json format {record.get('format') if isinstance(record, dict) else None!r}")
+        record = parse_record(raw)
+    except ValueError as exc:
+        raise EngineError(f"{path}: {exc}") from exc
     return record, hashlib.sha256(raw).hexdigest()
+
+
+def read_record(engines_dir: str | Path) -> tuple[dict[str, Any], str]:
+    """:func:`load_record` as a plain dict, for callers that keep the record untyped
+    (``score/ray_runner.py``'s ``EngineInfo.record``); new code uses :func:`load_record`."""
+    record, digest = load_record(engines_dir)
+    return dict(record), digest
 
 
 def write_record(engines_dir: str | Path, record: Mapping[str, Any]) -> tuple[Path, Path | None]:
@@ -176,12 +195,13 @@ def rebuild_command(record: Mapping[str, Any], engines_dir: str | Path) -> str:
     return shlex.join(parts)
 
 
-def resolve_checkpoint(entry: Mapping[str, Any], engines_dir: Path) -> Path | None:
+def resolve_checkpoint(entry: EngineEntry, engines_dir: Path) -> Path | None:
     """The recorded checkpoint path, or its path relative to the engines folder if that moved."""
     ck = entry["checkpoint"]
-    if not ck.get("path"):
+    recorded = ck.get("path")
+    if not recorded:
         return None
-    path = Path(ck["path"])
+    path = Path(recorded)
     if not path.exists() and ck.get("relpath"):
         moved = (engines_dir / ck["relpath"]).resolve()
         if moved.exists():
@@ -190,7 +210,7 @@ def resolve_checkpoint(entry: Mapping[str, Any], engines_dir: Path) -> Path | No
 
 
 def check_record(
-    record: Mapping[str, Any],
+    record: EnginesRecord,
     engines_dir: Path,
     *,
     backend_version: str | Mapping[str, str],
@@ -201,7 +221,7 @@ def check_record(
     """Refuse engines that no longer match this machine or their checkpoints.
 
     Args:
-        record: the engines.json dict.
+        record: the engines.json record.
         backend_version: the installed version now of the recorded backend, or of each backend
             the engines use (``{name: version}``; engines.json records one per network).
         device: :func:`device_info` of the device they would run on now.
