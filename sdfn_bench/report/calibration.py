@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 
 from sdfn_bench.errors import StatsError
 from sdfn_bench.report.roc_figure import COLORS
-from sdfn_bench.report.table1 import _html_table, _md_table, display_name
+from sdfn_bench.report.table1 import display_name
+from sdfn_bench.report.tables import html_table, markdown_table
 from sdfn_bench.stats.auc import class_aucs
 from sdfn_bench.stats.calibration import (
     DEFAULT_BINS,
@@ -171,9 +172,9 @@ def calibration_report(labels: np.ndarray, scores: Mapping[str, np.ndarray], cla
             f"fitted on {calibration.fitted_on.get('run_dir', '?')}. Temperature and Platt maps are strictly "
             "increasing, so the AUC does not change; isotonic maps can tie images and change it.")
     md = "\n".join(["## Calibration" + (" before and after recalibration" if has_after else ""), "",
-                    _md_table(header, body), "", *(f"- {n}" for n in notes), ""])
+                    markdown_table(header, body), "", *(f"- {n}" for n in notes), ""])
     e = html.escape
-    page = "\n".join(["<h2 id='calibration'>Calibration</h2>", _html_table(header, body),
+    page = "\n".join(["<h2 id='calibration'>Calibration</h2>", html_table(header, body),
                       "<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>",
                       "<img src='calibration.png' alt='reliability diagrams' style='max-width:100%'>"])
     return CalibrationReport(

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from sdfn_bench.errors import StatsError
-from sdfn_bench.report.table1 import _html_table, _md_table, display_name
+from sdfn_bench.report.table1 import display_name
+from sdfn_bench.report.tables import html_table, markdown_table
 from sdfn_bench.stats.operating_points import Criterion, choose_threshold, operating_point
 from sdfn_bench.stats.thresholds_file import Thresholds
 
@@ -134,8 +135,8 @@ def evaluate_thresholds(labels: np.ndarray, scores: Mapping[str, np.ndarray], cl
         for r in frame.to_dict("records")
     ]
     title = f"Operating points at {thresholds.criterion.label}"
-    md = "\n".join([f"## {title}", "", _md_table(header, body), "", *(f"- {n}" for n in notes), ""])
+    md = "\n".join([f"## {title}", "", markdown_table(header, body), "", *(f"- {n}" for n in notes), ""])
     e = html.escape
-    page = "\n".join([f"<h2 id='operating-points'>{e(title)}</h2>", _html_table(header, body),
+    page = "\n".join([f"<h2 id='operating-points'>{e(title)}</h2>", html_table(header, body),
                       "<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>"])
     return OperatingPointsReport(thresholds, frame, notes, md, page)
