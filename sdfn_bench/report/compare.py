@@ -16,10 +16,9 @@ from :mod:`sdfn_bench.report.run_folder`.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields, is_dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -52,6 +51,7 @@ from sdfn_bench.report.evaluate import (
     split_status,
 )
 from sdfn_bench.report.gallery import link_reports
+from sdfn_bench.report.json_values import jsonable
 from sdfn_bench.report.leakage import LeakageReport, check_leakage
 from sdfn_bench.report.outside import Joined, join_outside, parse_all
 from sdfn_bench.report.paper import paper_table1
@@ -134,27 +134,6 @@ class ComparisonResult:
     sections: Sections | None = None
     split: SplitStatus | None = None
     matched: dict[str, dict[str, object]] | None = None
-
-
-def _jsonable(obj: object) -> object:
-    """Dataclasses, arrays and NaN to JSON values (NaN and inf become null)."""
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _jsonable(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def compare_run(
@@ -309,13 +288,13 @@ def _write_report(out_dir: Path, evaluation: Evaluation, test_run: ScoredRun, pl
         **record,
         "significance_level": 0.01,
         "definitions": DEFINITIONS,
-        "analysis": _jsonable(analysis),
+        "analysis": jsonable(analysis),
         "scorer_display_names": {s: display_name(s) for s in test_run.scores},
-        "leakage": {**_jsonable(leakage), "leaked": leakage.leaked, "summary": leakage.summary()},
-        "subgroups": _jsonable(evaluation.subgroups),
+        "leakage": {**jsonable(leakage), "leaked": leakage.leaked, "summary": leakage.summary()},
+        "subgroups": jsonable(evaluation.subgroups),
         "paper_table1": paper_table1(),
         "table1_csv_columns": list(table.frame.columns),
-        **_jsonable(sections.record),
+        **jsonable(sections.record),
     }
     write_text(paths["comparison.json"], json.dumps(full, indent=1, allow_nan=False) + "\n")
     return {**paths, **sections.paths}, replaced, sections

@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,6 +46,8 @@ from sdfn_bench.core.version import __version__
 from sdfn_bench.errors import CamError
 from sdfn_bench.manifest.schema import read_manifest
 from sdfn_bench.report.gallery import link_reports
+from sdfn_bench.report.json_values import jsonable
+from sdfn_bench.report.tables import html_table
 
 METHODS: tuple[str, ...] = ("sdfn", "entire")
 METHOD_NAMES = {"sdfn": "SDFN", "entire": "Entire"}
@@ -280,10 +281,7 @@ def to_html(report: LocalizationReport) -> str:
              f"<style>{PAGE_STYLE}</style></head><body>", "<h1>Localization from class activation maps</h1>",
              f"<p>{e(_intro(report))}</p>"]
     for i, (title, header, rows) in enumerate(_tables(report)):
-        parts.append(f"<h2>{e(title)}</h2><table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header)
-                     + "</tr></thead><tbody>"
-                     + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
-                     + "</tbody></table>")
+        parts.append(f"<h2>{e(title)}</h2>" + html_table(header, rows))
         if i == 0:
             parts.append(f"<p>† {e(WANG_LABEL)}; not comparable to this run's maps, shown as an anchor only.</p>")
     parts.append(f"<p><strong>{e(verdict(report.pooled, report.level))}</strong></p></body></html>")
@@ -304,16 +302,6 @@ def to_frame(report: LocalizationReport) -> pd.DataFrame:
                          "ci_low": d["ci_low"], "ci_high": d["ci_high"], "p": d["p"],
                          "wang_2017_published": anchors.get(k, math.nan)})
     return pd.DataFrame(rows)
-
-
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    return obj
 
 
 def localize_run(
@@ -360,7 +348,7 @@ def localize_run(
         "published_anchor": {"source": WANG_LABEL, "columns": ["acc_iobb_0.1", "acc_iobb_0.5", "afp_iobb_0.1"],
                              "values": WANG_2017},
     }
-    write_text(report.paths["localization.json"], json.dumps(_clean(record), indent=1) + "\n")
+    write_text(report.paths["localization.json"], json.dumps(jsonable(record), indent=1) + "\n")
     write_text(report.paths["localization.md"], to_markdown(report))
     write_text(report.paths["localization.csv"], to_frame(report).to_csv(index=False, lineterminator="\n"))
     write_text(report.paths["localization.html"], to_html(report))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -13,6 +14,31 @@ from sdfn_bench.stats.roc import RocCurve
 
 COLORS = {"entire": "#1f77b4", "lung": "#ff7f0e", "sdfn": "#d62728"}
 LABELS = {"entire": "Entire CXR", "lung": "Lung region", "sdfn": "SDFN"}
+GRID_COLUMNS = 4
+
+
+def panel_grid(n_panels: int, *, panel_inches: float, **spacing: float) -> tuple[Figure, list[Axes]]:
+    """A figure of ``n_panels`` square panels in rows of :data:`GRID_COLUMNS` (the paper's 4 x 4 for
+    14 classes), on an Agg canvas of its own (no pyplot, no global backend switch); the cells after
+    the last panel are blanked.
+
+    Args:
+        n_panels: panels wanted (one per class).
+        panel_inches: width and height of one cell.
+        spacing: :meth:`Figure.subplots_adjust` arguments (``left``, ``wspace``...): a fixed layout,
+            as constrained layout re-solves on every save and triples the drawing time.
+
+    Returns:
+        The figure and its ``n_panels`` axes, row by row.
+    """
+    nrows = -(-n_panels // GRID_COLUMNS)
+    fig = Figure(figsize=(panel_inches * GRID_COLUMNS, panel_inches * nrows))
+    fig.subplots_adjust(**spacing)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, GRID_COLUMNS, squeeze=False).ravel()
+    for blank in axes[n_panels:]:
+        blank.set_axis_off()
+    return fig, list(axes[:n_panels])
 
 
 def draw_roc_figure(curves: Mapping[str, Sequence[RocCurve]], class_names: Sequence[str], *, title: str) -> Figure:
@@ -28,16 +54,9 @@ def draw_roc_figure(curves: Mapping[str, Sequence[RocCurve]], class_names: Seque
     Returns:
         The figure; save it with :func:`save_figure`.
     """
-    n = len(class_names)
-    ncols = 4
-    nrows = -(-n // ncols)
-    # A fixed layout: constrained layout re-solves on every save and triples the drawing time.
-    fig = Figure(figsize=(4.0 * ncols, 4.0 * nrows))
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.04, top=0.95, wspace=0.22, hspace=0.22)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for i, name in enumerate(class_names):
-        ax = axes[i // ncols][i % ncols]
+    fig, panels = panel_grid(len(class_names), panel_inches=4.0, left=0.05, right=0.99, bottom=0.04, top=0.95,
+                             wspace=0.22, hspace=0.22)
+    for i, (name, ax) in enumerate(zip(class_names, panels, strict=True)):
         ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="#999999")
         for scorer, per_class in curves.items():
             curve = per_class[i]
@@ -52,12 +71,10 @@ def draw_roc_figure(curves: Mapping[str, Sequence[RocCurve]], class_names: Seque
         ax.set_aspect("equal")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=9)
-        if i % ncols == 0:
+        if i % GRID_COLUMNS == 0:
             ax.set_ylabel("True positive rate")
-        if i // ncols == nrows - 1 or i + ncols >= n:
+        if i + GRID_COLUMNS >= len(class_names):  # the bottom panel of its column
             ax.set_xlabel("False positive rate")
-    for j in range(n, nrows * ncols):
-        axes[j // ncols][j % ncols].set_axis_off()
     fig.suptitle(title, fontsize=14)
     return fig
 

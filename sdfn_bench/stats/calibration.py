@@ -105,7 +105,11 @@ def reliability_bins(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = DEFAU
 
 def expected_calibration_error(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = DEFAULT_BINS) -> float:
     """ECE over equal-mass bins (see the module docstring)."""
-    bins = reliability_bins(y_true, y_prob, n_bins)
+    return _ece(reliability_bins(y_true, y_prob, n_bins))
+
+
+def _ece(bins: ReliabilityBins) -> float:
+    """sum over bins of (bin size / n) x |observed frequency - mean probability|."""
     return float(np.sum(bins.count * np.abs(bins.observed - bins.mean_predicted)) / bins.count.sum())
 
 
@@ -200,7 +204,7 @@ def calibration_metrics(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = DE
     """
     y, p = _check(y_true, y_prob)
     bins = reliability_bins(y, p, n_bins)
-    ece = float(np.sum(bins.count * np.abs(bins.observed - bins.mean_predicted)) / bins.count.sum())
+    ece = _ece(bins)
     n_pos = int(y.sum())
     if 0 < n_pos < y.size:
         z = _logit(p)
