@@ -33,12 +33,6 @@ CI_NAMES = {"percentile": "percentile interval",
             "bca": "BCa interval (bias-corrected and accelerated, jackknife over patients; Efron 1987)"}
 
 
-# Old private names, still imported by report/calibration.py and report/operating_points.py;
-# new code imports sdfn_bench.report.tables.
-_md_table = markdown_table
-_html_table = html_table
-
-
 def display_name(scorer: str) -> str:
     return DISPLAY.get(scorer, scorer)
 
