@@ -250,6 +250,20 @@ def _segmenter_steps(log: StepLog, wd: _Workdir, inputs: TrainingInputs, preset:
                                                                wd.checkpoints / "seg_cv", preset, options, wd)
 
 
+def _segmenter_source(segmenter: str | Path | None, jsrt: str | Path | None, scr: str | Path | None,
+                      seg_folds: int) -> GivenSegmenter | None:
+    """The given segmenter (None: one is trained on JSRT/SCR, which must then be given)."""
+    if segmenter is None:
+        if jsrt is None or scr is None:
+            raise ReproduceError("--jsrt and --scr are needed to train the lung segmenter; without JSRT, pass "
+                                 "--segmenter builtin:lungs (the shipped real-film segmenter) or a segmenter checkpoint")
+        return None
+    if seg_folds:
+        raise ReproduceError("--seg-folds cross-validates the segmenter trained on JSRT/SCR; with --segmenter none "
+                             "is trained (run `sdfn-bench seg-eval --segmenter ...` on a segmentation manifest instead)")
+    return GivenSegmenter.resolve(segmenter)
+
+
 def _copy_given_segmenter(log: StepLog, wd: _Workdir, segmenter: GivenSegmenter) -> None:
     """``W/checkpoints/segmenter`` becomes a copy of the given checkpoint (weights and metadata, byte for
     byte), so the lung boxes, the engines and the leakage guard read it where they read a trained one."""
@@ -353,13 +367,7 @@ def run_reproduce(
         CheckpointError: ``segmenter`` cannot be loaded.
     """
     t_start = time.perf_counter()
-    given = None if segmenter is None else GivenSegmenter.resolve(segmenter)  # before anything is written
-    if given is not None and seg_folds:
-        raise ReproduceError("--seg-folds cross-validates the segmenter trained on JSRT/SCR; with --segmenter none "
-                             "is trained (run `sdfn-bench seg-eval --segmenter ...` on a segmentation manifest instead)")
-    if given is None and (jsrt is None or scr is None):
-        raise ReproduceError("--jsrt and --scr are needed to train the lung segmenter; without JSRT, pass "
-                             "--segmenter builtin:lungs (the shipped real-film segmenter) or a segmenter checkpoint")
+    given = _segmenter_source(segmenter, jsrt, scr, seg_folds)  # checked before anything is written
     wd = _Workdir.open(workdir)
     # The JSRT manifest's paths are relative to a folder holding both the JSRT images and W's masks
     # (the image resolver refuses entries leading outside their root).
