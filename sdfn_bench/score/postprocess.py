@@ -26,7 +26,9 @@ import pandas as pd
 from sdfn_bench.classes import CLASS_NAMES
 from sdfn_bench.core.hashing import file_sha256
 from sdfn_bench.core.io import write_json, write_parquet
+from sdfn_bench.core.records import RunRecord
 from sdfn_bench.errors import ScoreError
+from sdfn_bench.score.result import PREDICTIONS, RUN_JSON
 from sdfn_bench.stats.calibration_file import CalibrationFile, load_calibration
 from sdfn_bench.stats.thresholds_file import Thresholds, check_threshold_scale, load_thresholds
 
@@ -115,8 +117,8 @@ def postprocess_run(run_dir: str | os.PathLike[str], post: PostProcessing) -> Pa
         The predictions file.
     """
     run_dir = Path(run_dir)
-    path, run_json = run_dir / "predictions.parquet", run_dir / "run.json"
-    record = json.loads(run_json.read_text())
+    path, run_json = run_dir / PREDICTIONS, run_dir / RUN_JSON
+    record: RunRecord = json.loads(run_json.read_text())
     if record.get("postprocessing"):
         done = ", ".join(f"{kind} from {ref.get('path', '?') if isinstance(ref, dict) else ref}"
                          for kind, ref in record["postprocessing"].items() if ref)
