@@ -198,12 +198,14 @@ def score_step(log: StepLog, manifest: Path, engines_dir: Path, run_dir: Path, *
 
 
 def compare_step(log: StepLog, run_dir: Path, *, n_bootstrap: int, seed: int,
-                 progress: Callable[[int, int], None] | None) -> tuple[ComparisonResult, dict[str, float]]:
-    """SDFN against the entire-image and lung-region baselines: Table 1 in the run folder."""
+                 progress: Callable[[int, int], None] | None,
+                 notes: Sequence[str] = ()) -> tuple[ComparisonResult, dict[str, float]]:
+    """SDFN against the entire-image and lung-region baselines: Table 1 in the run folder (``notes``
+    join its notes)."""
     from sdfn_bench.report.compare import compare_run
 
     comparison = compare_run(run_dir, baselines=("entire", "lung"), model="sdfn", n_bootstrap=n_bootstrap, seed=seed,
-                             progress=progress)
+                             progress=progress, extra_notes=notes)
     mean_auc = {s.name: float(s.mean_auc) for s in comparison.analysis.scorers}
     log.summary["compare"] = ", ".join(f"{k} {v:.3f}" for k, v in mean_auc.items())
     return comparison, mean_auc

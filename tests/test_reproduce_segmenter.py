@@ -79,6 +79,8 @@ def test_reproduce_with_builtin_lungs_skips_the_segmenter_training(tmp_path_fact
     assert not (ckpts / "segmenter.metrics.csv").exists() and not (ckpts / "segmenter.state.safetensors").exists()
     assert LUNGS_SHA256 in (work / "engines" / "engines.json").read_text()
     assert "segmenter builtin:lungs" in (work / "reproduce.log").read_text()
+    tables = list(work.rglob("table1.md"))  # Table 1's notes say which segmenter found the lungs
+    assert tables and all("Lung segmenter: builtin:lungs" in t.read_text() for t in tables)
 
     # The same workdir with JSRT and without --segmenter would mix a trained segmenter into boxes made with
     # the given one.

@@ -278,7 +278,7 @@ def import_weights(src: str | Path, fmt: str, view: str, out: str | Path, *, inp
         (the ``.safetensors`` path, the import note).
     """
     from sdfn_bench.classes import CLASS_NAMES
-    from sdfn_bench.manifest.schema import file_sha256
+    from sdfn_bench.core.hashing import file_sha256
     from sdfn_bench.models.checkpoint import checkpoint_paths, save_checkpoint
     from sdfn_bench.models.extractor import DEFAULT_ARCH
     from sdfn_bench.preprocess import Preprocessing

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from sdfn_bench.errors import StatsError
-from sdfn_bench.report.roc_figure import COLORS
+from sdfn_bench.report.roc_figure import COLORS, GRID_COLUMNS, panel_grid
 from sdfn_bench.report.table1 import display_name
 from sdfn_bench.report.tables import html_table, markdown_table
 from sdfn_bench.stats.auc import class_aucs
@@ -28,12 +27,7 @@ from sdfn_bench.stats.calibration import (
     calibration_metrics,
     fit_calibration,
 )
-from sdfn_bench.stats.calibration_file import CalibrationFile, save_calibration
-
-# CalibrationFile and save_calibration live beside the maps they store (stats/); ``compare`` still
-# imports them from here.
-__all__ = ["CalibrationFile", "CalibrationReport", "UncalibratedClassWarning", "calibration_report",
-           "draw_reliability_figure", "fit_run_calibration", "save_calibration"]
+from sdfn_bench.stats.calibration_file import CalibrationFile
 
 
 class UncalibratedClassWarning(UserWarning):
@@ -188,16 +182,10 @@ def draw_reliability_figure(report: CalibrationReport, class_names: Sequence[str
     """A 4 x 4 grid (one panel per class) of reliability diagrams: mean predicted probability
     against observed frequency per equal-mass bin, every set (dashed: after calibration)."""
     n = len(class_names)
-    ncols = 4
-    nrows = -(-n // ncols)
     # Smaller panels than the ROC figure: drawing time grows with the pixels, and ten points per line
     # need little room.
-    fig = Figure(figsize=(3.0 * ncols, 3.0 * nrows))
-    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.05, top=0.94, wspace=0.25, hspace=0.3)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for i, cls in enumerate(class_names):
-        ax = axes[i // ncols][i % ncols]
+    fig, axes = panel_grid(n, panel_inches=3.0, left=0.06, right=0.99, bottom=0.05, top=0.94, wspace=0.25, hspace=0.3)
+    for i, (cls, ax) in enumerate(zip(class_names, axes, strict=True)):
         ax.plot([0, 1], [0, 1], ls=":", lw=0.8, color="#999999")
         for style, table in (("-", report.metrics), ("--", report.calibrated)):
             for s, per in table.items():
@@ -214,11 +202,9 @@ def draw_reliability_figure(report: CalibrationReport, class_names: Sequence[str
         ax.grid(alpha=0.3)
         if ax.lines[1:]:
             ax.legend(loc="upper left", fontsize=6)
-        if i % ncols == 0:
+        if i % GRID_COLUMNS == 0:
             ax.set_ylabel("Observed frequency")
-        if i + ncols >= n:
+        if i + GRID_COLUMNS >= n:
             ax.set_xlabel("Mean predicted probability")
-    for j in range(n, nrows * ncols):
-        axes[j // ncols][j % ncols].set_axis_off()
     fig.suptitle(title, fontsize=14)
     return fig

@@ -39,7 +39,7 @@ from sdfn_bench.report.beyond_auc import (
     write_sections,
 )
 from sdfn_bench.report.breakdown import SubgroupAUC
-from sdfn_bench.report.calibration import CalibrationFile, fit_run_calibration, save_calibration
+from sdfn_bench.report.calibration import fit_run_calibration
 from sdfn_bench.report.evaluate import (
     Evaluation,
     SplitStatus,
@@ -66,6 +66,7 @@ from sdfn_bench.report.run_folder import (
     unfinished_run_message,
 )
 from sdfn_bench.report.table1 import display_name, to_csv, to_html, to_latex
+from sdfn_bench.stats.calibration_file import CalibrationFile, save_calibration
 from sdfn_bench.stats.paired import AUCAnalysis
 from sdfn_bench.stats.roc import roc_curves
 
@@ -153,6 +154,7 @@ def compare_run(
     calibration: str | os.PathLike[str] | None = None,
     predictions: Sequence[str] | Mapping[str, str | os.PathLike[str]] | None = None,
     ci_method: str = "bca",
+    extra_notes: Sequence[str] = (),
 ) -> ComparisonResult:
     """Compare a run's model against its baselines and write the Table 1 report into the run.
 
@@ -176,6 +178,8 @@ def compare_run(
             (:mod:`sdfn_bench.report.outside`): each becomes a Table 1 column compared with ``model``;
             every statistic is then computed on the images all files cover.
         ci_method: bootstrap interval, ``bca`` (default) or ``percentile``.
+        extra_notes: further sentences for Table 1's notes (``reproduce --segmenter`` says which
+            segmenter found the lungs).
 
     Returns:
         :class:`ComparisonResult` with the written paths and the Table 1 Markdown.
@@ -208,7 +212,7 @@ def compare_run(
         inputs.manifest, inputs.labels, inputs.scores, pairs, leakage=leakage, source=_run_source(inputs, joined),
         synthetic=synthetic, n_excluded=inputs.n_excluded, manifest_note="" if inputs.manifest_check == "match" else
         f"Manifest: {inputs.manifest_check}.", n_bootstrap=n_bootstrap, seed=seed, level=level, ci_method=ci_method,
-        progress=progress)
+        extra_notes=extra_notes, progress=progress)
     record = _run_record(run_dir, inputs, model, baselines, synthetic=synthetic, joined=joined)
     title = "synthetic cohort" if synthetic else inputs.manifest_path.name
     paths, replaced, sections = _write_report(run_dir, evaluation, test_run, plan, patients, leakage, record, title=title,

@@ -398,7 +398,8 @@ def run_reproduce(
     run_dir = _score(log, wd, inputs.image_root, workers, hooks)
     with log.step("compare", f"SDFN vs entire and lung baselines, {n_bootstrap} patient-bootstrap replicates"):
         comparison, mean_auc = compare_step(log, run_dir, n_bootstrap=n_bootstrap, seed=seed,
-                                            progress=hooks.counter("bootstrap"))
+                                            progress=hooks.counter("bootstrap"),
+                                            notes=() if given is None else (given.note(),))
 
     result = ReproduceResult(wd.root, run_dir, comparison.paths["table1.md"], mean_auc, dict(log.seconds),
                              dict(log.summary), n_excluded, time.perf_counter() - t_start,

@@ -73,7 +73,7 @@ def resolve_builtin(spec: str | os.PathLike[str]) -> Path:
 
 @cache
 def _verify_cached(path: Path, size: int, mtime_ns: int, expected: str) -> None:
-    from sdfn_bench.manifest.schema import file_sha256
+    from sdfn_bench.core.hashing import file_sha256
 
     actual = file_sha256(path)
     if actual != expected:
@@ -96,7 +96,7 @@ def pack_checkpoint(source: str | Path, dest_stem: str | Path, *, fp16: bool = T
     """
     import torch
 
-    from sdfn_bench.manifest.schema import file_sha256
+    from sdfn_bench.core.hashing import file_sha256
     from sdfn_bench.models.checkpoint import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(source)
