@@ -126,7 +126,8 @@ def run_check(out_dir: Path = DEFAULT_OUT, *, images: int = 64, batch_size: int 
 
     import numpy as np
 
-    from sdfn_bench.bench.run import BenchSettings, _synthetic_images, seeded_checkpoints
+    from sdfn_bench.bench.inputs import seeded_checkpoints, synthetic_images
+    from sdfn_bench.bench.settings import BenchSettings
     from sdfn_bench.decode.reader import read_image
     from sdfn_bench.engines import build_engines
     from sdfn_bench.preprocess import Preprocessing, prepare
@@ -145,7 +146,7 @@ def run_check(out_dir: Path = DEFAULT_OUT, *, images: int = 64, batch_size: int 
         work = Path(tmp)
         settings = BenchSettings(images=images)
         log(f"{images} synthetic images at 1024 px, seeded weights at the paper geometry")
-        manifest = _step(record, "synthetic_images", lambda: str(_synthetic_images(work / "cohort", settings)))
+        manifest = _step(record, "synthetic_images", lambda: str(synthetic_images(work / "cohort", settings)))
         if manifest is None:
             return _finish(record, out_dir, stamp, t0, log)
         manifest = Path(manifest)

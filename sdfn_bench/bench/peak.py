@@ -17,7 +17,10 @@ convolution's rate, and a denominator below what an engine reaches would flatter
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -82,4 +85,33 @@ def _torch_peak(*, batch: int, channels: int, size: int, repeats: int, device: s
     )
 
 
-__all__ = ["PeakResult", "measure_peak"]
+class PeakLog:
+    """The convolution peak in each precision the engines use, measured at each call of
+    :meth:`measure` (before, between and after the two runs), with the 1-minute load average."""
+
+    def __init__(self, precisions: set[str], device: str, say: Callable[[str], None]) -> None:
+        self.precisions = precisions
+        self.device = device
+        self.say = say
+        self.measured: list[dict[str, PeakResult]] = []
+        self.load: list[tuple[float, float, float]] = []
+
+    def measure(self) -> None:
+        self.load.append(os.getloadavg())
+        self.measured.append({p: measure_peak(device=self.device, precision=p) for p in sorted(self.precisions)})
+        self.say("peak " + ", ".join(f"{p} {r.gflop_s:.1f}" for p, r in self.measured[-1].items())
+                 + f" GFLOP/s (load average {self.load[-1][0]:.2f})")
+
+    def best(self) -> dict[str, PeakResult]:
+        """Per precision, the highest of the measurements (the machine is shared: a conservative peak)."""
+        return {p: max((m[p] for m in self.measured), key=lambda r: r.gflop_s) for p in sorted(self.precisions)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record's ``peak``: the kept fp32 peak, every fp32 measurement, and the same per precision."""
+        best = self.best()
+        return {"kept": best["fp32"].to_dict(), "all_gflop_s": [m["fp32"].gflop_s for m in self.measured],
+                "by_precision": {p: {"kept": r.to_dict(), "all_gflop_s": [m[p].gflop_s for m in self.measured]}
+                                 for p, r in best.items()}}
+
+
+__all__ = ["PeakLog", "PeakResult", "measure_peak"]
