@@ -62,9 +62,9 @@ def test_openvino_engine_matches_pytorch(tmp_path):
         pytest.skip(why_not)  # e.g. a CPU the plugin crashes on: auto leaves it out (test above)
     report = build_from_sources(tiny_sources(), tmp_path / "engines", backend="openvino", precision="fp32", max_batch=4)
     assert report.backend == "openvino" and all(r.parity_passed for r in report.results)
-    from sdfn_bench.engines.registry import read_record
+    from sdfn_bench.engines.registry import load_record
 
-    record, _ = read_record(tmp_path / "engines")
+    record, _ = load_record(tmp_path / "engines")
     seg = record["engines"]["segmenter"]
     assert seg["backend"] == "openvino" and seg["backend_facts"]["properties"]["INFERENCE_PRECISION_HINT"] == "f32"
     assert seg["parity"]["max_abs_diff"]["mask_logits"] < 1e-3
@@ -73,9 +73,9 @@ def test_openvino_engine_matches_pytorch(tmp_path):
 def test_auto_backend_records_its_probe(tmp_path, monkeypatch):
     monkeypatch.setattr(ov_backend, "health", lambda: "left out in this test")
     report = build_from_sources(tiny_sources(), tmp_path / "engines", backend="auto", precision="fp32", max_batch=4)
-    from sdfn_bench.engines.registry import read_record
+    from sdfn_bench.engines.registry import load_record
 
-    record, _ = read_record(tmp_path / "engines")
+    record, _ = load_record(tmp_path / "engines")
     assert set(record["selection"]["segmenter"][0]) >= {"backend", "precision", "images_per_s", "parity_passed"}
     for name, cands in record["selection"].items():
         best = max(cands, key=lambda c: c["images_per_s"])
