@@ -66,12 +66,12 @@ class RichDemoHooks:
         return progress
 
     def score_progress(self) -> Any:
-        from sdfn_bench.cli.score import _bar, _RateProgress
+        from sdfn_bench.cli.score import RateProgress, rate_bar
 
-        bar = _bar()
+        bar = rate_bar()
         bar.start()
         self._open.append(bar)
-        return _RateProgress(bar)
+        return RateProgress(bar)
 
     def build_progress(self) -> Callable[[str, str], None]:
         def report(name: str, step: str) -> None:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 console = Console()
 
 
-class _RateProgress:
+class RateProgress:
     """A Rich bar with images/s and ETA; rows already scored by an interrupted run count as done."""
 
     def __init__(self, progress: Progress) -> None:
@@ -46,7 +46,8 @@ class _RateProgress:
         self.progress.update(self.task, rate=f"{speed:.1f} img/s" if speed else "-- img/s")
 
 
-def _bar() -> Progress:
+def rate_bar() -> Progress:
+    """The Rich progress bar of `score` and `demo`: description, bar, images/s, ETA."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -176,8 +177,8 @@ def score(
         if result.lrg_warning:
             console.print(f"[yellow]warning:[/] {result.lrg_warning}", highlight=False)
         return
-    with _bar() as bar:
-        result = score_manifest(manifest, progress=_RateProgress(bar), **options)
+    with rate_bar() as bar:
+        result = score_manifest(manifest, progress=RateProgress(bar), **options)
     if _finished_before(result):
         return
     _summary(result)

@@ -27,7 +27,7 @@ import pandas as pd
 
 from sdfn_bench.classes import CLASS_NAMES
 from sdfn_bench.errors import ManifestError
-from sdfn_bench.manifest.nih import LABEL_FILE_HEADER, _csv_rows
+from sdfn_bench.manifest.nih import LABEL_FILE_HEADER, csv_rows
 
 GOOGLE2019 = "google2019"
 SOURCE_FINDINGS: tuple[str, ...] = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
@@ -70,7 +70,7 @@ def read_google2019(path: str | os.PathLike[str], set_id: str = "test") -> pd.Da
     records: list[tuple[object, ...]] = []
     seen: dict[str, int] = {}
     source_index = [SOURCE_FINDINGS.index(f.replace("_", " ")) for f in EXPERT_FINDINGS]
-    for line_no, fields in _csv_rows(path):
+    for line_no, fields in csv_rows(path):
         where = f"{path}: line {line_no}"
         if line_no == 1:
             if tuple(fields) != GOOGLE2019_HEADER:

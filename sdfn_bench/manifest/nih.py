@@ -64,7 +64,7 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", newline="")
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+def csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(1-based line number, fields) for every line, header included; errors name the file."""
     try:
         with _open_text(path) as f:
@@ -91,7 +91,7 @@ def read_label_file(path: str | os.PathLike[str]) -> pd.DataFrame:
     records: list[tuple[object, ...]] = []
     seen: dict[str, int] = {}
     class_index = {name: i for i, name in enumerate(CLASS_NAMES)}
-    for line_no, fields in _csv_rows(path):
+    for line_no, fields in csv_rows(path):
         where = f"{path}: line {line_no}"
         if line_no == 1:
             if tuple(fields) != LABEL_FILE_HEADER:
@@ -225,7 +225,7 @@ def read_box_file(path: str | os.PathLike[str]) -> pd.DataFrame:
     """
     path = Path(path)
     records: list[tuple[str, ...]] = []
-    for line_no, fields in _csv_rows(path):
+    for line_no, fields in csv_rows(path):
         where = f"{path}: line {line_no}"
         if line_no == 1:
             if tuple(fields) != BOX_FILE_HEADER:

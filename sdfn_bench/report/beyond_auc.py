@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from sdfn_bench.classes import CLASS_NAMES
+from sdfn_bench.core.io import write_text
 from sdfn_bench.errors import StatsError
 from sdfn_bench.manifest.expert import read_expert_manifest, resolve_expert_labels
 from sdfn_bench.report.calibration import CalibrationReport, calibration_report, draw_reliability_figure
@@ -172,9 +173,7 @@ class Sections:
 
 
 def _write(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, text)
     return path
 
 
